@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The demo: what virtkit can do on this machine, as a user would type it.
+# Run through `bash scripts/dev.sh demo`, which sets the machine up first.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH"
+
+step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
+
+step virtkit --version
+step virtkit host check
+code=$?
+step virtkit list
+echo
+case $code in
+    0) echo "host check: everything virtkit needs is here (exit 0)" ;;
+    1) echo "host check: something required is missing (exit 1): see the FAIL lines above" ;;
+    *) echo "host check: could not run (exit $code)" ;;
+esac
+exit "$code"

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The single entry for people and CI: set up this machine (idempotent), then run the demo or the tests.
+#   bash scripts/dev.sh demo    set up, then show what virtkit can do here
+#   bash scripts/dev.sh test    set up, then ruff, mypy and the whole pytest suite
+#   bash scripts/dev.sh setup   set up only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBIAN_PACKAGES=(
+    python3 python3-venv python3-dev gcc
+    qemu-system-x86 qemu-system-arm qemu-utils ovmf
+    runc crun conmon
+    busybox-static debootstrap cpio zstd xz-utils
+    iproute2 nftables dnsmasq-base
+    skopeo umoci
+    procps util-linux kmod e2fsprogs
+)
+VENV=.venv
+
+need_root() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "virtkit set-up must run as root (it installs Debian packages and uses KVM, netns, cgroups)" >&2
+        exit 2
+    fi
+}
+
+install_debian_packages() {
+    local missing=()
+    for p in "${DEBIAN_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "==> installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+make_venv() {
+    # Debian's own python3: what a fresh Debian 12 machine has.
+    if [ ! -x "$VENV/bin/python" ]; then
+        echo "==> creating $VENV"
+        /usr/bin/python3 -m venv "$VENV"
+    fi
+    local stamp="$VENV/.installed"
+    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+        echo "==> installing virtkit and its dev tools into $VENV"
+        "$VENV/bin/pip" install -q --upgrade pip
+        "$VENV/bin/pip" install -q -e '.[dev]'
+        touch "$stamp"
+    fi
+}
+
+setup() {
+    need_root
+    install_debian_packages
+    make_venv
+}
+
+demo() {
+    setup
+    exec bash scripts/demo.sh
+}
+
+run_tests() {
+    setup
+    echo "==> ruff"
+    "$VENV/bin/ruff" check virtkit tests benchmarks
+    echo "==> mypy --strict"
+    "$VENV/bin/mypy"
+    echo "==> pytest"
+    "$VENV/bin/pytest" -q "$@"
+}
+
+case "${1:-}" in
+    setup) setup ;;
+    demo) demo ;;
+    test) shift; run_tests "$@" ;;
+    *) echo "usage: bash scripts/dev.sh demo|test|setup" >&2; exit 2 ;;
+esac

@@ -1,0 +1,5 @@
+"""`python -m virtkit` runs the command-line tool."""
+
+from virtkit.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The command-line front end: parses, calls ops, renders. No logic of its own."""

@@ -1,0 +1,97 @@
+"""The `virtkit` command: global options, the command table, and how errors reach the user.
+
+Errors a user can cause (VirtkitError) print as one or two lines on stderr and exit 2 for usage or
+validation problems, 1 for operational failures. A traceback appears only with `--debug`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from virtkit import __version__
+from virtkit.cli.context import CliContext, default_root
+from virtkit.cli.lazy import LazyCommand, LazyGroup
+from virtkit.errors import VirtkitError
+
+COMMANDS = [
+    LazyCommand("list", "virtkit.cli.instance:list_command", "List instances.", "Instances"),
+    LazyCommand("show", "virtkit.cli.instance:show_command", "Show one instance.", "Instances"),
+    LazyCommand("host", "virtkit.cli.host:host_group", "Check and describe this host.", "Host"),
+    LazyCommand(
+        "operation", "virtkit.cli.operation:operation_group", "Watch long-running operations.", "Server"
+    ),
+]
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy=COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(__version__, "--version", "-V", prog_name="virtkit", message="%(prog)s %(version)s")
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=default_root,
+    show_default=f"$VIRTKIT_ROOT or {default_root()}",
+    help="State root: where virtkit keeps everything it owns.",
+)
+@click.option("--json", "json_output", is_flag=True, help="Print JSON documents instead of text.")
+@click.option("--debug", is_flag=True, help="Show debug logs and full tracebacks.")
+@click.pass_context
+def cli(ctx: click.Context, root: Path, json_output: bool, debug: bool) -> None:
+    """virtkit: virtual machines and containers on this Linux server.
+
+    Run `virtkit host check` first to see what this host can do.
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    obj = CliContext(root=root, json=json_output, debug=debug)
+    ctx.obj = obj
+    ctx.call_on_close(obj.close)
+
+
+def _report_error(error: VirtkitError) -> None:
+    click.echo(f"Error: {error.message}", err=True)
+    if error.hint:
+        click.echo(f"Hint: {error.hint}", err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `virtkit` console script and `python -m virtkit`."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        code = cli.main(args=args, prog_name="virtkit", standalone_mode=False)
+    except click.ClickException as error:
+        error.show()
+        code = error.exit_code
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        code = 130
+    except VirtkitError as error:
+        if debug:
+            logging.getLogger(__name__).exception("command failed")
+        _report_error(error)
+        code = error.exit_code
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        code = 130
+    except BrokenPipeError:
+        # `virtkit list | head`: the reader left; nothing more to say.
+        sys.stderr.close()
+        code = 1
+    except Exception as error:
+        if debug:
+            raise
+        click.echo(f"Error: internal error: {type(error).__name__}: {error}", err=True)
+        click.echo("Hint: rerun with --debug for the traceback, and report it as a bug", err=True)
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,192 @@
+"""Typed records of what virtkit keeps in its store, and the size and name rules they obey.
+
+Records are pydantic models: validated when made and when read back, serialised to JSON for the
+store. Each record class names its store table and key fields (`TABLE`, `KEY`); the store uses those
+and nothing else, so a new record kind is a new class plus a schema migration.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from virtkit.units import (
+    EiB,
+    GiB,
+    KiB,
+    MAX_SIZE,
+    MiB,
+    PiB,
+    TiB,
+    format_size,
+    parse_size,
+    validate_name,
+)
+
+__all__ = [
+    "MAX_SIZE",
+    "EiB",
+    "GiB",
+    "ImageRecord",
+    "InstanceKind",
+    "InstanceRecord",
+    "InstanceState",
+    "KiB",
+    "MiB",
+    "Name",
+    "NetworkRecord",
+    "OperationRecord",
+    "OperationStatus",
+    "PiB",
+    "PoolRecord",
+    "Record",
+    "SnapshotRecord",
+    "TiB",
+    "VolumeRecord",
+    "format_size",
+    "parse_size",
+    "validate_name",
+]
+
+
+Name = Annotated[str, AfterValidator(validate_name)]
+
+
+def _now() -> float:
+    return time.time()
+
+
+class Record(BaseModel):
+    """Base of every stored record: strict fields, timestamps in seconds since the epoch."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    TABLE: ClassVar[str]
+    KEY: ClassVar[tuple[str, ...]]
+
+    created_at: float = Field(default_factory=_now)
+    updated_at: float = Field(default_factory=_now)
+
+    def key(self) -> tuple[str, ...]:
+        """The values of this record's key fields, in order."""
+        return tuple(str(getattr(self, field)) for field in self.KEY)
+
+
+class InstanceKind(StrEnum):
+    VM = "vm"
+    CONTAINER = "container"
+
+
+class InstanceState(StrEnum):
+    """Last state virtkit recorded; drivers re-derive the live state from the process."""
+
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPING = "stopping"
+    ERROR = "error"
+
+
+class InstanceRecord(Record):
+    TABLE: ClassVar[str] = "instances"
+    KEY: ClassVar[tuple[str, ...]] = ("name",)
+
+    name: Name
+    uuid: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    kind: InstanceKind
+    image: str | None = None
+    arch: str = "x86_64"
+    cpus: float = Field(default=1, gt=0, le=1024)
+    memory: int = Field(default=256 * MiB, gt=0, le=MAX_SIZE)
+    state: InstanceState = InstanceState.STOPPED
+    config: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class ImageRecord(Record):
+    TABLE: ClassVar[str] = "images"
+    KEY: ClassVar[tuple[str, ...]] = ("fingerprint",)
+
+    fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$")
+    name: str
+    kinds: list[InstanceKind] = Field(default_factory=list)
+    arch: str = "x86_64"
+    format: str
+    size: int = Field(default=0, ge=0)
+    virtual_size: int = Field(default=0, ge=0)
+    source: str = ""
+    properties: dict[str, str] = Field(default_factory=dict)
+
+
+class NetworkRecord(Record):
+    TABLE: ClassVar[str] = "networks"
+    KEY: ClassVar[tuple[str, ...]] = ("name",)
+
+    name: Name
+    type: str = Field(default="nat", pattern=r"^(nat|isolated)$")
+    bridge: str = ""
+    subnet: str = ""
+    config: dict[str, str] = Field(default_factory=dict)
+
+
+class PoolRecord(Record):
+    TABLE: ClassVar[str] = "pools"
+    KEY: ClassVar[tuple[str, ...]] = ("name",)
+
+    name: Name
+    driver: str = "dir"
+    path: str
+    config: dict[str, str] = Field(default_factory=dict)
+
+
+class VolumeRecord(Record):
+    TABLE: ClassVar[str] = "volumes"
+    KEY: ClassVar[tuple[str, ...]] = ("pool", "name")
+
+    pool: Name
+    name: Name
+    size: int = Field(gt=0, le=MAX_SIZE)
+    format: str = "qcow2"
+    attached_to: str | None = None
+    config: dict[str, str] = Field(default_factory=dict)
+
+
+class SnapshotRecord(Record):
+    TABLE: ClassVar[str] = "snapshots"
+    KEY: ClassVar[tuple[str, ...]] = ("instance", "name")
+
+    instance: Name
+    name: Name
+    stateful: bool = False
+    expires_at: float | None = None
+    config: dict[str, str] = Field(default_factory=dict)
+
+
+class OperationStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILURE = "failure"
+    CANCELLED = "cancelled"
+
+
+class OperationRecord(Record):
+    """A long action (launch, copy, migrate, ...) with its progress, kept so it can be watched,
+    waited for, and found again after a restart."""
+
+    TABLE: ClassVar[str] = "operations"
+    KEY: ClassVar[tuple[str, ...]] = ("id",)
+
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    action: str
+    target: str = ""
+    status: OperationStatus = OperationStatus.PENDING
+    progress: float = Field(default=0.0, ge=0.0, le=100.0)
+    message: str = ""
+    error: str | None = None
+    result: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""Orchestration: one module per verb family; each operation is a sequence of steps with undo on failure."""
