@@ -1,4 +1,4 @@
-"""virtkit: virtual machines and containers on Linux servers, made in seconds, kept apart, moved between hosts.
+"""virtkit: virtual machines and containers on Linux servers, made in seconds, kept apart, moved.
 
 This package's top level stays light: `virtkit --version` imports nothing but this module and click.
 """

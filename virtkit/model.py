@@ -15,10 +15,10 @@ from typing import Annotated, Any, ClassVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from virtkit.units import (
+    MAX_SIZE,
     EiB,
     GiB,
     KiB,
-    MAX_SIZE,
     MiB,
     PiB,
     TiB,

@@ -25,7 +25,9 @@ def state_root(tmp_path: Path) -> Path:
 def virtkit(state_root: Path) -> Cli:
     """Run `virtkit ARGS...` against the test's own state root; returns the finished process."""
 
-    def run(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, timeout: float = 60, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         full_env = {**os.environ, "VIRTKIT_ROOT": str(state_root), **(env or {})}
         return subprocess.run(
             [str(VIRTKIT), *args], capture_output=True, text=True, timeout=timeout, env=full_env, check=False

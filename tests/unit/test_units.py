@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from virtkit.errors import SpecError
-from virtkit.units import EiB, GiB, KiB, MAX_SIZE, MiB, TiB, format_size, parse_size, validate_name
+from virtkit.units import MAX_SIZE, EiB, GiB, KiB, MiB, TiB, format_size, parse_size, validate_name
 
 
 @pytest.mark.parametrize(
@@ -46,7 +46,7 @@ def test_accepted_sizes(text: str, expected: int) -> None:
         ("1.5", "whole number of bytes"),
         ("1e9", "expected"),
         ("1,5G", "expected"),
-        ("１２", "expected"),  # fullwidth digits: int() would take them, we do not
+        ("\uff11\uff12", "expected"),  # fullwidth digits: int() would take them, we do not
         ("99999999999PiB", "at most"),
         ("2EiB", "at most"),
         ("2 GiB x", "expected"),

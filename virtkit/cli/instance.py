@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import click
 
 from virtkit.cli.context import get_context, json_option
 from virtkit.cli.output import print_fields, print_json, print_table
+from virtkit.units import format_size
+
+if TYPE_CHECKING:
+    from virtkit.model import InstanceRecord
 
 
 def _age(timestamp: float) -> str:
@@ -18,11 +23,15 @@ def _age(timestamp: float) -> str:
     return f"{seconds}s"
 
 
+def _row(r: InstanceRecord) -> tuple[str, ...]:
+    memory = format_size(r.memory)
+    return (r.name, r.kind.value, r.state.value, f"{r.cpus:g}", memory, r.image or "-", _age(r.created_at))
+
+
 @click.command("list")
 @json_option
 def list_command() -> None:
     """List instances: name, type, state, CPUs, memory, image."""
-    from virtkit.model import format_size
     from virtkit.ops.instances import list_instances
 
     ctx = get_context()
@@ -30,10 +39,7 @@ def list_command() -> None:
     if ctx.json:
         print_json([record.model_dump(mode="json") for record in records])
         return
-    rows = [
-        (r.name, r.kind.value, r.state.value, f"{r.cpus:g}", format_size(r.memory), r.image or "-", _age(r.created_at))
-        for r in records
-    ]
+    rows = [_row(record) for record in records]
     print_table(
         ["NAME", "TYPE", "STATE", "CPUS", "MEMORY", "IMAGE", "AGE"],
         rows,
@@ -46,7 +52,6 @@ def list_command() -> None:
 @json_option
 def show_command(name: str) -> None:
     """Show one instance's settings and state."""
-    from virtkit.model import format_size
     from virtkit.ops.instances import get_instance
 
     ctx = get_context()

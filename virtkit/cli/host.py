@@ -1,0 +1,65 @@
+"""`virtkit host check`: what this host can run, each fact with its meaning and its remedy."""
+
+from __future__ import annotations
+
+import click
+
+from virtkit.cli.context import get_context, json_option
+from virtkit.cli.output import print_json
+
+COLOURS = {"PASS": "green", "WARN": "yellow", "FAIL": "red", "INFO": "blue"}
+
+
+@click.group("host")
+def host_group() -> None:
+    """Check and describe this host."""
+
+
+@host_group.command("check")
+@click.option(
+    "--min-free",
+    metavar="SIZE",
+    default="10GiB",
+    show_default=True,
+    help="Warn when the state root's filesystem has less free space than this.",
+)
+@json_option
+def check_command(min_free: str) -> None:
+    """Check that this host can run VMs and containers, and say how to fix what it lacks.
+
+    Exit code: 0 everything required is there, 1 something required fails, 2 the check cannot run.
+    """
+    from virtkit.ops.host import check_host
+    from virtkit.units import parse_size
+
+    ctx = get_context()
+    threshold = parse_size(min_free, what="--min-free size", minimum=0)
+    report = check_host(ctx.root, min_free=threshold)
+    if ctx.json:
+        print_json(report.to_dict())
+    else:
+        _render(report)
+    ctx_exit(report.exit_code)
+
+
+def ctx_exit(code: int) -> None:
+    if code:
+        click.get_current_context().exit(code)
+
+
+def _render(report: object) -> None:
+    from virtkit.host import Report
+
+    assert isinstance(report, Report)
+    host = report.host
+    guest = ", itself a virtual machine" if host.hypervisor else ""
+    click.echo(click.style(f"Host: {host.cpu_model} ({host.cpus} CPUs{guest}), {host.arch}", bold=True))
+    width = max(len(check.id) for check in report.checks)
+    for check in report.checks:
+        status = str(check.status)
+        label = click.style(f"{status:<4}", fg=COLOURS.get(status), bold=True)
+        click.echo(f"{label}  {check.id:<{width}}  {check.summary}")
+        if check.remedy and status != "PASS":
+            click.echo(f"      {'':<{width}}  fix: {check.remedy}")
+    click.echo()
+    click.echo(click.style(report.verdict.summary_line(), bold=True))
