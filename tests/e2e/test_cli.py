@@ -105,9 +105,11 @@ def test_root_that_is_a_file(virtkit: Cli, tmp_path: Path) -> None:
 
 
 def test_invalid_instance_name(virtkit: Cli, state_root: Path) -> None:
-    for bad in ("Bad_Name", "-x", "a" * 64, "../../etc/passwd", "web\nnext", ""):
+    for bad in ("Bad_Name", "a" * 64, "../../etc/passwd", "web\nnext", ""):
         result = virtkit("show", bad)
         assert_clear_error(result, 2, "invalid instance name")
+    assert_clear_error(virtkit("show", "--", "-x"), 2, "invalid instance name")
+    assert not (state_root / "instances").exists()
 
 
 def test_missing_instance(virtkit: Cli) -> None:

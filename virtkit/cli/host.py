@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from virtkit.cli.context import get_context, json_option
 from virtkit.cli.output import print_json
+from virtkit.cli.params import SizeType
+
+if TYPE_CHECKING:
+    from virtkit.host import Report
 
 COLOURS = {"PASS": "green", "WARN": "yellow", "FAIL": "red", "INFO": "blue"}
 
@@ -18,39 +24,30 @@ def host_group() -> None:
 @host_group.command("check")
 @click.option(
     "--min-free",
-    metavar="SIZE",
+    type=SizeType("--min-free size", minimum=0),
     default="10GiB",
     show_default=True,
     help="Warn when the state root's filesystem has less free space than this.",
 )
 @json_option
-def check_command(min_free: str) -> None:
+def check_command(min_free: int) -> None:
     """Check that this host can run VMs and containers, and say how to fix what it lacks.
 
     Exit code: 0 everything required is there, 1 something required fails, 2 the check cannot run.
     """
     from virtkit.ops.host import check_host
-    from virtkit.units import parse_size
 
     ctx = get_context()
-    threshold = parse_size(min_free, what="--min-free size", minimum=0)
-    report = check_host(ctx.root, min_free=threshold)
+    report = check_host(ctx.root, min_free=min_free)
     if ctx.json:
         print_json(report.to_dict())
     else:
         _render(report)
-    ctx_exit(report.exit_code)
+    if report.exit_code:
+        click.get_current_context().exit(report.exit_code)
 
 
-def ctx_exit(code: int) -> None:
-    if code:
-        click.get_current_context().exit(code)
-
-
-def _render(report: object) -> None:
-    from virtkit.host import Report
-
-    assert isinstance(report, Report)
+def _render(report: Report) -> None:
     host = report.host
     guest = ", itself a virtual machine" if host.hypervisor else ""
     click.echo(click.style(f"Host: {host.cpu_model} ({host.cpus} CPUs{guest}), {host.arch}", bold=True))

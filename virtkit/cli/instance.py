@@ -9,6 +9,7 @@ import click
 
 from virtkit.cli.context import get_context, json_option
 from virtkit.cli.output import print_fields, print_json, print_table
+from virtkit.cli.params import INSTANCE_NAME
 from virtkit.units import format_size
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ def list_command() -> None:
 
 
 @click.command("show")
-@click.argument("name")
+@click.argument("name", type=INSTANCE_NAME)
 @json_option
 def show_command(name: str) -> None:
     """Show one instance's settings and state."""
