@@ -44,7 +44,7 @@ def list_command() -> None:
     print_table(
         ["NAME", "TYPE", "STATE", "CPUS", "MEMORY", "IMAGE", "AGE"],
         rows,
-        empty="No instances. Create one with `virtkit launch IMAGE NAME`.",
+        empty="No instances.",
     )
 
 
