@@ -120,6 +120,9 @@ class ImageRecord(Record):
     size: int = Field(default=0, ge=0)
     virtual_size: int = Field(default=0, ge=0)
     source: str = ""
+    aliases: list[str] = Field(default_factory=list)
+    files: dict[str, str] = Field(default_factory=dict)
+    container: dict[str, Any] = Field(default_factory=dict)
     properties: dict[str, str] = Field(default_factory=dict)
 
 
