@@ -20,6 +20,7 @@ from virtkit.errors import VirtkitError
 COMMANDS = [
     LazyCommand("list", "virtkit.cli.instance:list_command", "List instances.", "Instances"),
     LazyCommand("show", "virtkit.cli.instance:show_command", "Show one instance.", "Instances"),
+    LazyCommand("image", "virtkit.cli.image:image_group", "Build, import, list and export images.", "Images"),
     LazyCommand("host", "virtkit.cli.host:host_group", "Check and describe this host.", "Host"),
     LazyCommand(
         "operation", "virtkit.cli.operation:operation_group", "Watch long-running operations.", "Server"

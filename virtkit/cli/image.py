@@ -1,0 +1,136 @@
+"""`virtkit image ...`: list, show, delete, alias, export, build and import images."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from virtkit.cli.context import get_context, json_option
+from virtkit.cli.output import print_fields, print_json, print_table
+from virtkit.cli.params import NameType
+from virtkit.units import format_size
+
+if TYPE_CHECKING:
+    from virtkit.model import ImageRecord
+
+ALIAS = NameType("image alias")
+
+
+@click.group("image")
+def image_group() -> None:
+    """Images instances are made from: build, import, list, export."""
+
+
+def _row(r: ImageRecord) -> tuple[str, ...]:
+    kinds = ",".join(kind.value for kind in r.kinds)
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created_at))
+    aliases = ",".join(r.aliases) or "-"
+    return (aliases, r.fingerprint[:12], kinds, r.arch, r.format, format_size(r.size), when)
+
+
+@image_group.command("list")
+@json_option
+def list_command() -> None:
+    """List images: aliases, fingerprint, kinds, architecture, format, size."""
+    from virtkit.ops.images import list_images
+
+    ctx = get_context()
+    records = list_images(ctx.root, ctx.store())
+    if ctx.json:
+        print_json([record.model_dump(mode="json") for record in records])
+        return
+    print_table(
+        ["ALIASES", "FINGERPRINT", "KINDS", "ARCH", "FORMAT", "SIZE", "CREATED"],
+        [_row(record) for record in records],
+        empty="No images. Build one with `virtkit image build tiny`.",
+    )
+
+
+@image_group.command("show")
+@click.argument("image")
+@json_option
+def show_command(image: str) -> None:
+    """Show one image (by alias or fingerprint prefix)."""
+    from virtkit.ops.images import get_image, image_store
+
+    ctx = get_context()
+    record = get_image(ctx.root, ctx.store(), image)
+    if ctx.json:
+        print_json(record.model_dump(mode="json"))
+        return
+    path = image_store(ctx.root, ctx.store()).path(record)
+    fields = [
+        ("Fingerprint", record.fingerprint),
+        ("Aliases", ", ".join(record.aliases) or "-"),
+        ("Name", record.name),
+        ("Kinds", ", ".join(kind.value for kind in record.kinds)),
+        ("Architecture", record.arch),
+        ("Format", record.format),
+        ("Size on disk", format_size(record.size)),
+        ("Virtual size", format_size(record.virtual_size) if record.virtual_size else "-"),
+        ("Source", record.source),
+        ("Created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created_at))),
+    ]
+    fields += [(f"File {role}", str(path / name)) for role, name in sorted(record.files.items())]
+    fields += [(f"Container {key}", str(value)) for key, value in sorted(record.container.items())]
+    fields += [(f"Property {key}", value) for key, value in sorted(record.properties.items())]
+    print_fields(fields)
+
+
+@image_group.command("delete")
+@click.argument("image")
+def delete_command(image: str) -> None:
+    """Delete an image; refused while instances use it."""
+    from virtkit.ops.images import delete_image
+
+    ctx = get_context()
+    record = delete_image(ctx.root, ctx.store(), image)
+    click.echo(f"Image {record.fingerprint[:12]} deleted.")
+
+
+@image_group.group("alias")
+def alias_group() -> None:
+    """Name images."""
+
+
+@alias_group.command("add")
+@click.argument("image")
+@click.argument("alias", type=ALIAS)
+def alias_add_command(image: str, alias: str) -> None:
+    """Give IMAGE the name ALIAS."""
+    from virtkit.ops.images import add_alias
+
+    ctx = get_context()
+    record = add_alias(ctx.root, ctx.store(), image, alias)
+    click.echo(f"Alias {alias} now names image {record.fingerprint[:12]}.")
+
+
+@alias_group.command("remove")
+@click.argument("alias", type=ALIAS)
+def alias_remove_command(alias: str) -> None:
+    """Remove the name ALIAS (the image stays)."""
+    from virtkit.ops.images import remove_alias
+
+    ctx = get_context()
+    remove_alias(ctx.root, ctx.store(), alias)
+    click.echo(f"Alias {alias} removed.")
+
+
+@image_group.command("export")
+@click.argument("image")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def export_command(image: str, file: Path) -> None:
+    """Write IMAGE to FILE, a tar archive `virtkit image import` takes back."""
+    from virtkit.cli.progress import progress_display
+    from virtkit.ops.images import export
+
+    ctx = get_context()
+    with progress_display("export", quiet=ctx.json) as progress:
+        dest = export(ctx.root, ctx.store(), image, file, progress)
+    if ctx.json:
+        print_json({"path": str(dest)})
+    else:
+        click.echo(f"Image exported to {dest}.")
