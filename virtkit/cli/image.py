@@ -134,3 +134,36 @@ def export_command(image: str, file: Path) -> None:
         print_json({"path": str(dest)})
     else:
         click.echo(f"Image exported to {dest}.")
+
+
+def _print_added(ctx_json: bool, records: list[ImageRecord], verb: str) -> None:
+    if ctx_json:
+        print_json([record.model_dump(mode="json") for record in records])
+        return
+    for record in records:
+        kinds = ", ".join(kind.value for kind in record.kinds)
+        click.echo(
+            f"Image {','.join(record.aliases)} ({record.fingerprint[:12]}) {verb}: {kinds}, "
+            f"{record.arch}, {format_size(record.size)} on disk."
+        )
+
+
+@image_group.command("import")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--name", help="Alias of the new image (default: from the file name).")
+@click.option(
+    "--format",
+    "fmt",
+    help="Say what the file is (qcow2, raw, vmdk, vdi, vhd, vhdx, iso, tar); checked against its bytes.",
+)
+@json_option
+def import_command(path: Path, name: str | None, fmt: str | None) -> None:
+    """Import a disk image (qcow2, raw, VMDK, VDI, VHD, VHDX), an ISO, a rootfs tarball, an OCI
+    layout or archive, a `docker save` archive, or an archive made by `virtkit image export`."""
+    from virtkit.cli.progress import progress_display
+    from virtkit.ops.images import import_image
+
+    ctx = get_context()
+    with progress_display(f"import {path.name}", quiet=ctx.json) as progress:
+        record = import_image(ctx.root, ctx.store(), path, name=name, fmt=fmt, progress=progress)
+    _print_added(ctx.json, [record], "imported")

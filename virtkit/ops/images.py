@@ -7,13 +7,16 @@ left behind, neither files nor records.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
+from virtkit.errors import ConflictError
 from virtkit.images.staged import Progress, StagedImage, no_progress
 from virtkit.images.store import ImageStore
 from virtkit.model import ImageRecord
 from virtkit.store import Store
+from virtkit.units import validate_name
 
 
 def cache_dir() -> Path:
@@ -67,3 +70,68 @@ def add_staged(
     with images.staging() as staging:
         staged = make(staging)
         return images.commit(staged, staging, alias=alias)
+
+
+def default_alias(source: Path) -> str:
+    """An alias made from a file name: "Ubuntu_22.04.qcow2" → "ubuntu-22-04"."""
+    stem = source.name.split(".")[0] if not source.is_dir() else source.name
+    alias = re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-")[:63].rstrip("-")
+    if not alias or not alias[0].isalpha():
+        alias = f"image-{alias}"[:63].rstrip("-")
+    return alias
+
+
+def import_image(
+    root: Path,
+    store: Store,
+    source: Path,
+    *,
+    name: str | None = None,
+    fmt: str | None = None,
+    progress: Progress = no_progress,
+) -> ImageRecord:
+    """Import a disk image, ISO, rootfs tarball, OCI layout or archive, docker save archive, or
+    virtkit image archive; the format is told by the file's bytes, checked against its name."""
+    from virtkit.images.detect import detect
+
+    alias = validate_name(name, what="image name") if name else default_alias(source)
+    holder = next((r for r in image_store(root, store).list() if alias in r.aliases), None)
+    if holder is not None:
+        raise ConflictError(
+            f"image alias {alias!r} already names image {holder.fingerprint[:12]}",
+            hint="choose another with --name, or delete that image first",
+        )
+    if source.is_dir():
+        kind, detected_format = "oci-layout", None
+    else:
+        detected = detect(source, fmt)
+        kind, detected_format = detected.kind, detected.format
+    return add_staged(
+        root,
+        store,
+        lambda staging: _importer(source, staging, alias, kind, detected_format, progress),
+        alias=alias,
+    )
+
+
+def _importer(
+    source: Path, staging: Path, alias: str, kind: str, fmt: str | None, progress: Progress
+) -> StagedImage:
+    if kind == "disk":
+        from virtkit.images.disk import import_disk
+
+        return import_disk(source, staging, name=alias, fmt=fmt, progress=progress)
+    if kind == "iso":
+        from virtkit.images.iso import import_iso
+
+        return import_iso(source, staging, name=alias, progress=progress)
+    from virtkit.images.bundle import import_bundle, is_bundle
+    from virtkit.images.oci import import_oci, is_image_archive
+
+    if kind != "oci-layout" and is_bundle(source):
+        return import_bundle(source, staging, name=alias, progress=progress)
+    if kind == "oci-layout" or is_image_archive(source):
+        return import_oci(source, staging, name=alias, progress=progress)
+    from virtkit.images.rootfs import import_rootfs
+
+    return import_rootfs(source, staging, name=alias, progress=progress)
