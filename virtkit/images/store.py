@@ -10,6 +10,7 @@ Images are named by aliases (`tiny`, `debian-bookworm`) or by any unique prefix 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -65,6 +66,10 @@ class ImageStore:
         finally:
             if path.exists():
                 _remove_tree(path)
+            # A failed first import leaves the root as it found it; busy directories stay.
+            for directory in (staging_root, self.dir):
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
 
     def commit(self, staged: StagedImage, staging: Path, *, alias: str | None = None) -> ImageRecord:
         """Fingerprint the staged files, move them into place and record the image.
