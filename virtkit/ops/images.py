@@ -135,3 +135,65 @@ def _importer(
     from virtkit.images.rootfs import import_rootfs
 
     return import_rootfs(source, staging, name=alias, progress=progress)
+
+
+ARCHES = ("x86_64", "aarch64")
+
+
+def tiny_alias(arch: str) -> str:
+    return "tiny" if arch == "x86_64" else f"tiny-{arch}"
+
+
+def debian_alias(release: str, flavour: str, arch: str) -> str:
+    """`debian-bookworm` (VM), `debian-bookworm-container`; `-aarch64` appended for arm64."""
+    alias = f"debian-{release}" + ("-container" if flavour == "container" else "")
+    return alias if arch == "x86_64" else f"{alias}-{arch}"
+
+
+def build_tiny_image(
+    root: Path, store: Store, *, arch: str = "x86_64", progress: Progress = no_progress
+) -> ImageRecord:
+    """Build the tiny busybox guest (VM and container) from Debian's kernel and busybox-static."""
+    from virtkit.images.tiny import build_tiny
+
+    cache = cache_dir()
+    return add_staged(
+        root,
+        store,
+        lambda staging: build_tiny(staging, cache=cache, arch=arch, progress=progress),
+        alias=tiny_alias(arch),
+    )
+
+
+def build_debian_images(
+    root: Path,
+    store: Store,
+    *,
+    release: str,
+    packages: list[str],
+    arch: str = "x86_64",
+    flavours: tuple[str, ...] = ("vm", "container"),
+    refresh: bool = False,
+    progress: Progress = no_progress,
+) -> list[ImageRecord]:
+    """Build Debian by debootstrap: a VM image (kernel, initrd, disk) and a container image."""
+    from virtkit.images.debian import build_debian
+
+    cache = cache_dir()
+    records = []
+    for flavour in flavours:
+
+        def make(staging: Path, flavour: str = flavour) -> StagedImage:
+            return build_debian(
+                staging,
+                cache=cache,
+                release=release,
+                packages=packages,
+                arch=arch,
+                flavour=flavour,
+                refresh=refresh,  # each flavour has its own cached tree
+                progress=progress,
+            )
+
+        records.append(add_staged(root, store, make, alias=debian_alias(release, flavour, arch)))
+    return records
