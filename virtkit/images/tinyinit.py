@@ -1,0 +1,362 @@
+"""The guest side of the tiny image: its initramfs /init and the boot scripts of its busybox root.
+
+Boot in a VM: the kernel runs the initramfs `/init` (INITRAMFS_INIT), which loads the modules
+listed in /lib/modules/virtkit.load (passing it any `module.param=value` from the kernel command
+line, as modprobe would), finds the root disk, mounts it and switch_root's into /sbin/init there;
+without a disk it goes on from the initramfs, which holds the same root tree. /sbin/init is busybox
+init: its sysinit script (RCS) mounts what is missing, names the host, starts DHCP in the background,
+the power-button daemon and the command agent, then prints READY_MARKER on the console and on the
+virtio-serial port named READY_PORT. It acts as in a VM only when the initramfs left VM_MARKER; in
+a container it only starts DHCP on interfaces the runtime left unconfigured; anywhere else (a
+chroot on a host) it touches nothing and just prints the marker.
+
+Kernel command line options read by the guest (all optional)::
+
+    virtkit.root=/dev/vda | none    root device (default: /dev/vda, else /dev/sda; none: no disk)
+    virtkit.rootwait=SECONDS        how long to wait for a named root device (default 10)
+    virtkit.init=/sbin/init         what to run as PID 1 after the switch
+    virtkit.hostname=NAME           host name (default: /etc/hostname)
+    virtkit.debug                   trace the initramfs script on the console
+"""
+
+from __future__ import annotations
+
+READY_MARKER = "VIRTKIT-READY"
+READY_PORT = "org.virtkit.ready"
+AGENT_PORT = "org.virtkit.agent"
+AGENT_PATH = "/usr/lib/virtkit/agent"  # the in-guest command agent, started when present
+FUNCTIONS_PATH = "/usr/lib/virtkit/functions"
+UDHCPC_SCRIPT_PATH = "/etc/udhcpc/default.script"  # where busybox udhcpc looks by default
+VM_MARKER = "/dev/.virtkit-vm"  # made by the initramfs; boot scripts act as in a VM only if present
+MODULE_LIST_PATH = "/lib/modules/virtkit.load"  # "name /lib/modules/<release>/name.ko" per line
+
+INITRAMFS_INIT = r"""#!/bin/sh
+# virtkit tiny initramfs: load the modules, find the root disk, switch to it (or run from here).
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc -o nosuid,nodev,noexec proc /proc
+mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
+mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev
+: > @VM_MARKER@  # tells the boot scripts they run in a VM (devtmpfs moves into the new root)
+
+read -r cmdline < /proc/cmdline
+root= rootwait=10 init=/sbin/init
+set -f
+for arg in $cmdline; do
+	case "$arg" in
+	virtkit.root=*) root=${arg#*=} ;;
+	virtkit.rootwait=*) rootwait=${arg#*=} ;;
+	virtkit.init=*) init=${arg#*=} ;;
+	virtkit.debug) set -x ;;
+	esac
+done
+
+set +f
+
+# Module conditions: pci:VENDOR[:DEVICE], pciclass:CLASS (a prefix, 0106 is AHCI) and virtio:ID
+# (2 is a block device) hold when such a device exists; a module without conditions always loads.
+has_pci() {
+	for dev in /sys/bus/pci/devices/*; do
+		[ -r "$dev/vendor" ] && read -r value < "$dev/vendor" && [ "$value" = "0x$1" ] || continue
+		[ -z "$2" ] && return 0
+		read -r value < "$dev/device" && [ "$value" = "0x$2" ] && return 0
+	done
+	return 1
+}
+has_pciclass() {
+	for f in /sys/bus/pci/devices/*/class; do
+		[ -r "$f" ] && read -r value < "$f" && case "$value" in "0x$1"*) return 0 ;; esac
+	done
+	return 1
+}
+has_virtio() {
+	for f in /sys/bus/virtio/devices/*/device; do
+		[ -r "$f" ] && read -r value < "$f" && [ "$((value))" = "$1" ] && return 0
+	done
+	return 1
+}
+wanted() {
+	[ $# -eq 0 ] && return 0
+	for cond; do
+		case "$cond" in
+		pci:*:*) cond=${cond#pci:}; has_pci "${cond%:*}" "${cond#*:}" && return 0 ;;
+		pci:*) has_pci "${cond#pci:}" "" && return 0 ;;
+		pciclass:*) has_pciclass "${cond#pciclass:}" && return 0 ;;
+		virtio:*) has_virtio "${cond#virtio:}" && return 0 ;;
+		esac
+	done
+	return 1
+}
+
+# Modules in dependency order, each with its "name.param=value" options from the command line.
+while read -r name file conditions; do
+	wanted $conditions || continue
+	args=
+	set -f
+	for arg in $cmdline; do
+		case "$arg" in "$name".*=*) args="$args ${arg#"$name".}" ;; esac
+	done
+	set +f
+	insmod "$file" $args || echo "virtkit: cannot load module $name" >&2
+done < @MODULE_LIST@
+
+found=
+find_root() {
+	for dev in ${root:-/dev/vda /dev/sda}; do
+		if [ -b "$dev" ]; then found=$dev; return 0; fi
+	done
+	return 1
+}
+scsi_disk_seen() {
+	for t in /sys/bus/scsi/devices/*:*:*:*/type; do
+		[ -r "$t" ] && read -r kind < "$t" && [ "$kind" = 0 ] && return 0
+	done
+	return 1
+}
+if [ "$root" != none ] && ! find_root; then
+	# libata probes its ports in the background; a write to "scan" returns once that is done.
+	for scan in /sys/class/scsi_host/host*/scan; do
+		[ -w "$scan" ] && echo "- - -" > "$scan"
+	done
+	# Wait (bounded) while a root was named or a SCSI disk is still becoming a block device.
+	tries=$((rootwait * 50))
+	while ! find_root && [ "$tries" -gt 0 ]; do
+		[ -n "$root" ] || scsi_disk_seen || break
+		usleep 20000
+		tries=$((tries - 1))
+	done
+	[ -n "$found" ] || [ -z "$root" ] || echo "virtkit: root device $root not found" >&2
+fi
+
+if [ -n "$found" ]; then
+	if mount -t ext4 -o rw,noatime "$found" /newroot; then
+		if [ -e "/newroot$init" ] || [ -L "/newroot$init" ]; then
+			mount --move /dev /newroot/dev
+			mount --move /proc /newroot/proc
+			mount --move /sys /newroot/sys
+			exec switch_root /newroot "$init"
+		fi
+		echo "virtkit: $found has no $init" >&2
+		umount /newroot
+	fi
+	echo "virtkit: cannot use $found as root; running from the initramfs" >&2
+fi
+exec "$init"
+""".replace("@MODULE_LIST@", MODULE_LIST_PATH).replace("@VM_MARKER@", VM_MARKER)
+
+FUNCTIONS = r"""# virtkit tiny: shell functions shared by the boot scripts (sourced, not run).
+
+# Sets $container when running in a container (the runtime's "container" variable, podman's
+# /run/.containerenv, docker's /.dockerenv or a container= variable in PID 1's environment).
+detect_container() {
+	container=${container:-}
+	[ -n "$container" ] && return 0
+	if [ -e /run/.containerenv ] || [ -e /.dockerenv ]; then
+		container=unknown
+	elif tr '\0' '\n' < /proc/1/environ 2>/dev/null | grep -q '^container='; then
+		container=unknown
+	fi
+	[ -n "$container" ]
+}
+
+# Sets $portdev to the device of the virtio-serial port named $1; fails when there is none.
+find_port() {
+	portdev=
+	for f in /sys/class/virtio-ports/*/name; do
+		[ -r "$f" ] || continue
+		read -r n < "$f"
+		if [ "$n" = "$1" ]; then
+			f=${f%/name}
+			portdev=/dev/${f##*/}
+			[ -c "$portdev" ] && return 0
+		fi
+	done
+	return 1
+}
+
+# Sets $mode: "vm" when the tiny initramfs booted this system (it leaves @VM_MARKER@),
+# "container" when a container runtime started it, "other" otherwise (a chroot, an unknown
+# runtime, or run by hand rather than by PID 1): then the scripts leave alone everything they
+# might share with a host (mounts, host name, network interfaces, serial ports, processes).
+detect_mode() {
+	if [ "$$" != 1 ] && [ "$PPID" != 1 ]; then
+		mode=other
+	elif detect_container; then
+		mode=container
+	elif [ -e @VM_MARKER@ ]; then
+		mode=vm
+	else
+		mode=other
+	fi
+}
+
+# Succeeds when something is mounted on $1 (as listed in $mounts, read once).
+mounted() {
+	case "$mounts" in *" $1 "*) return 0 ;; esac
+	return 1
+}
+"""
+
+RCS = r"""#!/bin/sh
+# virtkit tiny: bring the system up, start the agent, say it is ready. Never waits for the network.
+# Runs as busybox init's sysinit action (VM, system container) or by hand (sh -c, app container).
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+. @FUNCTIONS@
+
+detect_mode
+if [ "$mode" = vm ]; then
+	[ -e /proc/self ] || mount -t proc -o nosuid,nodev,noexec proc /proc
+	mounts=$(cat /proc/mounts)
+	mounted /sys || mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
+	mounted /dev || mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev
+	mkdir -p /dev/pts /dev/shm
+	mounted /dev/pts || mount -t devpts -o nosuid,noexec,gid=5,mode=0620,ptmxmode=0666 devpts /dev/pts
+	mounted /dev/shm || mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /dev/shm
+	mounted /run || mount -t tmpfs -o nosuid,nodev,mode=0755 tmpfs /run
+	mounted /tmp || mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /tmp
+	name=
+	read -r cmdline < /proc/cmdline
+	for arg in $cmdline; do
+		case "$arg" in virtkit.hostname=*) name=${arg#*=} ;; esac
+	done
+	[ -n "$name" ] || read -r name < /etc/hostname
+	hostname "$name"
+	printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost\n' "$name" >/etc/hosts
+	# The power button (ACPI on x86, gpio-keys on arm) arrives as an input event.
+	[ -e /dev/input/event0 ] && acpid -c /etc/acpi -l /dev/null
+fi
+
+if [ "$mode" = other ]; then
+	echo @READY@
+	exit 0
+fi
+
+# DHCP on the NICs nobody configured: all of a VM's; in a container only eth0 (should a runtime
+# share the host's network namespace, the host's other interfaces stay untouched).
+ip link set lo up 2>/dev/null
+nics=/sys/class/net/*
+[ "$mode" = container ] && nics=/sys/class/net/eth0
+for dev in $nics; do
+	ifname=${dev##*/}
+	{ [ "$ifname" = lo ] || [ ! -e "$dev" ]; } && continue
+	ip -4 addr show dev "$ifname" 2>/dev/null | grep -q inet && continue
+	ip link set "$ifname" up 2>/dev/null
+	udhcpc -f -R -i "$ifname" -s @UDHCPC@ -t 5 -T 1 -A 5 -x "hostname:$(hostname)" \
+		</dev/null >/dev/null 2>&1 &
+done
+
+if [ -x @AGENT@ ] && find_port @AGENT_PORT@; then
+	(while :; do @AGENT@ "$portdev"; sleep 1; done) </dev/null >/dev/null 2>&1 &
+fi
+
+if find_port @READY_PORT@; then
+	# A write blocks until the host side is connected: never let that hold the boot.
+	timeout 60 sh -c 'echo @READY@ > "$1"' sh "$portdev" </dev/null >/dev/null 2>&1 &
+fi
+echo @READY@
+"""
+
+RCK = r"""#!/bin/sh
+# virtkit tiny: stop cleanly; busybox init runs this before poweroff, halt and reboot.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+. @FUNCTIONS@
+detect_mode
+[ "$mode" = other ] && exit 0
+killall udhcpc acpid 2>/dev/null
+sync
+if [ "$mode" = vm ]; then
+	umount -a -r 2>/dev/null
+	mount -o remount,ro / 2>/dev/null
+fi
+"""
+
+INITTAB = """\
+::sysinit:/etc/init.d/rcS
+::respawn:/usr/lib/virtkit/console
+::ctrlaltdel:/sbin/reboot
+::shutdown:/etc/init.d/rcK
+"""
+
+# busybox init already made this a session leader: cttyhack turns the console into its terminal.
+CONSOLE = """\
+#!/bin/sh
+# virtkit tiny: a root shell on the console when it is a terminal; else nothing (tty-less containers).
+[ -t 0 ] && exec cttyhack sh -l
+exec sleep 2147483647
+"""
+
+UDHCPC_SCRIPT = r"""#!/bin/sh
+# udhcpc event script: apply a lease to the interface, the default route and /etc/resolv.conf.
+case "$1" in
+deconfig)
+	ip -4 addr flush dev "$interface"
+	ip link set dev "$interface" up
+	;;
+bound|renew)
+	if ! ip -4 addr show dev "$interface" | grep -q " $ip/${mask:-24} "; then
+		ip -4 addr flush dev "$interface"
+		ip addr add "$ip/${mask:-24}" ${broadcast:+broadcast "$broadcast"} dev "$interface"
+	fi
+	[ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
+	if [ -n "$router" ]; then
+		while ip route del default dev "$interface" 2>/dev/null; do :; done
+		set -- $router
+		ip route add default via "$1" dev "$interface"
+	fi
+	if [ -n "$dns" ]; then
+		{
+			[ -n "$domain" ] && echo "search $domain"
+			for server in $dns; do echo "nameserver $server"; done
+		} > /etc/resolv.conf
+	fi
+	;;
+esac
+exit 0
+"""
+
+POWER_BUTTON = """\
+#!/bin/sh
+# busybox acpid runs this on a power button press (ACPI PWRF event): a clean poweroff.
+exec poweroff
+"""
+
+PROFILE = """\
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+[ "$HOME" = / ] && export HOME=/root
+export PS1='\\h:\\w\\$ '
+"""
+
+
+def _fill(script: str) -> str:
+    values = {
+        "@FUNCTIONS@": FUNCTIONS_PATH,
+        "@UDHCPC@": UDHCPC_SCRIPT_PATH,
+        "@AGENT_PORT@": AGENT_PORT,
+        "@AGENT@": AGENT_PATH,
+        "@READY_PORT@": READY_PORT,
+        "@READY@": READY_MARKER,
+        "@VM_MARKER@": VM_MARKER,
+    }
+    for key, value in values.items():
+        script = script.replace(key, value)
+    return script
+
+
+def guest_files(hostname: str, os_release: str) -> dict[str, tuple[str, int]]:
+    """The files of the tiny root filesystem besides busybox: path -> (contents, mode)."""
+    return {
+        "etc/inittab": (INITTAB, 0o644),
+        "etc/init.d/rcS": (_fill(RCS), 0o755),
+        "etc/init.d/rcK": (_fill(RCK), 0o755),
+        FUNCTIONS_PATH.lstrip("/"): (_fill(FUNCTIONS), 0o644),
+        "usr/lib/virtkit/console": (CONSOLE, 0o755),
+        UDHCPC_SCRIPT_PATH.lstrip("/"): (UDHCPC_SCRIPT, 0o755),
+        "etc/acpi/PWRF/00000080": (POWER_BUTTON, 0o755),
+        "etc/hostname": (f"{hostname}\n", 0o644),
+        "etc/hosts": ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n", 0o644),
+        "etc/passwd": ("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:"
+                       "/usr/sbin/nologin\n", 0o644),
+        "etc/group": ("root:x:0:\ntty:x:5:\nnogroup:x:65534:\n", 0o644),
+        "etc/shadow": ("root:*:19000:0:99999:7:::\nnobody:*:19000:0:99999:7:::\n", 0o640),
+        "etc/profile": (PROFILE, 0o644),
+        "etc/os-release": (os_release, 0o644),
+    }
