@@ -11,6 +11,9 @@ step() { printf '\n%s$ %s%s\n' "$bold" "$*" "$plain"; "$@"; }
 step virtkit --version
 step virtkit host check
 code=$?
+step virtkit image build tiny
+step virtkit image list
+step virtkit image show tiny
 step virtkit list
 echo
 case $code in
