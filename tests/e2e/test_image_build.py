@@ -30,6 +30,8 @@ def test_build_tiny_then_list(virtkit: Cli, state_root: Path) -> None:
     assert again.stderr == ""  # --json is quiet
     rebuilt = json.loads(again.stdout)[0]
     assert rebuilt["aliases"] == ["tiny"]
+    listed = json.loads(virtkit("image", "list", "--json").stdout)
+    assert [i["fingerprint"] for i in listed] == [rebuilt["fingerprint"]]  # no nameless leftovers
 
 
 def test_build_debian_makes_vm_and_container_images(virtkit: Cli) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from virtkit.errors import ConflictError
 from virtkit.images.staged import Progress, StagedImage, no_progress
 from virtkit.images.store import ImageStore
-from virtkit.model import ImageRecord
+from virtkit.model import ImageRecord, InstanceRecord
 from virtkit.store import Store
 from virtkit.units import validate_name
 
@@ -150,6 +150,23 @@ def debian_alias(release: str, flavour: str, arch: str) -> str:
     return alias if arch == "x86_64" else f"{alias}-{arch}"
 
 
+def rebuild(
+    root: Path, store: Store, make: Callable[[Path], StagedImage], *, alias: str
+) -> ImageRecord:
+    """Build an image that replaces the one named `alias`: the alias moves to the new image, and
+    the old one is deleted when nothing else names or uses it (as a rebuild should, not leaving
+    nameless images behind)."""
+    images = image_store(root, store)
+    previous = next((r for r in images.list() if alias in r.aliases), None)
+    record = add_staged(root, store, make, alias=alias)
+    if previous is not None and previous.fingerprint != record.fingerprint:
+        old = store.find(ImageRecord, previous.fingerprint)
+        in_use = any(i.image == previous.fingerprint for i in store.list(InstanceRecord))
+        if old is not None and not old.aliases and not in_use:
+            images.delete(old.fingerprint)
+    return record
+
+
 def build_tiny_image(
     root: Path, store: Store, *, arch: str = "x86_64", progress: Progress = no_progress
 ) -> ImageRecord:
@@ -157,7 +174,7 @@ def build_tiny_image(
     from virtkit.images.tiny import build_tiny
 
     cache = cache_dir()
-    return add_staged(
+    return rebuild(
         root,
         store,
         lambda staging: build_tiny(staging, cache=cache, arch=arch, progress=progress),
@@ -195,5 +212,5 @@ def build_debian_images(
                 progress=progress,
             )
 
-        records.append(add_staged(root, store, make, alias=debian_alias(release, flavour, arch)))
+        records.append(rebuild(root, store, make, alias=debian_alias(release, flavour, arch)))
     return records
