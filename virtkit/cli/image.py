@@ -80,15 +80,24 @@ def show_command(image: str) -> None:
     print_fields(fields)
 
 
+def _done(record: ImageRecord, message: str) -> None:
+    """What a changing command prints: a sentence, or the image's record with --json."""
+    if get_context().json:
+        print_json(record.model_dump(mode="json"))
+    else:
+        click.echo(message)
+
+
 @image_group.command("delete")
 @click.argument("image")
+@json_option
 def delete_command(image: str) -> None:
     """Delete an image; refused while instances use it."""
     from virtkit.ops.images import delete_image
 
     ctx = get_context()
     record = delete_image(ctx.root, ctx.store(), image)
-    click.echo(f"Image {record.fingerprint[:12]} deleted.")
+    _done(record, f"Image {record.fingerprint[:12]} deleted.")
 
 
 @image_group.group("alias")
@@ -99,29 +108,32 @@ def alias_group() -> None:
 @alias_group.command("add")
 @click.argument("image")
 @click.argument("alias", type=ALIAS)
+@json_option
 def alias_add_command(image: str, alias: str) -> None:
     """Give IMAGE the name ALIAS."""
     from virtkit.ops.images import add_alias
 
     ctx = get_context()
     record = add_alias(ctx.root, ctx.store(), image, alias)
-    click.echo(f"Alias {alias} now names image {record.fingerprint[:12]}.")
+    _done(record, f"Alias {alias} now names image {record.fingerprint[:12]}.")
 
 
 @alias_group.command("remove")
 @click.argument("alias", type=ALIAS)
+@json_option
 def alias_remove_command(alias: str) -> None:
     """Remove the name ALIAS (the image stays)."""
     from virtkit.ops.images import remove_alias
 
     ctx = get_context()
-    remove_alias(ctx.root, ctx.store(), alias)
-    click.echo(f"Alias {alias} removed.")
+    record = remove_alias(ctx.root, ctx.store(), alias)
+    _done(record, f"Alias {alias} removed.")
 
 
 @image_group.command("export")
 @click.argument("image")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
 def export_command(image: str, file: Path) -> None:
     """Write IMAGE to FILE, a tar archive `virtkit image import` takes back."""
     from virtkit.cli.progress import progress_display
