@@ -21,7 +21,9 @@ def test_build_tiny_then_list(virtkit: Cli, state_root: Path) -> None:
     base = state_root / "images" / image["fingerprint"]
     for name in image["files"].values():
         assert (base / name).exists()
-    check = subprocess.run(["qemu-img", "check", "-f", "qcow2", str(base / "disk.qcow2")], capture_output=True)
+    check = subprocess.run(
+        ["qemu-img", "check", "-f", "qcow2", str(base / "disk.qcow2")], capture_output=True
+    )
     assert check.returncode == 0
     assert (base / "rootfs" / "sbin" / "init").exists()
 
