@@ -17,18 +17,16 @@ a lock, so the cache never holds a half-unpacked package.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 from virtkit.errors import HostCapabilityError, NotFoundError, ToolError
-from virtkit.images.tools import run_tool
+from virtkit.images.tools import cache_lock, run_tool
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +69,7 @@ class AptRoot:
 
     def __init__(self, cache: Path, debarch: str) -> None:
         self.debarch = debarch
+        self.cache = cache
         self.dir = cache / "apt" / debarch
         self.lists = self.dir / "state" / "lists"
 
@@ -126,7 +125,7 @@ class AptRoot:
     def refresh(self) -> None:
         """Fetch the package lists when missing or older than a day; keep old ones when offline."""
         self.prepare()
-        with _locked(self.dir / ".lock"):
+        with cache_lock(self.cache, f"apt-{self.debarch}"):
             self._refresh()
 
     def _refresh(self) -> None:
@@ -161,17 +160,6 @@ class AptRoot:
         return fields
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def unpacked_path(cache: Path, package: str, version: str, debarch: str) -> Path:
     """Where package `package` at `version` is (or would be) unpacked in the cache."""
     return cache / "debs" / f"{_safe(package)}_{_safe(version)}_{debarch}"
@@ -188,7 +176,8 @@ def prune(cache: Path, package_glob: str, debarch: str, *, keep: Path, min_age: 
     e.g. the previous kernel after a security update). Ones younger than `min_age` seconds stay:
     a build running right now may still be reading them."""
     debs = cache / "debs"
-    with _locked(debs / ".lock"):
+    debs.mkdir(parents=True, exist_ok=True)
+    with cache_lock(cache, "debs"):
         for old in cached_versions(cache, package_glob, debarch):
             if old == keep or time.time() - old.stat().st_mtime < min_age:
                 continue
@@ -206,12 +195,13 @@ def fetch_unpacked(
     `finish` runs on the unpacked tree before it is renamed into the cache, so its work is cached
     too and a failure in it leaves nothing behind.
     """
-    cache = apt.dir.parent.parent
+    cache = apt.cache
     final = unpacked_path(cache, package, version, apt.debarch)
     if final.is_dir():
         return final
     debs = cache / "debs"
-    with _locked(debs / ".lock"):
+    debs.mkdir(parents=True, exist_ok=True)
+    with cache_lock(cache, "debs"):
         if final.is_dir():  # another build fetched it while we waited
             return final
         for stale in debs.glob(".tmp-*"):  # left by a build that was killed

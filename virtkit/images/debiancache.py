@@ -15,7 +15,6 @@ is built in a temporary directory and renamed into place only when complete. Ent
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -25,7 +24,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from virtkit.errors import BusyError
 from virtkit.images.debootstrap import remove_tree
+from virtkit.images.tools import cache_lock
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +53,6 @@ def debs_dir(cache: Path, debarch: str) -> Path:
     return path
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _fresh(entry: Path, now: float) -> bool:
     try:
         info = json.loads((entry / INFO).read_text())
@@ -82,32 +72,30 @@ def cached_tree(
     """
     trees = cache / "debian" / "trees"
     entry = trees / name
-    with _locked(trees / f".{name}.lock"):
+    with cache_lock(cache, f"debian-tree-{name}"):
         for stale in trees.glob(f".tmp-{name}-*"):  # left by a killed build: we hold the lock
             log.info("removing the unfinished cache entry %s", stale)
             remove_tree(stale)
         hit = not refresh and _fresh(entry, time.time())
         if not hit:
             _make_entry(trees, name, make, info or {})
-            _prune(trees, keep=name)
+            _prune(cache, trees, keep=name)
         yield entry / TREE, hit
 
 
-def _prune(trees: Path, *, keep: str) -> None:
+def _prune(cache: Path, trees: Path, *, keep: str) -> None:
     """Delete other entries past MAX_AGE (an older recipe's, a package set not built lately),
     skipping any that another build holds."""
     now = time.time()
     for entry in trees.iterdir():
         if entry.name.startswith(".") or entry.name == keep or _fresh(entry, now):
             continue
-        with (trees / f".{entry.name}.lock").open("a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue
-            log.info("removing the stale cached tree %s", entry.name)
-            remove_tree(entry)
-            (trees / f".{entry.name}.lock").unlink(missing_ok=True)
+        try:
+            with cache_lock(cache, f"debian-tree-{entry.name}", timeout=0):
+                log.info("removing the stale cached tree %s", entry.name)
+                remove_tree(entry)
+        except BusyError:
+            continue
 
 
 def _make_entry(trees: Path, name: str, make: TreeMaker, info: dict[str, object]) -> None:

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from virtkit.errors import HostCapabilityError, ToolError
@@ -113,3 +114,15 @@ def run_tool(
             stderr=err,
         )
     return done
+
+
+# A Debian build can hold a cache entry for minutes; beyond half an hour the holder is stuck.
+CACHE_LOCK_TIMEOUT = 1800.0
+
+
+def cache_lock(cache: Path, name: str, timeout: float = CACHE_LOCK_TIMEOUT) -> AbstractContextManager[None]:
+    """Hold the lock on one entry of the download/build cache (bounded wait, then BusyError naming
+    the process that holds it); released by the kernel if the holder dies."""
+    from virtkit.store.locks import hold
+
+    return hold(cache / "locks", "cache", name, timeout)
