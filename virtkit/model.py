@@ -106,6 +106,8 @@ class InstanceRecord(Record):
     state: InstanceState = InstanceState.STOPPED
     config: dict[str, str] = Field(default_factory=dict)
     labels: dict[str, str] = Field(default_factory=dict)
+    started_at: float | None = None
+    boot: dict[str, float] = Field(default_factory=dict)  # boot phases of the last start, in seconds
 
 
 class ImageRecord(Record):

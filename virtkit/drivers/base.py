@@ -1,0 +1,145 @@
+"""The one contract every kind of instance meets (QEMU VMs, OCI containers), and the driver registry.
+
+A driver turns an instance record and its image into a runtime description without side effects
+(`generate`: the QEMU argv, the OCI config.json), which ops save beside the instance; then it
+executes that saved runtime (`start`), and re-derives the live state from what the host shows
+(`status`: pidfile guarded by the instance UUID in /proc/PID/cmdline, sockets). No Python process
+stays behind per instance: a later virtkit process re-attaches through the same files.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from virtkit.errors import SpecError
+from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState
+
+INSTANCES_DIR = "instances"
+
+
+@dataclass(frozen=True)
+class InstancePaths:
+    """Where one instance's files live: ROOT/instances/NAME/."""
+
+    dir: Path
+
+    @classmethod
+    def of(cls, root: Path, name: str) -> InstancePaths:
+        return cls(root / INSTANCES_DIR / name)
+
+    @property
+    def runtime(self) -> Path:
+        """The saved runtime description (argv or config), what restart and migration reuse."""
+        return self.dir / "runtime.json"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.dir / "pid"
+
+    @property
+    def monitor(self) -> Path:
+        """QMP socket (VMs) or the monitor's control socket (containers)."""
+        return self.dir / "monitor.sock"
+
+    @property
+    def console_log(self) -> Path:
+        return self.dir / "console.log"
+
+    @property
+    def log(self) -> Path:
+        """The runtime's own log (QEMU's stderr, conmon's log): where a death's reason is found."""
+        return self.dir / "runtime.log"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What `generate` produces: enough to start the instance again without the image logic."""
+
+    kind: str
+    argv: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)  # said to the user (e.g. "running under TCG")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "argv": self.argv, "config": self.config, "notices": self.notices}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Runtime:
+        return cls(str(data["kind"]), list(data["argv"]), dict(data["config"]), list(data.get("notices", [])))
+
+
+@dataclass(frozen=True)
+class Status:
+    """The live state of an instance as the host shows it right now."""
+
+    state: InstanceState
+    pid: int | None = None
+    reason: str = ""  # why it is stopped/in error (from its log), when known
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+
+class Driver(Protocol):
+    """What ops need from a kind of instance."""
+
+    kind: InstanceKind
+
+    def generate(
+        self, record: InstanceRecord, image: ImageRecord, image_dir: Path, paths: InstancePaths
+    ) -> Runtime:
+        """Describe how to run `record` (pure but for reading the host's capabilities)."""
+
+    def prepare(
+        self, record: InstanceRecord, image: ImageRecord, image_dir: Path, paths: InstancePaths
+    ) -> None:
+        """Make the instance's own files (its disk overlay, its rootfs upper layer)."""
+
+    def start(self, record: InstanceRecord, runtime: Runtime, paths: InstancePaths) -> None:
+        """Execute the saved runtime; returns once the process runs (not once the guest is ready)."""
+
+    def wait_ready(self, record: InstanceRecord, paths: InstancePaths, timeout: float) -> dict[str, float]:
+        """Wait (bounded) for the guest to announce readiness; returns the boot phases in seconds."""
+
+    def stop(self, record: InstanceRecord, paths: InstancePaths, *, force: bool, timeout: float) -> None:
+        """Stop gracefully (then forcibly after `timeout`), or at once with `force`."""
+
+    def pause(self, record: InstanceRecord, paths: InstancePaths) -> None: ...
+
+    def resume(self, record: InstanceRecord, paths: InstancePaths) -> None: ...
+
+    def status(self, record: InstanceRecord, paths: InstancePaths) -> Status:
+        """The live state, re-derived from pidfile, /proc and sockets."""
+
+    def exec(
+        self, record: InstanceRecord, paths: InstancePaths, argv: Sequence[str], timeout: float
+    ) -> ExecResult:
+        """Run a command inside and return its exit code and output."""
+
+    def cleanup(self, record: InstanceRecord, paths: InstancePaths) -> None:
+        """Remove what the runtime left (sockets, pidfile) after the instance stopped."""
+
+
+_DRIVERS = {
+    InstanceKind.VM: "virtkit.drivers.qemu:QemuDriver",
+}
+
+
+def get_driver(kind: InstanceKind | str) -> Driver:
+    """The driver for a kind of instance."""
+    try:
+        target = _DRIVERS[InstanceKind(kind)]
+    except (KeyError, ValueError):
+        raise SpecError(f"no driver for instances of kind {kind!r}") from None
+    module_name, attribute = target.split(":")
+    driver: Driver = getattr(importlib.import_module(module_name), attribute)()
+    return driver

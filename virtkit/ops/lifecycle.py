@@ -1,0 +1,293 @@
+"""Instance lifecycle: create, launch, start, stop, restart, pause, resume, delete, and the live view.
+
+Each verb holds the instance's lock, checks the live state (re-derived by the driver, never trusted
+from the store alone), and runs its steps so that a failure undoes what was done: a failed create or
+launch leaves no record and no files; a failed start leaves the instance stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from virtkit.drivers.base import Driver, InstancePaths, Runtime, Status, get_driver
+from virtkit.errors import HostCapabilityError, SpecError, StateError, StoreError
+from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState, MiB, validate_name
+from virtkit.store import Store, atomic_write
+from virtkit.units import format_size
+
+log = logging.getLogger(__name__)
+
+DriverFor = Callable[[InstanceKind], Driver]
+
+MIN_MEMORY = 32 * MiB
+READY_TIMEOUT = 120.0
+STOP_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class InstanceView:
+    """An instance's record with its live status."""
+
+    record: InstanceRecord
+    status: Status
+
+    def to_dict(self) -> dict[str, object]:
+        data = self.record.model_dump(mode="json")
+        data["state"] = self.status.state.value
+        data["pid"] = self.status.pid
+        data["reason"] = self.status.reason or None
+        data["live"] = self.status.details
+        return data
+
+
+@dataclass(frozen=True)
+class Request:
+    """What `create`/`launch` are asked to make, as parsed from the command line."""
+
+    image: str
+    name: str
+    kind: InstanceKind | None = None
+    cpus: float = 1
+    memory: int = 256 * MiB
+    disk: int | None = None
+    config: dict[str, str] | None = None
+
+
+def host_memory(meminfo: Path = Path("/proc/meminfo")) -> int:
+    for line in meminfo.read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024
+    raise HostCapabilityError("cannot read the host's memory size from /proc/meminfo")
+
+
+class Lifecycle:
+    """The lifecycle verbs over one state root."""
+
+    def __init__(self, root: Path, store: Store, drivers: DriverFor = get_driver) -> None:
+        self.root = root
+        self.store = store
+        self.drivers = drivers
+
+    def paths(self, name: str) -> InstancePaths:
+        return InstancePaths.of(self.root, name)
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def view(self, name: str) -> InstanceView:
+        record = self.store.get(InstanceRecord, validate_name(name))
+        return InstanceView(record, self._status(record))
+
+    def views(self) -> list[InstanceView]:
+        records = sorted(self.store.list(InstanceRecord), key=lambda r: r.name)
+        return [InstanceView(record, self._status(record)) for record in records]
+
+    def _status(self, record: InstanceRecord) -> Status:
+        return self.drivers(record.kind).status(record, self.paths(record.name))
+
+    def runtime(self, name: str) -> Runtime:
+        record = self.store.get(InstanceRecord, validate_name(name))
+        return self._load_runtime(record)
+
+    # --- making ---------------------------------------------------------------------------------
+
+    def create(self, request: Request) -> tuple[InstanceRecord, Runtime]:
+        """Define an instance (record, files, saved runtime) without starting it."""
+        from virtkit.ops.images import image_store
+
+        name = validate_name(request.name)
+        images = image_store(self.root, self.store)
+        image = images.resolve(request.image)
+        kind = self._kind(request.kind, image)
+        self._check_resources(kind, request)
+        config = dict(request.config or {})
+        if request.disk is not None:
+            config["disk_size"] = str(request.disk)
+        record = InstanceRecord(
+            name=name,
+            kind=kind,
+            image=image.fingerprint,
+            arch=image.arch,
+            cpus=request.cpus,
+            memory=request.memory,
+            config=config,
+        )
+        driver = self.drivers(kind)
+        paths = self.paths(name)
+        with self.store.lock("instance", name):
+            record = self.store.create(record)
+            try:
+                if paths.dir.exists():  # left by a crash: no record owns it, since ours is new
+                    log.warning("removing leftover files of a previous %s at %s", name, paths.dir)
+                    shutil.rmtree(paths.dir)
+                paths.dir.mkdir(parents=True, mode=0o750)
+                driver.prepare(record, image, images.path(image), paths)
+                runtime = driver.generate(record, image, images.path(image), paths)
+                atomic_write(paths.runtime, json.dumps(runtime.to_dict(), indent=2))
+            except BaseException:
+                self._remove(record, paths)
+                raise
+        return record, runtime
+
+    def launch(self, request: Request, *, wait: bool = False) -> tuple[InstanceRecord, Runtime]:
+        """Create and start; if starting fails, the new instance is removed again."""
+        record, runtime = self.create(request)
+        try:
+            record = self.start(record.name, wait=wait)
+        except BaseException:
+            with self.store.lock("instance", record.name):
+                driver = self.drivers(record.kind)
+                paths = self.paths(record.name)
+                if driver.status(record, paths).state is not InstanceState.STOPPED:
+                    driver.stop(record, paths, force=True, timeout=STOP_TIMEOUT)
+                driver.cleanup(record, paths)
+                self._remove(record, paths)
+            raise
+        return record, runtime
+
+    def _kind(self, wanted: InstanceKind | None, image: ImageRecord) -> InstanceKind:
+        kinds = list(image.kinds)
+        if wanted is None:
+            # Like Incus: a container when the image can be one, else what it can be.
+            wanted = InstanceKind.CONTAINER if InstanceKind.CONTAINER in kinds or not kinds else kinds[0]
+        if wanted not in kinds:
+            can = " or ".join(k.value for k in kinds) or "nothing"
+            raise SpecError(
+                f"image {image.aliases[0] if image.aliases else image.fingerprint[:12]} cannot run as a "
+                f"{wanted.value} (it can run as {can})",
+                hint=f"use --{kinds[0].value}" if kinds else None,
+            )
+        return wanted
+
+    def _check_resources(self, kind: InstanceKind, request: Request) -> None:
+        if request.cpus <= 0:
+            raise SpecError(f"invalid CPU count {request.cpus:g}: must be more than 0")
+        if kind is InstanceKind.VM and request.cpus != int(request.cpus):
+            raise SpecError(f"invalid CPU count {request.cpus:g}: a VM has a whole number of vCPUs")
+        if request.memory < MIN_MEMORY:
+            raise SpecError(
+                f"memory {format_size(request.memory)} is too small: at least {format_size(MIN_MEMORY)}"
+            )
+        total = host_memory()
+        if request.memory > total:
+            raise SpecError(
+                f"memory {format_size(request.memory)} is more than this host has ({format_size(total)})",
+                hint="ask for less with --memory",
+            )
+
+    # --- running --------------------------------------------------------------------------------
+
+    def start(self, name: str, *, wait: bool = False, timeout: float = READY_TIMEOUT) -> InstanceRecord:
+        record = self.store.get(InstanceRecord, validate_name(name))
+        driver = self.drivers(record.kind)
+        paths = self.paths(record.name)
+        with self.store.lock("instance", record.name):
+            state = driver.status(record, paths).state
+            if state is not InstanceState.STOPPED and state is not InstanceState.ERROR:
+                raise StateError(f"instance {name!r} is already {state.value}")
+            driver.cleanup(record, paths)  # sockets and pidfile of a previous run
+            runtime = self._load_runtime(record)
+            started = time.time()
+            driver.start(record, runtime, paths)
+            boot: dict[str, float] = {}
+            try:
+                if wait:
+                    boot = driver.wait_ready(record, paths, timeout)
+            except BaseException:
+                driver.stop(record, paths, force=True, timeout=STOP_TIMEOUT)
+                driver.cleanup(record, paths)
+                raise
+            record.state, record.started_at, record.boot = InstanceState.RUNNING, started, boot
+            return self.store.put(record)
+
+    def stop(self, name: str, *, force: bool = False, timeout: float = STOP_TIMEOUT) -> InstanceRecord:
+        def act(record: InstanceRecord, driver: Driver, paths: InstancePaths, state: InstanceState) -> None:
+            if state is InstanceState.STOPPED:
+                raise StateError(f"instance {name!r} is already stopped")
+            driver.stop(record, paths, force=force, timeout=timeout)
+            driver.cleanup(record, paths)
+
+        return self._change(name, act, InstanceState.STOPPED)
+
+    def restart(
+        self, name: str, *, force: bool = False, timeout: float = STOP_TIMEOUT, wait: bool = False
+    ) -> InstanceRecord:
+        view = self.view(name)
+        if view.status.state is not InstanceState.STOPPED:
+            self.stop(name, force=force, timeout=timeout)
+        return self.start(name, wait=wait)
+
+    def pause(self, name: str) -> InstanceRecord:
+        def act(record: InstanceRecord, driver: Driver, paths: InstancePaths, state: InstanceState) -> None:
+            if state is not InstanceState.RUNNING:
+                raise StateError(f"instance {name!r} is {state.value}: only a running instance can be paused")
+            driver.pause(record, paths)
+
+        return self._change(name, act, InstanceState.PAUSED)
+
+    def resume(self, name: str) -> InstanceRecord:
+        def act(record: InstanceRecord, driver: Driver, paths: InstancePaths, state: InstanceState) -> None:
+            if state is not InstanceState.PAUSED:
+                raise StateError(f"instance {name!r} is {state.value}: only a paused instance can be resumed")
+            driver.resume(record, paths)
+
+        return self._change(name, act, InstanceState.RUNNING)
+
+    def delete(self, name: str, *, force: bool = False) -> InstanceRecord:
+        record = self.store.get(InstanceRecord, validate_name(name))
+        driver = self.drivers(record.kind)
+        paths = self.paths(record.name)
+        with self.store.lock("instance", record.name):
+            state = driver.status(record, paths).state
+            if state is not InstanceState.STOPPED and state is not InstanceState.ERROR:
+                if not force:
+                    raise StateError(
+                        f"instance {name!r} is {state.value}: stop it first",
+                        hint=f"or delete it anyway: virtkit delete --force {name}",
+                    )
+                driver.stop(record, paths, force=True, timeout=STOP_TIMEOUT)
+            driver.cleanup(record, paths)
+            self._remove(record, paths)
+        return record
+
+    def _change(
+        self,
+        name: str,
+        act: Callable[[InstanceRecord, Driver, InstancePaths, InstanceState], None],
+        new_state: InstanceState,
+    ) -> InstanceRecord:
+        record = self.store.get(InstanceRecord, validate_name(name))
+        driver = self.drivers(record.kind)
+        paths = self.paths(record.name)
+        with self.store.lock("instance", record.name):
+            act(record, driver, paths, driver.status(record, paths).state)
+            record.state = new_state
+            return self.store.put(record)
+
+    # --- files ----------------------------------------------------------------------------------
+
+    def _load_runtime(self, record: InstanceRecord) -> Runtime:
+        path = self.paths(record.name).runtime
+        try:
+            return Runtime.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError) as exc:
+            raise StoreError(
+                f"the saved runtime of instance {record.name!r} cannot be read ({path}): {exc}",
+                hint=f"delete and re-create the instance: virtkit delete {record.name}",
+            ) from exc
+
+    def _remove(self, record: InstanceRecord, paths: InstancePaths) -> None:
+        """Remove an instance's files, then its record."""
+        if paths.dir.exists():
+            shutil.rmtree(paths.dir)
+        if self.store.find(InstanceRecord, record.name) is not None:
+            self.store.delete(InstanceRecord, record.name)
+        with_root = self.root / "instances"
+        if with_root.exists() and not os.listdir(with_root):
+            with_root.rmdir()
