@@ -1,4 +1,4 @@
-"""`virtkit list` and `virtkit show NAME`."""
+"""`virtkit list` and `virtkit show NAME [--runtime]`: instances with their live state."""
 
 from __future__ import annotations
 
@@ -13,63 +13,91 @@ from virtkit.cli.params import INSTANCE_NAME
 from virtkit.units import format_size
 
 if TYPE_CHECKING:
-    from virtkit.model import InstanceRecord
+    from virtkit.ops.lifecycle import InstanceView
 
 
-def _age(timestamp: float) -> str:
-    seconds = max(0, int(time.time() - timestamp))
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
 
 
-def _row(r: InstanceRecord) -> tuple[str, ...]:
+def _row(view: InstanceView) -> tuple[str, ...]:
+    r = view.record
+    state = view.status.state.value
     memory = format_size(r.memory)
-    return (r.name, r.kind.value, r.state.value, f"{r.cpus:g}", memory, r.image or "-", _age(r.created_at))
+    image = (r.image or "-")[:12]
+    return (r.name, r.kind.value, state, f"{r.cpus:g}", memory, image, _duration(time.time() - r.created_at))
 
 
 @click.command("list")
 @json_option
 def list_command() -> None:
-    """List instances: name, type, state, CPUs, memory, image."""
-    from virtkit.ops.instances import list_instances
+    """List instances: name, type, live state, CPUs, memory, image, age."""
+    from virtkit.ops.lifecycle import Lifecycle
 
     ctx = get_context()
-    records = list_instances(ctx.store())
+    views = Lifecycle(ctx.root, ctx.store()).views()
     if ctx.json:
-        print_json([record.model_dump(mode="json") for record in records])
+        print_json([view.to_dict() for view in views])
         return
-    rows = [_row(record) for record in records]
     print_table(
         ["NAME", "TYPE", "STATE", "CPUS", "MEMORY", "IMAGE", "AGE"],
-        rows,
+        [_row(view) for view in views],
         empty="No instances.",
     )
 
 
 @click.command("show")
 @click.argument("name", type=INSTANCE_NAME)
+@click.option("--runtime", is_flag=True, help="Print the saved runtime (the exact QEMU command line).")
 @json_option
-def show_command(name: str) -> None:
-    """Show one instance's settings and state."""
-    from virtkit.ops.instances import get_instance
+def show_command(name: str, runtime: bool) -> None:
+    """Show one instance: live state, process, resources, boot phases."""
+    from virtkit.ops.lifecycle import Lifecycle
 
     ctx = get_context()
-    record = get_instance(ctx.store(), name)
-    if ctx.json:
-        print_json(record.model_dump(mode="json"))
+    life = Lifecycle(ctx.root, ctx.store())
+    if runtime:
+        saved = life.runtime(name)
+        if ctx.json:
+            print_json(saved.to_dict())
+        else:
+            click.echo(" \\\n  ".join(saved.argv) if saved.argv else str(saved.config))
         return
+    view = life.view(name)
+    if ctx.json:
+        print_json(view.to_dict())
+        return
+    print_fields(_fields(view))
+
+
+def _fields(view: InstanceView) -> list[tuple[str, str]]:
+    record, status = view.record, view.status
+    state = status.state.value + (f" ({status.reason})" if status.reason else "")
     fields = [
         ("Name", record.name),
         ("UUID", record.uuid),
         ("Type", record.kind.value),
-        ("State", record.state.value),
+        ("State", state),
+        ("PID", str(status.pid) if status.pid else "-"),
         ("Architecture", record.arch),
         ("CPUs", f"{record.cpus:g}"),
         ("Memory", format_size(record.memory)),
         ("Image", record.image or "-"),
         ("Created", time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(record.created_at))),
     ]
+    if status.pid and record.started_at:
+        fields.append(("Uptime", _duration(time.time() - record.started_at)))
+    if record.boot:
+        fields.append(
+            ("Boot", ", ".join(f"{phase} {seconds:.2f}s" for phase, seconds in record.boot.items()))
+        )
+    fields += [
+        (key.replace("_", " ").capitalize(), str(value)) for key, value in sorted(status.details.items())
+    ]
+    fields += [(f"Config {key}", value) for key, value in sorted(record.config.items())]
     fields += [(f"Label {key}", value) for key, value in sorted(record.labels.items())]
-    print_fields(fields)
+    return fields

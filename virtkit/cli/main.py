@@ -17,7 +17,21 @@ from virtkit.cli.context import CliContext, default_root
 from virtkit.cli.lazy import LazyCommand, LazyGroup
 from virtkit.errors import VirtkitError
 
+
+def _lifecycle(name: str, help: str) -> LazyCommand:
+    return LazyCommand(name, f"virtkit.cli.lifecycle:{name}_command", help, "Instances")
+
+
 COMMANDS = [
+    _lifecycle("launch", "Create an instance from an image and start it."),
+    _lifecycle("create", "Define an instance without starting it."),
+    _lifecycle("start", "Start an instance."),
+    _lifecycle("stop", "Stop an instance (gracefully, then forced)."),
+    _lifecycle("restart", "Stop and start an instance."),
+    _lifecycle("pause", "Freeze an instance."),
+    _lifecycle("resume", "Unfreeze an instance."),
+    _lifecycle("delete", "Delete an instance."),
+    _lifecycle("exec", "Run a command inside an instance."),
     LazyCommand("list", "virtkit.cli.instance:list_command", "List instances.", "Instances"),
     LazyCommand("show", "virtkit.cli.instance:show_command", "Show one instance.", "Instances"),
     LazyCommand("image", "virtkit.cli.image:image_group", "Build, import, list and export images.", "Images"),

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from virtkit.drivers.base import Driver, InstancePaths, Runtime, Status, get_driver
+from virtkit.drivers.base import Driver, ExecResult, InstancePaths, Runtime, Status, get_driver
 from virtkit.errors import HostCapabilityError, SpecError, StateError, StoreError
 from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState, MiB, validate_name
 from virtkit.store import Store, atomic_write
@@ -104,20 +104,8 @@ class Lifecycle:
         name = validate_name(request.name)
         images = image_store(self.root, self.store)
         image = images.resolve(request.image)
-        kind = self._kind(request.kind, image)
-        self._check_resources(kind, request)
-        config = dict(request.config or {})
-        if request.disk is not None:
-            config["disk_size"] = str(request.disk)
-        record = InstanceRecord(
-            name=name,
-            kind=kind,
-            image=image.fingerprint,
-            arch=image.arch,
-            cpus=request.cpus,
-            memory=request.memory,
-            config=config,
-        )
+        record = self._record(request, image)
+        kind = record.kind
         driver = self.drivers(kind)
         paths = self.paths(name)
         with self.store.lock("instance", name):
@@ -135,6 +123,26 @@ class Lifecycle:
                 raise
         return record, runtime
 
+    def preview(self, request: Request) -> Runtime:
+        """The runtime `create` would save for `request`, made and checked the same way; nothing is
+        created."""
+        from virtkit.ops.images import image_store
+
+        images = image_store(self.root, self.store)
+        image = images.resolve(request.image)
+        record = self._record(request, image)
+        return self.drivers(record.kind).generate(record, image, images.path(image), self.paths(record.name))
+
+    def exec(self, name: str, argv: list[str], *, timeout: float) -> ExecResult:
+        """Run `argv` inside a running instance."""
+        record = self.store.get(InstanceRecord, validate_name(name))
+        driver = self.drivers(record.kind)
+        paths = self.paths(record.name)
+        state = driver.status(record, paths).state
+        if state is not InstanceState.RUNNING:
+            raise StateError(f"instance {name!r} is {state.value}: start it first")
+        return driver.exec(record, paths, argv, timeout)
+
     def launch(self, request: Request, *, wait: bool = False) -> tuple[InstanceRecord, Runtime]:
         """Create and start; if starting fails, the new instance is removed again."""
         record, runtime = self.create(request)
@@ -150,6 +158,23 @@ class Lifecycle:
                 self._remove(record, paths)
             raise
         return record, runtime
+
+    def _record(self, request: Request, image: ImageRecord) -> InstanceRecord:
+        """The record `request` asks for, checked against the image and the host."""
+        kind = self._kind(request.kind, image)
+        self._check_resources(kind, request)
+        config = dict(request.config or {})
+        if request.disk is not None:
+            config["disk_size"] = str(request.disk)
+        return InstanceRecord(
+            name=validate_name(request.name),
+            kind=kind,
+            image=image.fingerprint,
+            arch=image.arch,
+            cpus=request.cpus,
+            memory=request.memory,
+            config=config,
+        )
 
     def _kind(self, wanted: InstanceKind | None, image: ImageRecord) -> InstanceKind:
         kinds = list(image.kinds)

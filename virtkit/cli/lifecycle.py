@@ -1,0 +1,247 @@
+"""`virtkit launch|create|start|stop|restart|pause|resume|delete|exec`: instances' lifecycle."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from virtkit.cli.context import get_context, json_option
+from virtkit.cli.output import print_json
+from virtkit.cli.params import INSTANCE_NAME, SizeType
+
+if TYPE_CHECKING:
+    from virtkit.model import InstanceRecord
+    from virtkit.ops.lifecycle import Lifecycle, Request
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def lifecycle() -> Lifecycle:
+    from virtkit.ops.lifecycle import Lifecycle
+
+    ctx = get_context()
+    return Lifecycle(ctx.root, ctx.store())
+
+
+def _say(record: InstanceRecord, message: str) -> None:
+    if get_context().json:
+        print_json(record.model_dump(mode="json"))
+    else:
+        click.echo(message)
+
+
+def _define_options(func: F) -> F:
+    options = [
+        click.option("--vm", "kind", flag_value="vm", help="Make a virtual machine (QEMU)."),
+        click.option("--container", "kind", flag_value="container", help="Make a container."),
+        click.option("--cpus", type=float, default=1, show_default=True, help="Virtual CPUs."),
+        click.option(
+            "--memory",
+            type=SizeType("memory size"),
+            default="256MiB",
+            show_default=True,
+            help="Memory, e.g. 512MiB or 2G.",
+        ),
+        click.option(
+            "--disk", type=SizeType("disk size"), default=None, help="Grow the root disk to this size."
+        ),
+        click.option(
+            "--accel",
+            type=click.Choice(["auto", "kvm", "tcg"]),
+            default="auto",
+            show_default=True,
+            help="VM acceleration: KVM when it works here, else emulation (TCG).",
+        ),
+        click.option(
+            "--devices",
+            type=click.Choice(["virtio", "emulated"]),
+            default="virtio",
+            show_default=True,
+            help="Paravirtual devices, or emulated ones (AHCI, e1000) for guests without virtio.",
+        ),
+        click.option("--dry-run", is_flag=True, help="Print what would run, and do nothing."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _request(
+    image: str,
+    name: str,
+    kind: str | None,
+    cpus: float,
+    memory: int,
+    disk: int | None,
+    accel: str,
+    devices: str,
+) -> Request:
+    from virtkit.model import InstanceKind
+    from virtkit.ops.lifecycle import Request
+
+    config = {"accel": accel, "devices": devices}
+    return Request(
+        image=image,
+        name=name,
+        kind=InstanceKind(kind) if kind else None,
+        cpus=cpus,
+        memory=memory,
+        disk=disk,
+        config=config,
+    )
+
+
+def _notices(notices: list[str]) -> None:
+    for notice in notices:
+        click.echo(f"Note: {notice}", err=True)
+
+
+@click.command("launch")
+@click.argument("image")
+@click.argument("name", type=INSTANCE_NAME)
+@_define_options
+@click.option("--wait", is_flag=True, help="Return once the guest says it is ready.")
+@json_option
+def launch_command(
+    image: str,
+    name: str,
+    kind: str | None,
+    cpus: float,
+    memory: int,
+    disk: int | None,
+    accel: str,
+    devices: str,
+    dry_run: bool,
+    wait: bool,
+) -> None:
+    """Create instance NAME from IMAGE and start it."""
+    request = _request(image, name, kind, cpus, memory, disk, accel, devices)
+    if dry_run:
+        _dry_run(request)
+        return
+    record, runtime = lifecycle().launch(request, wait=wait)
+    _notices(runtime.notices)
+    phases = ", ".join(f"{k} {v:.2f}s" for k, v in record.boot.items())
+    _say(record, f"Instance {name} started" + (f" ({phases})." if phases else "."))
+
+
+@click.command("create")
+@click.argument("image")
+@click.argument("name", type=INSTANCE_NAME)
+@_define_options
+@json_option
+def create_command(
+    image: str,
+    name: str,
+    kind: str | None,
+    cpus: float,
+    memory: int,
+    disk: int | None,
+    accel: str,
+    devices: str,
+    dry_run: bool,
+) -> None:
+    """Define instance NAME from IMAGE without starting it."""
+    request = _request(image, name, kind, cpus, memory, disk, accel, devices)
+    if dry_run:
+        _dry_run(request)
+        return
+    record, runtime = lifecycle().create(request)
+    _notices(runtime.notices)
+    _say(record, f"Instance {name} created.")
+
+
+def _dry_run(request: Request) -> None:
+    """Print the runtime (QEMU command line) the request would get; make nothing."""
+    runtime = lifecycle().preview(request)
+    if get_context().json:
+        print_json(runtime.to_dict())
+    else:
+        _notices(runtime.notices)
+        click.echo(" \\\n  ".join(runtime.argv))
+
+
+@click.command("start")
+@click.argument("name", type=INSTANCE_NAME)
+@click.option("--wait", is_flag=True, help="Return once the guest says it is ready.")
+@json_option
+def start_command(name: str, wait: bool) -> None:
+    """Start a stopped instance."""
+    record = lifecycle().start(name, wait=wait)
+    _say(record, f"Instance {name} started.")
+
+
+@click.command("stop")
+@click.argument("name", type=INSTANCE_NAME)
+@click.option("--force", "-f", is_flag=True, help="Stop at once (power cut), not gracefully.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, 3600),
+    default=30,
+    show_default=True,
+    help="Seconds to wait for a graceful stop before forcing it.",
+)
+@json_option
+def stop_command(name: str, force: bool, timeout: float) -> None:
+    """Stop an instance: gracefully (ACPI power button, guest agent, SIGTERM), then forced."""
+    record = lifecycle().stop(name, force=force, timeout=timeout)
+    _say(record, f"Instance {name} stopped.")
+
+
+@click.command("restart")
+@click.argument("name", type=INSTANCE_NAME)
+@click.option("--force", "-f", is_flag=True, help="Stop at once, not gracefully.")
+@click.option("--wait", is_flag=True, help="Return once the guest says it is ready.")
+@json_option
+def restart_command(name: str, force: bool, wait: bool) -> None:
+    """Stop then start an instance."""
+    record = lifecycle().restart(name, force=force, wait=wait)
+    _say(record, f"Instance {name} restarted.")
+
+
+@click.command("pause")
+@click.argument("name", type=INSTANCE_NAME)
+@json_option
+def pause_command(name: str) -> None:
+    """Freeze a running instance (its CPUs stop; memory is kept)."""
+    record = lifecycle().pause(name)
+    _say(record, f"Instance {name} paused.")
+
+
+@click.command("resume")
+@click.argument("name", type=INSTANCE_NAME)
+@json_option
+def resume_command(name: str) -> None:
+    """Unfreeze a paused instance."""
+    record = lifecycle().resume(name)
+    _say(record, f"Instance {name} resumed.")
+
+
+@click.command("delete")
+@click.argument("name", type=INSTANCE_NAME)
+@click.option("--force", "-f", is_flag=True, help="Stop it first if it runs.")
+@json_option
+def delete_command(name: str, force: bool) -> None:
+    """Delete an instance and its files (its image stays)."""
+    record = lifecycle().delete(name, force=force)
+    _say(record, f"Instance {name} deleted.")
+
+
+@click.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("name", type=INSTANCE_NAME)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--timeout", type=click.FloatRange(0.1, 86400), default=60, show_default=True)
+def exec_command(name: str, command: tuple[str, ...], timeout: float) -> None:
+    """Run COMMAND inside instance NAME; its output and exit code become virtkit's.
+
+    Put `--` before the command: virtkit exec web1 -- uname -a
+    """
+    result = lifecycle().exec(name, list(command), timeout=timeout)
+    sys.stdout.buffer.write(result.stdout)
+    sys.stdout.buffer.flush()
+    sys.stderr.buffer.write(result.stderr)
+    sys.stderr.buffer.flush()
+    click.get_current_context().exit(result.exit_code)
