@@ -87,6 +87,11 @@ class FunctionalProbeResult:
     elapsed_s: float | None = None
     details: dict[str, JsonValue] = field(default_factory=dict)
 
+    @property
+    def ran(self) -> bool:
+        """False when the probe could not boot anything (no kernel, no QEMU): no verdict at all."""
+        return self.details.get("ran") is not False
+
 
 FunctionalProbe = Callable[[], FunctionalProbeResult]
 

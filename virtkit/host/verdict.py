@@ -69,7 +69,7 @@ def _kvm_problem(kvm: KvmState) -> str:
 
 def _vm_verdict(caps: Capabilities) -> tuple[VmSupport, str, KvmFunctional]:
     kvm = caps.kvm
-    run = kvm.functional
+    run = kvm.functional if kvm.functional is None or kvm.functional.ran else None
     functional = (
         KvmFunctional.NOT_RUN if run is None else KvmFunctional.PASSED if run.ok else KvmFunctional.FAILED
     )
@@ -102,7 +102,7 @@ def _vm_verdict(caps: Capabilities) -> tuple[VmSupport, str, KvmFunctional]:
         return VmSupport.HARDWARE, reason, functional
     if run.ok:
         return VmSupport.HARDWARE, f"a test guest ran under KVM: {run.summary}", functional
-    reason = f"/dev/kvm answers but a test guest did not run under it ({run.summary}); TCG is used{pvm}"
+    reason = f"{run.summary}; TCG is used{pvm}"
     return VmSupport.EMULATED, reason, functional
 
 

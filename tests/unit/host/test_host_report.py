@@ -250,3 +250,11 @@ def test_state_root_default_is_not_under_sysroot(make_tree: MakeTree, tmp_path: 
     details = report.check("storage.free-space").details
     assert details["state_root"] == str(tmp_path / "root")
     assert details["measured"] == str(tmp_path)
+
+
+def test_probe_that_could_not_run_gives_no_verdict(make_tree: MakeTree) -> None:
+    not_run = FunctionalProbeResult(False, "not run: no guest kernel available", None, {"ran": False})
+    report = run_tree(make_tree(), kvm_probe=lambda: not_run)
+    assert report.verdict.kvm_functional is KvmFunctional.NOT_RUN
+    assert report.check("kvm.functional").status is Status.INFO
+    assert "not run: no guest kernel available" in report.check("kvm.functional").summary
