@@ -65,13 +65,30 @@ def show_command(name: str, runtime: bool) -> None:
         if ctx.json:
             print_json(saved.to_dict())
         else:
-            click.echo(" \\\n  ".join(saved.argv) if saved.argv else str(saved.config))
+            click.echo(command_line(saved.argv) if saved.argv else str(saved.config))
         return
     view = life.view(name)
     if ctx.json:
         print_json(view.to_dict())
         return
     print_fields(_fields(view))
+
+
+def command_line(argv: list[str]) -> str:
+    """argv as a shell-pasteable command, one option and its value per line."""
+    import shlex
+
+    lines: list[str] = []
+    for token in argv:
+        if lines and not token.startswith("-") and lines[-1].startswith("-") and " " not in lines[-1]:
+            lines[-1] += " " + shlex.quote(token)
+        else:
+            lines.append(shlex.quote(token))
+    return " \\\n  ".join(lines)
+
+
+# Shown from the record already (Boot, Uptime), so not again from the driver's live details.
+_SHOWN = {"phases", "started_at"}
 
 
 def _fields(view: InstanceView) -> list[tuple[str, str]]:
@@ -96,7 +113,9 @@ def _fields(view: InstanceView) -> list[tuple[str, str]]:
             ("Boot", ", ".join(f"{phase} {seconds:.2f}s" for phase, seconds in record.boot.items()))
         )
     fields += [
-        (key.replace("_", " ").capitalize(), str(value)) for key, value in sorted(status.details.items())
+        (key.replace("_", " ").capitalize(), str(value))
+        for key, value in sorted(status.details.items())
+        if key not in _SHOWN
     ]
     fields += [(f"Config {key}", value) for key, value in sorted(record.config.items())]
     fields += [(f"Label {key}", value) for key, value in sorted(record.labels.items())]

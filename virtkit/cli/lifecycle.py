@@ -161,7 +161,9 @@ def _dry_run(request: Request) -> None:
         print_json(runtime.to_dict())
     else:
         _notices(runtime.notices)
-        click.echo(" \\\n  ".join(runtime.argv))
+        from virtkit.cli.instance import command_line
+
+        click.echo(command_line(runtime.argv))
 
 
 @click.command("start")
