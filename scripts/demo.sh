@@ -14,7 +14,13 @@ code=$?
 step virtkit image build tiny
 step virtkit image list
 step virtkit image show tiny
+virtkit delete --force demo >/dev/null 2>&1  # a demo left by an interrupted run
+step virtkit launch tiny demo --vm --wait
 step virtkit list
+step virtkit exec demo -- uname -a
+step virtkit show demo
+step virtkit stop demo
+step virtkit delete demo
 echo
 case $code in
     0) echo "host check: everything virtkit needs is here (exit 0)" ;;

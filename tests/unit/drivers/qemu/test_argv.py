@@ -1,0 +1,151 @@
+"""Golden files for the QEMU command line: one combination of machine, boot path, devices and
+accelerator per file under golden/, one argument per line.
+
+After an intended change to argv.py, regenerate them with
+``UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/drivers/qemu/test_argv.py`` and review the diff.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from virtkit.drivers.qemu.argv import SANDBOX, build_argv, esc
+from virtkit.drivers.qemu.spec import DiskSpec, UefiSpec, VmSpec
+
+GOLDEN = Path(__file__).parent / "golden"
+DIR = "/var/lib/virtkit/instances/vm1"
+IMAGE = "/var/lib/virtkit/images/0123abcd"
+MiB = 1024 * 1024
+
+
+def _base(**overrides: object) -> VmSpec:
+    values: dict[str, object] = dict(
+        name="vm1", uuid="5b0d2f7e-3c4a-4f1e-9a53-0d6c1e2b7f10", arch="x86_64", accel="tcg",
+        machine="microvm", cpus=1, memory=256 * MiB, pidfile=f"{DIR}/pid", qmp_socket=f"{DIR}/monitor.sock",
+        console_socket=f"{DIR}/console.sock", console_log=f"{DIR}/console.log",
+        kernel=f"{IMAGE}/vmlinux", initrd=f"{IMAGE}/initrd.img",
+        cmdline="console=ttyS0 panic=-1 quiet virtkit.hostname=vm1",
+        disks=(DiskSpec(f"{DIR}/root.qcow2"),),
+        ready_file=f"{DIR}/ready.log", agent_socket=f"{DIR}/agent.sock", ready_marker="VIRTKIT-READY",
+    )  # fmt: skip
+    values.update(overrides)
+    return VmSpec(**values)  # type: ignore[arg-type]
+
+
+SPECS: dict[str, VmSpec] = {
+    # The default for the tiny image here: direct PVH boot on microvm, virtio on MMIO, TCG.
+    "microvm-virtio-tcg": _base(tsc_khz=2600000),
+    # The lean KVM path: no legacy timers, the host's CPU, more vCPUs and memory.
+    # A read-only raw data disk too (virtio only: QEMU's IDE disks cannot be read-only).
+    "microvm-virtio-kvm": _base(
+        accel="kvm",
+        cpu_model="host",
+        cpus=4,
+        memory=2048 * MiB,
+        disks=(DiskSpec(f"{DIR}/root.qcow2"), DiskSpec("/srv/data.raw", "raw", "virtio", readonly=True)),
+    ),
+    # Guests without virtio drivers: q35, AHCI disk, 16550 serial, no virtio-serial/rng/balloon.
+    "q35-emulated-tcg": _base(
+        machine="q35",
+        devices="emulated",
+        disks=(DiskSpec(f"{DIR}/root.qcow2", bus="ahci"),),
+        ready_file=None,
+        agent_socket=None,
+    ),
+    # An install: OVMF, an empty disk, the ISO first in boot order.
+    "q35-uefi-iso": _base(
+        machine="q35",
+        kernel=None,
+        initrd=None,
+        cmdline="",
+        firmware="uefi",
+        uefi=UefiSpec("/usr/share/OVMF/OVMF_CODE_4M.fd", f"{DIR}/efivars.fd"),
+        iso="/srv/isos/debian-12.iso",
+        ready_file=None,
+        agent_socket=None,
+        ready_marker=None,
+    ),
+    # SeaBIOS from old-style IDE disks, a raw data disk whose path holds a comma.
+    "q35-bios-ide": _base(
+        machine="q35",
+        kernel=None,
+        initrd=None,
+        cmdline="",
+        firmware="bios",
+        devices="emulated",
+        disks=(DiskSpec(f"{DIR}/root.qcow2", bus="ide"), DiskSpec("/srv/data,1.raw", "raw", "ide")),
+        ready_file=None,
+        agent_socket=None,
+        ready_marker=None,
+    ),
+    # A foreign architecture: arm64 on the virt machine, emulated.
+    "aarch64-virt-tcg": _base(
+        arch="aarch64",
+        machine="virt",
+        cpu_model="cortex-a57",
+        kernel=f"{IMAGE}/vmlinuz",
+        cmdline="console=ttyAMA0 panic=-1 quiet virtkit.hostname=vm1",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPECS))
+def test_argv_matches_golden(case: str) -> None:
+    text = "\n".join(build_argv(SPECS[case])) + "\n"
+    golden = GOLDEN / f"{case}.txt"
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(text)
+    assert golden.exists(), f"no golden file {golden.name}: run with UPDATE_GOLDEN=1"
+    assert text == golden.read_text(), (
+        f"argv changed for {case}; if intended, regenerate with UPDATE_GOLDEN=1"
+    )
+
+
+def test_every_golden_file_has_a_case() -> None:
+    assert sorted(p.stem for p in GOLDEN.glob("*.txt")) == sorted(SPECS)
+
+
+@pytest.mark.parametrize("case", sorted(SPECS))
+def test_safety_flags_and_explicit_formats(case: str) -> None:
+    argv = build_argv(SPECS[case])
+    assert argv[0] == f"qemu-system-{SPECS[case].arch}"
+    assert {"-nodefaults", "-no-user-config"} <= set(argv)
+    assert argv[argv.index("-sandbox") + 1] == SANDBOX
+    assert "-daemonize" not in argv  # QEMU 7.2 dies of SIGSYS daemonizing under this sandbox
+    assert "-drive" not in argv  # -blockdev only: nothing implicit
+    blockdevs = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-blockdev"]
+    assert blockdevs and all(b.startswith(("driver=qcow2,", "driver=raw,")) for b in blockdevs)
+    assert argv[argv.index("-uuid") + 1] == SPECS[case].uuid  # what the PID-reuse guard looks for
+
+
+def test_emulated_devices_have_no_virtio() -> None:
+    for case in ("q35-emulated-tcg", "q35-bios-ide"):
+        assert not [arg for arg in build_argv(SPECS[case]) if "virtio" in arg]
+
+
+def test_commas_in_paths_cannot_add_options() -> None:
+    assert esc("/a,b/c,,d") == "/a,,b/c,,,,d"
+    argv = build_argv(SPECS["q35-bios-ide"])
+    assert any("file.filename=/srv/data,,1.raw" in arg for arg in argv)
+
+
+def test_build_is_pure() -> None:
+    spec = SPECS["microvm-virtio-tcg"]
+    assert build_argv(spec) == build_argv(spec)
+    assert VmSpec.from_dict(spec.to_dict()) == spec
+    uefi = SPECS["q35-uefi-iso"]
+    assert VmSpec.from_dict(uefi.to_dict()) == uefi
+
+
+def test_read_only_disks_need_virtio() -> None:
+    with pytest.raises(ValueError, match="virtio"):
+        DiskSpec("/srv/data.raw", "raw", "ahci", readonly=True)
+
+
+def test_memory_rounds_up_to_whole_mebibytes() -> None:
+    argv = build_argv(_base(memory=256 * MiB + 1))
+    assert argv[argv.index("-m") + 1] == "257M"

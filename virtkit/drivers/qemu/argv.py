@@ -1,0 +1,199 @@
+"""The QEMU command line of a VM: a pure function of its `VmSpec` (golden-file tested).
+
+Every device is explicit (`-nodefaults -no-user-config`), every disk names its format (QEMU never
+probes one), and QEMU runs inside its seccomp sandbox with every optional restriction on.
+
+QEMU is not asked to `-daemonize`: QEMU 7.2 installs its seccomp filter before daemonizing, and
+its daemonizing calls `setsid` (refused by elevateprivileges=deny) after `fork` (refused by
+spawn=deny), so QEMU would die of SIGSYS. `process.spawn` detaches it instead (new session, no
+terminal, output to the runtime log); QEMU still writes and locks its own pidfile.
+"""
+
+from __future__ import annotations
+
+from virtkit.drivers.qemu.spec import DiskSpec, VmSpec
+
+MiB = 1024 * 1024
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+Q35_AHCI_BUS = "ide"  # q35's built-in ICH9 AHCI controller names its ports ide.0 .. ide.5
+AHCI_ID = "ahci0"  # the AHCI controller added on machines without one
+PATA_ID = "pata0"  # the PIIX IDE controller added for bus="ide" disks
+
+
+def build_argv(spec: VmSpec) -> list[str]:
+    """The full command line, binary first."""
+    return [
+        spec.binary,
+        *_identity(spec),
+        *_control(spec),
+        *_machine(spec),
+        *_boot(spec),
+        *_console(spec),
+        *_disks(spec),
+        *_cdrom(spec),
+        *_channels(spec),
+        *_virtio_extras(spec),
+        *_network(spec),
+    ]
+
+
+def esc(value: str) -> str:
+    """A value inside a QEMU option string: commas are doubled so a path cannot add options."""
+    return value.replace(",", ",,")
+
+
+def _identity(spec: VmSpec) -> list[str]:
+    return ["-name", f"{esc(spec.name)},debug-threads=on", "-uuid", spec.uuid]
+
+
+def _control(spec: VmSpec) -> list[str]:
+    return [
+        "-nodefaults", "-no-user-config",
+        "-sandbox", SANDBOX,
+        "-pidfile", spec.pidfile,
+        "-display", "none",
+        "-msg", "timestamp=on",
+        "-chardev", f"socket,id=qmp,path={esc(spec.qmp_socket)},server=on,wait=off",
+        "-mon", "chardev=qmp,mode=control",
+    ]  # fmt: skip
+
+
+def _machine(spec: VmSpec) -> list[str]:
+    options: list[str] = [spec.machine]
+    if spec.machine == "microvm" and spec.accel == "kvm":
+        # The lean path: no legacy timers or interrupt controllers (the guest uses the TSC-deadline
+        # timer KVM provides). Under TCG the guest needs them, so they stay.
+        options.append("pit=off,pic=off,rtc=off")
+    if spec.uefi is not None:
+        options.append("pflash0=uefi-code,pflash1=uefi-vars")
+    memory = -(-spec.memory // MiB)
+    return [
+        "-machine", ",".join(options),
+        "-accel", spec.accel,
+        "-cpu", spec.cpu_model,
+        "-smp", str(spec.cpus),
+        "-m", f"{memory}M",
+    ]  # fmt: skip
+
+
+def _boot(spec: VmSpec) -> list[str]:
+    if spec.kernel is not None:
+        append = spec.cmdline
+        if spec.tsc_khz:
+            append = f"{append} tsc_early_khz={spec.tsc_khz}".strip()
+        initrd = ["-initrd", spec.initrd] if spec.initrd else []
+        return ["-kernel", spec.kernel, *initrd, "-append", append]
+    if spec.uefi is not None:
+        return [
+            "-blockdev",
+            f"driver=raw,node-name=uefi-code,read-only=on,file.driver=file,file.filename={esc(spec.uefi.code)}",
+            "-blockdev",
+            f"driver=raw,node-name=uefi-vars,file.driver=file,file.filename={esc(spec.uefi.vars)}",
+        ]
+    return []  # BIOS: the machine's default firmware (SeaBIOS on q35)
+
+
+def _console(spec: VmSpec) -> list[str]:
+    socket = f"socket,id=console,path={esc(spec.console_socket)},server=on,wait=off"
+    logged = f"{socket},logfile={esc(spec.console_log)},logappend=on"
+    return ["-chardev", logged, "-serial", "chardev:console"]
+
+
+def _firmware_boot(spec: VmSpec) -> bool:
+    return spec.kernel is None
+
+
+def _ahci_bus(spec: VmSpec) -> tuple[list[str], str]:
+    """The AHCI controller's arguments (none on q35, which has one) and its bus name prefix."""
+    if spec.machine == "q35":
+        return [], Q35_AHCI_BUS
+    return ["-device", f"ahci,id={AHCI_ID}"], AHCI_ID
+
+
+def _disks(spec: VmSpec) -> list[str]:
+    args: list[str] = []
+    ahci_ports = pata_units = 0
+    for index, disk in enumerate(spec.disks):
+        node = f"disk{index}"
+        args += ["-blockdev", _blockdev(node, disk)]
+        boot = f",bootindex={index + 1}" if _firmware_boot(spec) else ""
+        if disk.bus == "virtio":
+            model = "virtio-blk-device" if spec.mmio else "virtio-blk-pci"
+            args += ["-device", f"{model},drive={node},id={node}-dev{boot}"]
+        elif disk.bus == "ahci":
+            controller, bus = _ahci_bus(spec)
+            if ahci_ports == 0:
+                args += controller
+            args += ["-device", f"ide-hd,drive={node},bus={bus}.{ahci_ports},id={node}-dev{boot}"]
+            ahci_ports += 1
+        else:
+            if pata_units == 0:
+                args += ["-device", f"piix3-ide,id={PATA_ID}"]
+            channel, unit = divmod(pata_units, 2)
+            args += [
+                "-device",
+                f"ide-hd,drive={node},bus={PATA_ID}.{channel},unit={unit},id={node}-dev{boot}",
+            ]
+            pata_units += 1
+    return args
+
+
+def _blockdev(node: str, disk: DiskSpec) -> str:
+    readonly = ",read-only=on" if disk.readonly else ""
+    return f"driver={disk.format},node-name={node}{readonly},file.driver=file,file.filename={esc(disk.path)}"
+
+
+def _cdrom(spec: VmSpec) -> list[str]:
+    """The install ISO on the AHCI controller, after any AHCI disks; first to boot."""
+    if spec.iso is None:
+        return []
+    controller, bus = _ahci_bus(spec)
+    port = sum(1 for disk in spec.disks if disk.bus == "ahci")
+    if port:
+        controller = []  # already added by the disks
+    return [
+        *controller,
+        "-blockdev", f"driver=raw,node-name=cd0,read-only=on,file.driver=file,file.filename={esc(spec.iso)}",
+        "-device", f"ide-cd,drive=cd0,bus={bus}.{port},id=cd0-dev,bootindex=0",
+    ]  # fmt: skip
+
+
+def _virtio_suffix(spec: VmSpec) -> str:
+    return "device" if spec.mmio else "pci"
+
+
+def _channels(spec: VmSpec) -> list[str]:
+    """virtio-serial ports: the guest's readiness line (to a file) and its command agent (a socket)."""
+    if spec.devices != "virtio" or (spec.ready_file is None and spec.agent_socket is None):
+        return []
+    args = ["-device", f"virtio-serial-{_virtio_suffix(spec)},id=vser0"]
+    if spec.ready_file is not None:
+        args += [
+            "-chardev", f"file,id=ready,path={esc(spec.ready_file)}",
+            "-device", f"virtserialport,bus=vser0.0,chardev=ready,name={esc(spec.ready_port)}",
+        ]  # fmt: skip
+    if spec.agent_socket is not None:
+        args += [
+            "-chardev", f"socket,id=agent,path={esc(spec.agent_socket)},server=on,wait=off",
+            "-device", f"virtserialport,bus=vser0.0,chardev=agent,name={esc(spec.agent_port)}",
+        ]  # fmt: skip
+    return args
+
+
+def _virtio_extras(spec: VmSpec) -> list[str]:
+    if spec.devices != "virtio":
+        return []
+    suffix = _virtio_suffix(spec)
+    return [
+        "-object", "rng-random,id=rng0,filename=/dev/urandom",
+        "-device", f"virtio-rng-{suffix},rng=rng0",
+        "-device", f"virtio-balloon-{suffix},id=balloon0",
+    ]  # fmt: skip
+
+
+def _network(spec: VmSpec) -> list[str]:
+    """NICs: none yet. The network issue adds them here, one `-netdev tap,...` plus one `-device`
+    each: virtio-net-device (microvm, virt) or virtio-net-pci with virtio devices, e1000 with
+    emulated ones."""
+    del spec
+    return []

@@ -1,0 +1,249 @@
+"""The VM driver: the `Driver` contract met with QEMU (see drivers/base.py for the contract).
+
+generate  record + image -> VmSpec (plan.py) -> argv (argv.py), with the notices to show
+prepare   the instance's root disk: a qcow2 overlay on the image's immutable disk (grown to
+          `disk_size`), or an empty disk for an ISO install; the UEFI variable store
+start     QEMU spawned detached (process.py); returns once its monitor answers
+wait_ready  bounded watch of the guest's readiness (boot.py)
+stop      ACPI power button, then `quit`, then SIGKILL; pause/resume via QMP (monitor.py)
+status    re-derived from the pidfile (guarded by the UUID), QMP and the runtime log
+exec      through the in-guest agent's virtio-serial port (agent.py)
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import cast
+
+from virtkit.drivers.base import ExecResult, InstancePaths, Runtime, Status
+from virtkit.drivers.qemu import process
+from virtkit.drivers.qemu.argv import build_argv
+from virtkit.drivers.qemu.boot import BootRecord, watch_ready
+from virtkit.drivers.qemu.disk import make_root_disk, remove_quietly
+from virtkit.drivers.qemu.monitor import Monitor
+from virtkit.drivers.qemu.plan import UEFI_FILES, VmFiles, build_spec, firmware_for, iso_for
+from virtkit.drivers.qemu.spec import VmSpec
+from virtkit.errors import HostCapabilityError, StateError, ToolError, VirtkitError
+from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 30.0  # QEMU's own start-up (not the guest's boot)
+QUIT_WAIT = 5.0  # after `quit`, before SIGKILL
+STATUS_TIMEOUT = 3.0
+PAUSED = {"paused", "suspended", "prelaunch", "inmigrate", "postmigrate", "finish-migrate",
+          "save-vm", "restore-vm", "debug", "colo"}  # fmt: skip
+FAILED = {"internal-error", "io-error", "guest-panicked", "shutdown", "watchdog"}
+
+
+class QemuDriver:
+    """Virtual machines under QEMU (KVM when it works here, TCG otherwise)."""
+
+    kind = InstanceKind.VM
+
+    def generate(
+        self, record: InstanceRecord, image: ImageRecord, image_dir: Path, paths: InstancePaths
+    ) -> Runtime:
+        spec, notices = build_spec(record, image, image_dir, paths)
+        return Runtime(kind="vm", argv=build_argv(spec), config=spec.to_dict(), notices=notices)
+
+    def prepare(
+        self, record: InstanceRecord, image: ImageRecord, image_dir: Path, paths: InstancePaths
+    ) -> None:
+        files = VmFiles(paths)
+        paths.dir.mkdir(parents=True, exist_ok=True)
+        iso = iso_for(record, image, image_dir)
+        made = make_root_disk(record, image, image_dir, files.disk, iso=iso is not None)
+        try:
+            if firmware_for(record, image, iso) == "uefi" and not files.uefi_vars.exists():
+                template = Path(UEFI_FILES[record.arch][1])
+                if not template.is_file():
+                    raise HostCapabilityError(
+                        f"no UEFI variable store template at {template}",
+                        hint=f"apt-get install {UEFI_FILES[record.arch][2]}",
+                    )
+                shutil.copyfile(template, files.uefi_vars)
+        except BaseException:
+            if made:
+                remove_quietly(files.disk)
+            raise
+
+    def start(self, record: InstanceRecord, runtime: Runtime, paths: InstancePaths) -> None:
+        spec = VmSpec.from_dict(runtime.config)
+        if process.running_pid(paths.pidfile, spec.uuid) is not None:
+            raise StateError(f"{spec.name} is already running")
+        files = VmFiles(paths)
+        for stale in (paths.pidfile, paths.monitor, files.console_socket, files.agent_socket, files.ready):
+            remove_quietly(stale)
+        started_at, began = time.time(), time.monotonic()
+        with paths.log.open("a") as runtime_log:
+            runtime_log.write(f"virtkit: starting {spec.name} ({spec.accel}) at {time.ctime(started_at)}\n")
+        boot = BootRecord(spec, started_at, process.size(Path(spec.console_log)), process.size(paths.log))
+        pid = process.spawn(runtime.argv, paths.log)
+        self._wait_up(spec, pid, paths, boot, runtime.argv)
+        boot.phases["spawn"] = time.monotonic() - began
+        boot.save(files.boot)
+        log.info("%s: QEMU pid %d up in %.2f s (%s)", spec.name, pid, boot.phases["spawn"], spec.accel)
+
+    def _wait_up(
+        self, spec: VmSpec, pid: int, paths: InstancePaths, boot: BootRecord, argv: list[str]
+    ) -> None:
+        """Until QEMU's monitor answers; ToolError with QEMU's last words if it exits or hangs first."""
+        monitor = Monitor(paths.monitor, name=spec.name, connect_timeout=1.0, timeout=STATUS_TIMEOUT)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            code = process.exit_code(pid)
+            if code is not None:
+                said = process.death_reason(paths.log, boot.log_offset)
+                raise ToolError(f"QEMU could not start {spec.name} (exit status {code}): {said}",
+                                argv=argv, returncode=code, stderr=said)  # fmt: skip
+            if paths.monitor.is_socket():
+                try:
+                    monitor.query_status()
+                    return
+                except StateError:
+                    pass
+            time.sleep(process.POLL)
+        process.kill(pid, spec.uuid)
+        raise ToolError(f"QEMU did not start {spec.name} within {START_TIMEOUT:g} s", argv=argv,
+                        stderr=process.tail(paths.log, boot.log_offset))  # fmt: skip
+
+    def wait_ready(self, record: InstanceRecord, paths: InstancePaths, timeout: float) -> dict[str, float]:
+        files = VmFiles(paths)
+        boot = self._boot(record, files)
+        phases = watch_ready(
+            boot,
+            timeout,
+            alive=lambda: process.running_pid(paths.pidfile, boot.spec.uuid) is not None,
+            why_dead=lambda: process.death_reason(paths.log, boot.log_offset),
+        )
+        boot.phases = phases
+        boot.save(files.boot)
+        return phases
+
+    @staticmethod
+    def _boot(record: InstanceRecord, files: VmFiles) -> BootRecord:
+        boot = BootRecord.load(files.boot)
+        if boot is None or boot.spec.uuid != record.uuid:
+            raise StateError(f"{record.name} was not started", hint=f"virtkit start {record.name}")
+        return boot
+
+    def _running(self, record: InstanceRecord, paths: InstancePaths) -> int:
+        pid = process.running_pid(paths.pidfile, record.uuid)
+        if pid is None:
+            raise StateError(f"{record.name} is not running", hint=f"virtkit start {record.name}")
+        return pid
+
+    def _monitor(self, record: InstanceRecord, paths: InstancePaths, timeout: float = 10.0) -> Monitor:
+        return Monitor(paths.monitor, name=record.name, timeout=timeout)
+
+    def stop(self, record: InstanceRecord, paths: InstancePaths, *, force: bool, timeout: float) -> None:
+        pid = process.running_pid(paths.pidfile, record.uuid)
+        if pid is None:
+            remove_quietly(paths.pidfile)  # a dead QEMU's leftover
+            return
+        if not force:
+            if self._power_off(record, paths, pid, timeout):
+                return
+            log.warning("%s did not power off within %g s: forcing it off", record.name, timeout)
+        try:
+            self._monitor(record, paths, timeout=QUIT_WAIT).quit()
+        except VirtkitError as exc:
+            log.info("%s: quit failed (%s): killing QEMU", record.name, exc)
+        if not process.wait_gone(pid, record.uuid, QUIT_WAIT) and not process.kill(pid, record.uuid):
+            raise VirtkitError(
+                f"QEMU (pid {pid}) of {record.name} survived SIGKILL", hint=f"see `ps -p {pid}`"
+            )
+        remove_quietly(paths.pidfile)  # QEMU removes it itself, unless killed
+
+    def _power_off(self, record: InstanceRecord, paths: InstancePaths, pid: int, timeout: float) -> bool:
+        """Press the power button (resuming a paused guest first: it must run to react); whether it went."""
+        monitor = self._monitor(record, paths)
+        try:
+            if monitor.query_status() in PAUSED:
+                monitor.cont()
+            monitor.system_powerdown()
+        except VirtkitError as exc:
+            log.info("%s: no power button (%s)", record.name, exc)
+            return not process.owns(pid, record.uuid)
+        return process.wait_gone(pid, record.uuid, timeout)
+
+    def pause(self, record: InstanceRecord, paths: InstancePaths) -> None:
+        self._running(record, paths)
+        self._monitor(record, paths).stop()
+
+    def resume(self, record: InstanceRecord, paths: InstancePaths) -> None:
+        self._running(record, paths)
+        self._monitor(record, paths).cont()
+
+    def status(self, record: InstanceRecord, paths: InstancePaths) -> Status:
+        boot = BootRecord.load(VmFiles(paths).boot)
+        offset = boot.log_offset if boot is not None else 0
+        pid = process.read_pid(paths.pidfile)
+        if pid is None:  # QEMU removes its pidfile when it exits cleanly
+            said = process.tail(paths.log, offset, lines=1)
+            return Status(InstanceState.STOPPED, reason=_signal_exit(said))
+        if not process.owns(pid, record.uuid):
+            return Status(InstanceState.ERROR, reason=process.death_reason(paths.log, offset),
+                          details={"stale_pid": pid})  # fmt: skip
+        details = _details(boot)
+        try:
+            qemu_status = self._monitor(record, paths, timeout=STATUS_TIMEOUT).query_status()
+        except VirtkitError as exc:
+            return Status(InstanceState.RUNNING, pid=pid, reason=f"its monitor does not answer: {exc}",
+                          details=details)  # fmt: skip
+        details["qemu_status"] = qemu_status
+        if qemu_status in FAILED:
+            return Status(InstanceState.ERROR, pid=pid, reason=f"QEMU reports {qemu_status}", details=details)
+        state = InstanceState.PAUSED if qemu_status in PAUSED else InstanceState.RUNNING
+        return Status(state, pid=pid, details=details)
+
+    def exec(
+        self, record: InstanceRecord, paths: InstancePaths, argv: Sequence[str], timeout: float
+    ) -> ExecResult:
+        self._running(record, paths)
+        spec = self._boot(record, VmFiles(paths)).spec
+        if spec.agent_socket is None:
+            raise HostCapabilityError(
+                f"{record.name} has no command channel: exec needs virtio devices and an image with an agent",
+                hint="the tiny and Debian images have one; --devices emulated has no virtio-serial port",
+            )
+        try:
+            agent = importlib.import_module("virtkit.drivers.qemu.agent")
+        except ImportError:
+            raise HostCapabilityError("exec is not available yet for VMs") from None
+        socket = Path(spec.agent_socket)
+        if hasattr(agent, "exec_on_port"):  # picks the tiny agent or qemu-guest-agent by port name
+            return cast(ExecResult, agent.exec_on_port(spec.agent_port, socket, list(argv), timeout))
+        return cast(ExecResult, agent.exec_in_guest(socket, list(argv), timeout))
+
+    def cleanup(self, record: InstanceRecord, paths: InstancePaths) -> None:
+        if process.running_pid(paths.pidfile, record.uuid) is not None:
+            raise StateError(f"{record.name} is still running", hint=f"virtkit stop {record.name}")
+        files = VmFiles(paths)
+        for leftover in (paths.pidfile, paths.monitor, files.console_socket, files.agent_socket):
+            remove_quietly(leftover)
+
+
+def _signal_exit(last_line: str) -> str:
+    """A clean exit's reason worth telling: QEMU terminated by a signal someone sent it."""
+    return process.without_timestamp(last_line) if "terminating on signal" in last_line else ""
+
+
+def _details(boot: BootRecord | None) -> dict[str, object]:
+    if boot is None:
+        return {}
+    spec = boot.spec
+    return {
+        "accel": spec.accel,
+        "machine": spec.machine,
+        "devices": spec.devices,
+        "console_socket": spec.console_socket,
+        "started_at": boot.started_at,
+        "phases": dict(boot.phases),
+    }

@@ -1,0 +1,276 @@
+"""From an instance record and its image to a `VmSpec`: every choice the VM driver makes, in one place.
+
+Acceleration (KVM only when this boot's functional probe said guests run; TCG otherwise, said
+plainly), machine (microvm for direct kernel boot with virtio devices on x86, q35 for firmware boot
+or emulated devices, virt on aarch64), boot path (kernel + initrd, or SeaBIOS/OVMF from the disk or
+an ISO), devices (virtio or emulated) and where the instance's files live.
+
+Instance settings read from `record.config` (all optional)::
+
+    accel     auto | kvm | tcg        (auto: KVM when proven to work here, else TCG)
+    devices   virtio | emulated       (emulated: AHCI disk, 16550 serial, no virtio at all)
+    firmware  bios | uefi             (boot the disk through firmware instead of the image's kernel)
+    iso       PATH                    (attach install media and boot from it first)
+    machine   microvm | q35 | virt    (override the machine chosen above)
+    disk_size SIZE                    (grow the root disk; read by `prepare`)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+from virtkit.drivers.base import InstancePaths
+from virtkit.drivers.qemu.spec import (
+    ACCELS,
+    DEVICES,
+    FIRMWARES,
+    Accel,
+    Devices,
+    DiskSpec,
+    Firmware,
+    Machine,
+    UefiSpec,
+    VmSpec,
+)
+from virtkit.errors import HostCapabilityError, SpecError
+from virtkit.host.cpuinfo import host_arch
+from virtkit.images.staged import DISK, INITRD, ISO, KERNEL
+from virtkit.images.tinyinit import AGENT_PORT, READY_PORT
+from virtkit.model import ImageRecord, InstanceKind, InstanceRecord
+
+log = logging.getLogger(__name__)
+
+ARCHES = ("x86_64", "aarch64")
+SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes with the terminating NUL
+# (firmware code, variable store template, package) per architecture.
+UEFI_FILES = {
+    "x86_64": ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd", "ovmf"),
+    "aarch64": ("/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd", "qemu-efi-aarch64"),
+}
+TCG_NOTICE = "KVM cannot run guests here: running under TCG (emulation)"
+UNPROVEN_NOTICE = "KVM is not proven to work here (no functional probe this boot; see `virtkit host check`)"
+
+
+@dataclass(frozen=True)
+class VmFiles:
+    """The VM driver's files in the instance directory, beside those every driver has."""
+
+    paths: InstancePaths
+
+    @property
+    def disk(self) -> Path:
+        return self.paths.dir / "root.qcow2"
+
+    @property
+    def console_socket(self) -> Path:
+        return self.paths.dir / "console.sock"
+
+    @property
+    def ready(self) -> Path:
+        return self.paths.dir / "ready.log"
+
+    @property
+    def agent_socket(self) -> Path:
+        return self.paths.dir / "agent.sock"
+
+    @property
+    def uefi_vars(self) -> Path:
+        return self.paths.dir / "efivars.fd"
+
+    @property
+    def boot(self) -> Path:
+        """What `start` recorded for `wait_ready`, `status` and `exec` (see boot.py)."""
+        return self.paths.dir / "boot.json"
+
+
+def kvm_verdict() -> bool | None:
+    """This boot's functional KVM probe verdict: True (guests run), False (they cannot), None (unknown)."""
+    try:
+        from virtkit.drivers.qemu.probe import kvm_works
+    except ImportError:
+        return None
+    return kvm_works()
+
+
+def host_tsc_khz(cpuinfo: Path = Path("/proc/cpuinfo")) -> int | None:
+    """The host's TSC rate, which a TCG guest sees as its own (from /proc/cpuinfo's "cpu MHz").
+
+    A microvm guest under TCG has no HPET or PM timer to calibrate its TSC against; when PIT
+    calibration fails on a busy host it hangs, unless told the rate with tsc_early_khz=.
+    """
+    try:
+        match = re.search(r"^cpu MHz\s*:\s*([0-9.]+)", cpuinfo.read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(float(match.group(1)) * 1000) if match else None
+
+
+def _choice(record: InstanceRecord, key: str, allowed: tuple[str, ...], default: str | None) -> str | None:
+    value = record.config.get(key, default)
+    if value is not None and value not in allowed:
+        raise SpecError(f"invalid {key} {value!r}: expected one of {', '.join(allowed)}")
+    return value
+
+
+def resolve_accel(
+    record: InstanceRecord, verdict: Callable[[], bool | None] | None = None, host: str | None = None
+) -> tuple[Accel, list[str]]:
+    """The accelerator to run with, and what to tell the user about it."""
+    requested = _choice(record, "accel", ("auto", *ACCELS), "auto")
+    host = host or host_arch()
+    if record.arch != host:
+        if requested == "kvm":
+            raise HostCapabilityError(
+                f"KVM cannot run {record.arch} guests on this {host} host",
+                hint="use --accel tcg (or auto) to emulate it",
+            )
+        return "tcg", [f"{record.arch} guest on this {host} host: emulated (TCG)"]
+    if requested == "tcg":
+        return "tcg", []
+    works = (verdict or kvm_verdict)()
+    if requested == "kvm":
+        if works is False:
+            raise HostCapabilityError(
+                "KVM cannot run guests on this host (its functional probe failed)",
+                hint="use --accel tcg (or auto), or see `virtkit host check`",
+            )
+        return "kvm", [] if works else [UNPROVEN_NOTICE]
+    if works:
+        return "kvm", []
+    return "tcg", [TCG_NOTICE if works is False else f"{UNPROVEN_NOTICE}: running under TCG (emulation)"]
+
+
+def _machine(record: InstanceRecord, direct: bool, devices: Devices) -> Machine:
+    if record.arch == "aarch64":
+        chosen = _choice(record, "machine", ("virt",), "virt")
+    else:
+        default = "microvm" if direct and devices == "virtio" else "q35"
+        chosen = _choice(record, "machine", ("microvm", "q35"), default)
+    if chosen == "microvm" and not (direct and devices == "virtio"):
+        raise SpecError(
+            "the microvm machine boots a kernel directly with virtio devices only",
+            hint="use --machine q35 for firmware boot, ISOs or emulated devices",
+        )
+    return cast(Machine, chosen)
+
+
+def _kernel(image: ImageRecord, image_dir: Path) -> str:
+    """The uncompressed PVH ELF when the image has one (no decompression: much faster under TCG)."""
+    vmlinux = image.properties.get("vmlinux")
+    if vmlinux and (image_dir / vmlinux).is_file():
+        return str(image_dir / vmlinux)
+    return str(image_dir / image.files[KERNEL])
+
+
+def iso_for(record: InstanceRecord, image: ImageRecord, image_dir: Path) -> str | None:
+    given = record.config.get("iso")
+    if given:
+        path = Path(given).resolve()
+        if not path.is_file():
+            raise SpecError(f"ISO {given} does not exist or is not a file")
+        return str(path)
+    return str(image_dir / image.files[ISO]) if ISO in image.files else None
+
+
+def uefi_firmware(arch: str, files: VmFiles) -> UefiSpec:
+    code, _template, package = UEFI_FILES[arch]
+    if not Path(code).is_file():
+        raise HostCapabilityError(f"no UEFI firmware for {arch} at {code}", hint=f"apt-get install {package}")
+    return UefiSpec(code=code, vars=str(files.uefi_vars))
+
+
+def _check_sockets(*paths: Path | None) -> None:
+    for path in paths:
+        if path is not None and len(str(path).encode()) > SOCKET_PATH_MAX:
+            raise SpecError(
+                f"socket path {path} is longer than the {SOCKET_PATH_MAX} bytes unix sockets allow",
+                hint="use a shorter state root (--root) or instance name",
+            )
+
+
+def firmware_for(record: InstanceRecord, image: ImageRecord, iso: str | None) -> Firmware | None:
+    """None for direct kernel boot; else the firmware that boots the disk or ISO."""
+    firmware = _choice(record, "firmware", FIRMWARES, None)
+    if firmware is None and iso is None and KERNEL in image.files:
+        return None
+    if DISK not in image.files and iso is None:
+        raise SpecError(f"image {image.name} has nothing to boot: no kernel, disk or ISO")
+    chosen = firmware or ("uefi" if record.arch == "aarch64" else "bios")
+    if chosen == "bios" and record.arch == "aarch64":
+        raise SpecError("aarch64 VMs boot with UEFI firmware only", hint="use --firmware uefi")
+    return cast(Firmware, chosen)
+
+
+def build_spec(
+    record: InstanceRecord,
+    image: ImageRecord,
+    image_dir: Path,
+    paths: InstancePaths,
+    *,
+    verdict: Callable[[], bool | None] | None = None,
+    host: str | None = None,
+    tsc_khz: Callable[[], int | None] = host_tsc_khz,
+) -> tuple[VmSpec, list[str]]:
+    """The VM's spec and the notices for the user; SpecError/HostCapabilityError when it cannot run."""
+    if InstanceKind.VM not in image.kinds:
+        raise SpecError(f"image {image.name} cannot run as a VM (it is for: {', '.join(image.kinds)})")
+    if record.arch not in ARCHES:
+        raise SpecError(f"unsupported architecture {record.arch!r}: expected one of {', '.join(ARCHES)}")
+    if image.arch != record.arch:
+        raise SpecError(f"image {image.name} is for {image.arch}, not {record.arch}")
+    accel, notices = resolve_accel(record, verdict, host)
+    devices = cast(Devices, _choice(record, "devices", DEVICES, "virtio"))
+    iso = iso_for(record, image, image_dir)
+    firmware = firmware_for(record, image, iso)
+    machine = _machine(record, firmware is None, devices)
+    files = VmFiles(paths)
+    properties = image.properties
+    virtio = devices == "virtio"
+    ready = files.ready if virtio and properties.get("ready_port") else None
+    agent = files.agent_socket if virtio and properties.get("agent_port") else None
+    _check_sockets(paths.monitor, files.console_socket, agent)
+    direct = firmware is None
+    spec = VmSpec(
+        name=record.name, uuid=record.uuid, arch=record.arch, accel=accel, machine=machine,
+        cpus=max(1, math.ceil(record.cpus)), memory=record.memory, devices=devices,
+        cpu_model=_cpu_model(record.arch, accel),
+        pidfile=str(paths.pidfile), qmp_socket=str(paths.monitor),
+        console_socket=str(files.console_socket), console_log=str(paths.console_log),
+        kernel=_kernel(image, image_dir) if direct else None,
+        initrd=str(image_dir / image.files[INITRD]) if direct and INITRD in image.files else None,
+        cmdline=_cmdline(record, image) if direct else "",
+        firmware=firmware, uefi=uefi_firmware(record.arch, files) if firmware == "uefi" else None,
+        disks=_disks(image, iso, devices, files), iso=iso,
+        ready_file=str(ready) if ready else None, ready_port=properties.get("ready_port", READY_PORT),
+        agent_socket=str(agent) if agent else None, agent_port=properties.get("agent_port", AGENT_PORT),
+        ready_marker=properties.get("ready_marker"),
+        tsc_khz=tsc_khz() if machine == "microvm" and accel == "tcg" else None,
+    )  # fmt: skip
+    return spec, notices
+
+
+def _cpu_model(arch: str, accel: Accel) -> str:
+    if accel == "kvm":
+        return "host"
+    # cortex-a57: under TCG, -cpu max's pointer authentication makes an arm64 boot several times slower.
+    return "cortex-a57" if arch == "aarch64" else "max"
+
+
+def _cmdline(record: InstanceRecord, image: ImageRecord) -> str:
+    words = [image.properties.get("cmdline", "")]
+    if image.format == "tiny":
+        words.append(f"virtkit.hostname={record.name}")  # the tiny guest names itself after the VM
+    return " ".join(word for word in words if word)
+
+
+def _disks(image: ImageRecord, iso: str | None, devices: Devices, files: VmFiles) -> tuple[DiskSpec, ...]:
+    """The root disk: the image's disk under a per-instance overlay, or an empty one to install to."""
+    if DISK not in image.files and iso is None:
+        return ()
+    return (DiskSpec(str(files.disk), "qcow2", "virtio" if devices == "virtio" else "ahci"),)

@@ -1,0 +1,103 @@
+"""Everything a QEMU command line needs, as one frozen value: the VM driver's runtime description.
+
+`QemuDriver.generate` fills a `VmSpec` from an instance record and its image; `argv.build_argv`
+turns it into the command line with no other input. The spec is saved (as `to_dict`) in the
+runtime beside the instance, so a later virtkit process finds the VM's sockets, files and
+readiness signal without the image logic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+Accel = Literal["kvm", "tcg"]
+Machine = Literal["microvm", "q35", "virt"]
+Devices = Literal["virtio", "emulated"]
+Firmware = Literal["bios", "uefi"]
+DiskBus = Literal["virtio", "ahci", "ide"]
+DiskFormat = Literal["qcow2", "raw"]
+
+ACCELS: tuple[Accel, ...] = ("kvm", "tcg")
+MACHINES: tuple[Machine, ...] = ("microvm", "q35", "virt")
+DEVICES: tuple[Devices, ...] = ("virtio", "emulated")
+FIRMWARES: tuple[Firmware, ...] = ("bios", "uefi")
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    """One disk: its file, its format (always explicit: QEMU never probes), the bus it sits on."""
+
+    path: str
+    format: DiskFormat = "qcow2"
+    bus: DiskBus = "virtio"
+    readonly: bool = False
+
+    def __post_init__(self) -> None:
+        if self.readonly and self.bus != "virtio":
+            # QEMU's ide-hd refuses read-only block nodes: only virtio-blk (and CD-ROMs) can be.
+            raise ValueError(f"a read-only disk needs the virtio bus, not {self.bus}")
+
+
+@dataclass(frozen=True)
+class UefiSpec:
+    """The UEFI firmware: read-only code and the instance's own copy of the variable store."""
+
+    code: str
+    vars: str
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    """One VM as QEMU will run it. Sizes in bytes; paths absolute."""
+
+    name: str
+    uuid: str
+    arch: str
+    accel: Accel
+    machine: Machine
+    cpus: int
+    memory: int
+    pidfile: str
+    qmp_socket: str
+    console_socket: str  # unix socket chardev: `virtkit console` attaches here
+    console_log: str  # everything the serial console printed, kept whether or not anyone attached
+    devices: Devices = "virtio"
+    cpu_model: str = "max"
+    # Direct kernel boot (kernel set) or firmware boot (firmware set); never both.
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str = ""
+    firmware: Firmware | None = None
+    uefi: UefiSpec | None = None
+    disks: tuple[DiskSpec, ...] = ()
+    iso: str | None = None
+    # Guest channels on virtio-serial ports (absent with emulated devices).
+    ready_file: str | None = None  # file chardev the guest writes its readiness marker to
+    ready_port: str = "org.virtkit.ready"
+    agent_socket: str | None = None  # unix socket chardev of the in-guest command agent
+    agent_port: str = "org.virtkit.agent"
+    ready_marker: str | None = None  # what the guest prints when ready (on the port and the console)
+    tsc_khz: int | None = None  # microvm under TCG: tell the guest its TSC rate (tsc_early_khz=)
+
+    @property
+    def binary(self) -> str:
+        return f"qemu-system-{self.arch}"
+
+    @property
+    def mmio(self) -> bool:
+        """Whether virtio devices sit on virtio-mmio (microvm, arm's virt) rather than PCI."""
+        return self.machine in ("microvm", "virt")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["disks"] = [asdict(disk) for disk in self.disks]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VmSpec:
+        values = dict(data)
+        values["disks"] = tuple(DiskSpec(**disk) for disk in values.get("disks", ()))
+        uefi = values.get("uefi")
+        values["uefi"] = UefiSpec(**uefi) if uefi else None
+        return cls(**values)
