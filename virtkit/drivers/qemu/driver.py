@@ -12,13 +12,11 @@ exec      through the in-guest agent's virtio-serial port (agent.py)
 
 from __future__ import annotations
 
-import importlib
 import logging
 import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
 
 from virtkit.drivers.base import ExecResult, InstancePaths, Runtime, Status
 from virtkit.drivers.qemu import process
@@ -213,14 +211,10 @@ class QemuDriver:
                 f"{record.name} has no command channel: exec needs virtio devices and an image with an agent",
                 hint="the tiny and Debian images have one; --devices emulated has no virtio-serial port",
             )
-        try:
-            agent = importlib.import_module("virtkit.drivers.qemu.agent")
-        except ImportError:
-            raise HostCapabilityError("exec is not available yet for VMs") from None
-        socket = Path(spec.agent_socket)
-        if hasattr(agent, "exec_on_port"):  # picks the tiny agent or qemu-guest-agent by port name
-            return cast(ExecResult, agent.exec_on_port(spec.agent_port, socket, list(argv), timeout))
-        return cast(ExecResult, agent.exec_in_guest(socket, list(argv), timeout))
+        from virtkit.drivers.qemu.agent import exec_on_port
+
+        # The port's name says which agent answers: the tiny image's or qemu-guest-agent.
+        return exec_on_port(spec.agent_port, Path(spec.agent_socket), list(argv), timeout)
 
     def cleanup(self, record: InstanceRecord, paths: InstancePaths) -> None:
         if process.running_pid(paths.pidfile, record.uuid) is not None:
