@@ -89,6 +89,9 @@ def test_bad_launches_leave_nothing(tiny: Cli, state_root: Path) -> None:
     )
     assert_clear_error(tiny("launch", "tiny", "x1", "--vm", "--memory", "lots"), 2, "invalid memory size")
     assert_clear_error(tiny("launch", "tiny", "Bad_Name", "--vm"), 2, "invalid instance name")
+    dry = tiny("launch", "tiny", "x1", "--vm", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.startswith("qemu-system-x86_64") and "-nodefaults" in dry.stdout
     assert json.loads(tiny("list", "--json").stdout) == []
     assert not (state_root / "instances").exists()
     assert tiny("launch", "tiny", "dup", "--vm", timeout=180).returncode == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -94,6 +95,18 @@ def _request(
     )
 
 
+def _as_request(func: Callable[..., None]) -> Callable[..., None]:
+    """Collect IMAGE, NAME and the define options into one Request argument."""
+
+    @functools.wraps(func)
+    def wrapper(**options: Any) -> None:
+        fields = ("image", "name", "kind", "cpus", "memory", "disk", "accel", "devices")
+        request = _request(**{field: options.pop(field) for field in fields})
+        func(request, **options)
+
+    return wrapper
+
+
 def _notices(notices: list[str]) -> None:
     for notice in notices:
         click.echo(f"Note: {notice}", err=True)
@@ -105,27 +118,16 @@ def _notices(notices: list[str]) -> None:
 @_define_options
 @click.option("--wait", is_flag=True, help="Return once the guest says it is ready.")
 @json_option
-def launch_command(
-    image: str,
-    name: str,
-    kind: str | None,
-    cpus: float,
-    memory: int,
-    disk: int | None,
-    accel: str,
-    devices: str,
-    dry_run: bool,
-    wait: bool,
-) -> None:
+@_as_request
+def launch_command(request: Request, dry_run: bool, wait: bool) -> None:
     """Create instance NAME from IMAGE and start it."""
-    request = _request(image, name, kind, cpus, memory, disk, accel, devices)
     if dry_run:
         _dry_run(request)
         return
     record, runtime = lifecycle().launch(request, wait=wait)
     _notices(runtime.notices)
     phases = ", ".join(f"{k} {v:.2f}s" for k, v in record.boot.items())
-    _say(record, f"Instance {name} started" + (f" ({phases})." if phases else "."))
+    _say(record, f"Instance {record.name} started" + (f" ({phases})." if phases else "."))
 
 
 @click.command("create")
@@ -133,25 +135,15 @@ def launch_command(
 @click.argument("name", type=INSTANCE_NAME)
 @_define_options
 @json_option
-def create_command(
-    image: str,
-    name: str,
-    kind: str | None,
-    cpus: float,
-    memory: int,
-    disk: int | None,
-    accel: str,
-    devices: str,
-    dry_run: bool,
-) -> None:
+@_as_request
+def create_command(request: Request, dry_run: bool) -> None:
     """Define instance NAME from IMAGE without starting it."""
-    request = _request(image, name, kind, cpus, memory, disk, accel, devices)
     if dry_run:
         _dry_run(request)
         return
     record, runtime = lifecycle().create(request)
     _notices(runtime.notices)
-    _say(record, f"Instance {name} created.")
+    _say(record, f"Instance {record.name} created.")
 
 
 def _dry_run(request: Request) -> None:
@@ -160,9 +152,9 @@ def _dry_run(request: Request) -> None:
     if get_context().json:
         print_json(runtime.to_dict())
     else:
-        _notices(runtime.notices)
         from virtkit.cli.instance import command_line
 
+        _notices(runtime.notices)
         click.echo(command_line(runtime.argv))
 
 
