@@ -33,6 +33,7 @@ from virtkit.drivers.qemu.channel import (
     AgentClosed,
     AgentTimeout,
     Link,
+    agent_errors,
     connect,
 )
 from virtkit.drivers.qemu.guestagent import guest_agent_exec
@@ -131,21 +132,12 @@ def exec_in_guest(
     with connect(socket_path) as sock:
         link = Link(sock)
         wait = max(1.0, min(timeout, SYNC_TIMEOUT))
-        try:
+        with agent_errors(argv, started, HINT):
             _sync(link, wait)
             synced = time.monotonic()
             header = f"EXEC {request_id} {timeout:.3f} {len(encoded)} {len(stdin)}\n".encode()
             link.send(header + encoded + stdin, time.monotonic() + TRANSFER_TIMEOUT)
             result = _read_result(link, request_id, argv, timeout)
-        except AgentTimeout:
-            waited = time.monotonic() - started
-            raise ToolError(f"the guest agent did not answer within {waited:.0f}s", argv=list(argv),
-                            hint=HINT) from None
-        except AgentClosed:
-            raise StateError("the VM stopped while running the command (QEMU closed the agent socket)",
-                             hint="see virtkit show NAME") from None
-        except OSError as error:
-            raise ToolError(f"lost the connection to the guest agent: {error}", argv=list(argv)) from None
     log.debug("exec %r: exit %d in %.3f s (%.3f s to sync)", argv[0], result.exit_code,
               time.monotonic() - started, synced - started)
     return result

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from virtkit.errors import StateError, ToolError
@@ -27,6 +29,25 @@ class AgentTimeout(Exception):
 
 class AgentClosed(Exception):
     """Internal: QEMU closed the socket (the VM stopped, or another client took the port)."""
+
+
+@contextmanager
+def agent_errors(argv: Sequence[str], started: float, hint: str) -> Iterator[None]:
+    """Turn what can go wrong on an agent's socket into the errors a user reads."""
+    try:
+        yield
+    except AgentTimeout:
+        waited = time.monotonic() - started
+        raise ToolError(
+            f"the guest agent did not answer within {waited:.0f}s", argv=list(argv), hint=hint
+        ) from None
+    except AgentClosed:
+        raise StateError(
+            "the VM stopped while running the command (QEMU closed the agent socket)",
+            hint="see virtkit show NAME",
+        ) from None
+    except OSError as error:
+        raise ToolError(f"lost the connection to the guest agent: {error}", argv=list(argv)) from None
 
 
 class Link:

@@ -28,12 +28,12 @@ from virtkit.drivers.qemu.channel import (
     PING_INTERVAL,
     SYNC_TIMEOUT,
     TRANSFER_TIMEOUT,
-    AgentClosed,
     AgentTimeout,
     Link,
+    agent_errors,
     connect,
 )
-from virtkit.errors import SpecError, StateError, ToolError
+from virtkit.errors import SpecError, ToolError
 
 POLL_FIRST = 0.01  # seconds between status polls, doubling up to POLL_MAX
 POLL_MAX = 0.25
@@ -181,15 +181,6 @@ def guest_agent_exec(
     begun = time.monotonic()
     with connect(socket_path, "guest agent") as sock:
         qga = Qga(Link(sock))
-        try:
+        with agent_errors(argv, begun, HINT):
             qga.sync(max(1.0, min(timeout, SYNC_TIMEOUT)))
             return _run(qga, argv, timeout, stdin)
-        except AgentTimeout:
-            waited = time.monotonic() - begun
-            raise ToolError(f"the guest agent did not answer within {waited:.0f}s", argv=list(argv),
-                            hint=HINT) from None
-        except AgentClosed:
-            raise StateError("the VM stopped while running the command (QEMU closed the agent socket)",
-                             hint="see virtkit show NAME") from None
-        except OSError as error:
-            raise ToolError(f"lost the connection to the guest agent: {error}", argv=list(argv)) from None
