@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cli
+from tests.e2e.conftest import VIRTKIT, Cli
 from tests.e2e.test_cli import assert_clear_error
 
 
@@ -96,3 +97,23 @@ def test_bad_launches_leave_nothing(tiny: Cli, state_root: Path) -> None:
     assert not (state_root / "instances").exists()
     assert tiny("launch", "tiny", "dup", "--vm", timeout=180).returncode == 0
     assert_clear_error(tiny("launch", "tiny", "dup", "--vm"), 1, "already exists")
+
+
+def test_console_log_and_piped_console(tiny: Cli, state_root: Path) -> None:
+    assert tiny("launch", "tiny", "con1", "--vm", "--wait", timeout=180).returncode == 0
+    log = tiny("console", "--log", "con1")
+    assert log.returncode == 0 and "VIRTKIT-READY" in log.stdout
+    env = {**os.environ, "VIRTKIT_ROOT": str(state_root)}
+    piped = subprocess.run(
+        [str(VIRTKIT), "console", "con1"],
+        input="echo console-$((6*7))\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert "console-42" in piped.stdout
+    assert tiny("stop", "--force", "con1").returncode == 0
+    assert_clear_error(tiny("console", "con1"), 1, "not running")
+    assert "VIRTKIT-READY" in tiny("console", "--log", "con1").stdout

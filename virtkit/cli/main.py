@@ -32,6 +32,9 @@ COMMANDS = [
     _lifecycle("resume", "Unfreeze an instance."),
     _lifecycle("delete", "Delete an instance."),
     _lifecycle("exec", "Run a command inside an instance."),
+    LazyCommand(
+        "console", "virtkit.cli.console:console_command", "Attach to an instance's console.", "Instances"
+    ),
     LazyCommand("list", "virtkit.cli.instance:list_command", "List instances.", "Instances"),
     LazyCommand("show", "virtkit.cli.instance:show_command", "Show one instance.", "Instances"),
     LazyCommand("image", "virtkit.cli.image:image_group", "Build, import, list and export images.", "Images"),

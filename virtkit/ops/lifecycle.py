@@ -143,6 +143,16 @@ class Lifecycle:
             raise StateError(f"instance {name!r} is {state.value}: start it first")
         return driver.exec(record, paths, argv, timeout)
 
+    def console(self, name: str) -> tuple[Path, Path | None]:
+        """The console log of an instance, and the socket to attach to its console (None when the
+        instance is not running)."""
+        record = self.store.get(InstanceRecord, validate_name(name))
+        paths = self.paths(record.name)
+        status = self._status(record)
+        socket = status.details.get("console_socket")
+        live = status.state in (InstanceState.RUNNING, InstanceState.PAUSED) and socket
+        return paths.console_log, Path(str(socket)) if live else None
+
     def launch(self, request: Request, *, wait: bool = False) -> tuple[InstanceRecord, Runtime]:
         """Create and start; if starting fails, the new instance is removed again."""
         record, runtime = self.create(request)
