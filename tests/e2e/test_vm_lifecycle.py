@@ -117,3 +117,15 @@ def test_console_log_and_piped_console(tiny: Cli, state_root: Path) -> None:
     assert tiny("stop", "--force", "con1").returncode == 0
     assert_clear_error(tiny("console", "con1"), 1, "not running")
     assert "VIRTKIT-READY" in tiny("console", "--log", "con1").stdout
+
+
+def test_foreign_architecture_by_emulation(tiny: Cli) -> None:
+    assert_clear_error(tiny("launch", "tiny", "arm1", "--vm", "--arch", "aarch64"), 2, "is for x86_64")
+    built = tiny("image", "build", "tiny", "--arch", "aarch64", timeout=300)
+    assert built.returncode == 0, built.stderr
+    launched = tiny("launch", "tiny", "arm1", "--vm", "--arch", "aarch64", "--wait", timeout=180)
+    assert launched.returncode == 0, launched.stderr
+    assert "emulated" in launched.stderr
+    assert "qemu-system-aarch64" in tiny("show", "arm1", "--runtime").stdout
+    uname = tiny("exec", "arm1", "--", "uname", "-m", timeout=60)
+    assert (uname.returncode, uname.stdout.strip()) == (0, "aarch64")

@@ -63,6 +63,12 @@ def _define_options(func: F) -> F:
             show_default=True,
             help="Paravirtual devices, or emulated ones (AHCI, e1000) for guests without virtio.",
         ),
+        click.option(
+            "--arch",
+            type=click.Choice(["x86_64", "aarch64"]),
+            default=None,
+            help="Guest architecture (a foreign one runs emulated); `tiny` then means tiny-ARCH.",
+        ),
         click.option("--dry-run", is_flag=True, help="Print what would run, and do nothing."),
     ]
     for option in reversed(options):
@@ -79,6 +85,7 @@ def _request(
     disk: int | None,
     accel: str,
     devices: str,
+    arch: str | None,
 ) -> Request:
     from virtkit.model import InstanceKind
     from virtkit.ops.lifecycle import Request
@@ -92,6 +99,7 @@ def _request(
         memory=memory,
         disk=disk,
         config=config,
+        arch=arch,
     )
 
 
@@ -100,7 +108,7 @@ def _as_request(func: Callable[..., None]) -> Callable[..., None]:
 
     @functools.wraps(func)
     def wrapper(**options: Any) -> None:
-        fields = ("image", "name", "kind", "cpus", "memory", "disk", "accel", "devices")
+        fields = ("image", "name", "kind", "cpus", "memory", "disk", "accel", "devices", "arch")
         request = _request(**{field: options.pop(field) for field in fields})
         func(request, **options)
 

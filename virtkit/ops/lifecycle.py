@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from virtkit.drivers.base import Driver, ExecResult, InstancePaths, Runtime, Status, get_driver
-from virtkit.errors import HostCapabilityError, SpecError, StateError, StoreError
+from virtkit.errors import HostCapabilityError, NotFoundError, SpecError, StateError, StoreError
+from virtkit.images.store import ImageStore
 from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState, MiB, validate_name
 from virtkit.store import Store, atomic_write
 from virtkit.units import format_size
@@ -58,6 +59,7 @@ class Request:
     memory: int = 256 * MiB
     disk: int | None = None
     config: dict[str, str] | None = None
+    arch: str | None = None
 
 
 def host_memory(meminfo: Path = Path("/proc/meminfo")) -> int:
@@ -103,7 +105,7 @@ class Lifecycle:
 
         name = validate_name(request.name)
         images = image_store(self.root, self.store)
-        image = images.resolve(request.image)
+        image = self._image(images, request)
         record = self._record(request, image)
         kind = record.kind
         driver = self.drivers(kind)
@@ -129,7 +131,7 @@ class Lifecycle:
         from virtkit.ops.images import image_store
 
         images = image_store(self.root, self.store)
-        image = images.resolve(request.image)
+        image = self._image(images, request)
         record = self._record(request, image)
         return self.drivers(record.kind).generate(record, image, images.path(image), self.paths(record.name))
 
@@ -168,6 +170,24 @@ class Lifecycle:
                 self._remove(record, paths)
             raise
         return record, runtime
+
+    @staticmethod
+    def _image(images: ImageStore, request: Request) -> ImageRecord:
+        """The image `request` names; with an architecture, `tiny` also finds `tiny-aarch64`."""
+        if request.arch is None:
+            return images.resolve(request.image)
+        try:
+            image = images.resolve(f"{request.image}-{request.arch}")
+        except NotFoundError:
+            image = images.resolve(request.image)
+        if image.arch != request.arch:
+            raise SpecError(
+                f"image {request.image!r} is for {image.arch}, not {request.arch}",
+                hint=f"build one with: virtkit image build {request.image} --arch {request.arch}"
+                if request.image in ("tiny", "debian")
+                else "import or build an image for that architecture",
+            )
+        return image
 
     def _record(self, request: Request, image: ImageRecord) -> InstanceRecord:
         """The record `request` asks for, checked against the image and the host."""
