@@ -28,7 +28,6 @@ from .diskbuild import (
     huge,
     json_backing,
     make_iso,
-    make_raw,
     patched,
     qemu_img,
     truncated,
@@ -38,29 +37,6 @@ from .diskbuild import (
 )
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("disks")
-
-
-@pytest.fixture(scope="module")
-def raw_disk(work: Path) -> Path:
-    return make_raw(work / "source.img")
-
-
-@pytest.fixture(scope="module")
-def made(work: Path, raw_disk: Path) -> Callable[[str], Path]:
-    """The raw disk converted to a CONVERSIONS kind (each made once per module)."""
-    cache: dict[str, Path] = {}
-
-    def get(kind: str) -> Path:
-        if kind not in cache:
-            cache[kind] = convert(raw_disk, kind, work)
-        return cache[kind]
-
-    return get
 
 
 @pytest.fixture

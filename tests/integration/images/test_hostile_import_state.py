@@ -44,12 +44,10 @@ from virtkit.store import Store, open_store
 from virtkit.units import MiB
 
 from .diskbuild import (
-    convert,
     fifo,
     huge,
     json_backing,
     make_iso,
-    make_raw,
     patched,
     qemu_img,
     truncated,
@@ -90,28 +88,6 @@ class Case:
 
 
 # --- fixtures --------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("hostile")
-
-
-@pytest.fixture(scope="module")
-def raw_disk(work: Path) -> Path:
-    return make_raw(work / "source.img")
-
-
-@pytest.fixture(scope="module")
-def made(work: Path, raw_disk: Path) -> Callable[[str], Path]:
-    cache: dict[str, Path] = {}
-
-    def get(kind: str) -> Path:
-        if kind not in cache:
-            cache[kind] = convert(raw_disk, kind, work)
-        return cache[kind]
-
-    return get
 
 
 @pytest.fixture(scope="module")
