@@ -19,6 +19,7 @@ import pytest
 from virtkit.drivers.qemu.agent import guest_agent_exec
 from virtkit.errors import ToolError
 from virtkit.images.debcache import AptRoot, fetch_unpacked
+from virtkit.ops.images import cache_dir
 
 pytestmark = [
     pytest.mark.root,
@@ -26,7 +27,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("apt-get") is None, reason="needs apt"),
 ]
 
-CACHE = Path(os.environ.get("VIRTKIT_CACHE", Path.home() / ".cache" / "virtkit"))
+CACHE = cache_dir()
 
 
 @pytest.fixture(scope="module")

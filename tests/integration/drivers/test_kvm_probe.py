@@ -17,6 +17,7 @@ import pytest
 
 from virtkit.drivers.qemu.probe import NO_KVM, kvm_works, probe_cached, probe_kvm
 from virtkit.host.kvm import FunctionalProbeResult
+from virtkit.ops.images import cache_dir
 
 pytestmark = [
     pytest.mark.root,
@@ -24,7 +25,7 @@ pytestmark = [
     pytest.mark.skipif(not Path("/bin/busybox").is_file(), reason="needs busybox-static"),
 ]
 
-CACHE = Path(os.environ.get("VIRTKIT_CACHE", Path.home() / ".cache" / "virtkit"))
+CACHE = cache_dir()
 KVM_TIMEOUT = 4.0
 PVM = Path("/sys/module/kvm_pvm").is_dir()
 

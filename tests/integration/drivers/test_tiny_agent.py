@@ -21,6 +21,7 @@ from virtkit.drivers.qemu.agent import encode_argv, exec_in_guest, ping_agent
 from virtkit.errors import StateError, ToolError
 from virtkit.images.tiny import build_tiny
 from virtkit.images.tinyinit import AGENT_PORT
+from virtkit.ops.images import cache_dir
 
 from ..images.tinyvm import TinyVM, host_tsc_khz
 
@@ -31,7 +32,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("apt-get") is None, reason="needs apt"),
 ]
 
-CACHE = Path(os.environ.get("VIRTKIT_CACHE", Path.home() / ".cache" / "virtkit"))
+CACHE = cache_dir()
 READY_TIMEOUT = 30.0
 
 

@@ -21,6 +21,7 @@ import pytest
 
 from virtkit.images.debian import build_debian
 from virtkit.images.staged import DISK, INITRD, KERNEL, ROOTFS, StagedImage
+from virtkit.ops.images import cache_dir
 
 pytestmark = [
     pytest.mark.root,
@@ -28,7 +29,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("debootstrap") is None, reason="debootstrap is not installed"),
 ]
 
-CACHE = Path(os.environ.get("VIRTKIT_CACHE", Path.home() / ".cache" / "virtkit"))
+CACHE = cache_dir()
 BOOT_TIMEOUT = 300.0
 
 

@@ -21,6 +21,7 @@ from virtkit.images import elf
 from virtkit.images.staged import DISK, INITRD, KERNEL, ROOTFS, StagedImage
 from virtkit.images.tiny import DISK_SIZE, build_tiny
 from virtkit.images.tinyinit import READY_MARKER
+from virtkit.ops.images import cache_dir
 
 from .tinyvm import TinyVM, host_tsc_khz
 
@@ -31,7 +32,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("apt-get") is None, reason="needs apt"),
 ]
 
-CACHE = Path(os.environ.get("VIRTKIT_CACHE", Path.home() / ".cache" / "virtkit"))
+CACHE = cache_dir()
 READY_TIMEOUT = 30.0
 
 
