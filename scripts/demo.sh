@@ -15,9 +15,12 @@ step virtkit image build tiny
 step virtkit image list
 step virtkit image show tiny
 virtkit delete --force demo >/dev/null 2>&1  # a demo left by an interrupted run
-step virtkit launch tiny demo --vm --wait
+step virtkit launch tiny demo --vm --wait --cpu-allowance 50%
 step virtkit list
 step virtkit exec demo -- uname -a
+step virtkit set demo memory=128MiB
+sleep 2  # the guest's balloon driver gives the memory back
+step virtkit exec demo -- grep MemTotal /proc/meminfo
 step virtkit show demo
 step virtkit stop demo
 step virtkit delete demo

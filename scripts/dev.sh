@@ -14,6 +14,8 @@ DEBIAN_PACKAGES=(
     iproute2 nftables dnsmasq-base
     skopeo umoci
     procps util-linux kmod e2fsprogs
+    xorriso
+    fdisk extlinux syslinux-common isolinux dosfstools mtools systemd-boot-efi  # firmware boot media (tests)
 )
 VENV=.venv
 
@@ -51,9 +53,21 @@ make_venv() {
     fi
 }
 
+make_qemu_user() {
+    # QEMU runs as this unprivileged system user (in group kvm for /dev/kvm), as Debian's libvirt
+    # runs it as libvirt-qemu; virtkit/drivers/qemu/runas.py has the same command as a hint.
+    getent group kvm >/dev/null || groupadd --system kvm
+    if ! getent passwd virtkit-qemu >/dev/null; then
+        echo "==> creating the system user virtkit-qemu"
+        useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
+            --groups kvm virtkit-qemu
+    fi
+}
+
 setup() {
     need_root
     install_debian_packages
+    make_qemu_user
     make_venv
 }
 

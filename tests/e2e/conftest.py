@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.permissions import reachable
+
 VIRTKIT = Path(sys.executable).parent / "virtkit"
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
@@ -17,8 +19,8 @@ Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 @pytest.fixture
 def state_root(tmp_path: Path) -> Path:
-    """A fresh state root (not yet created: virtkit creates it on first use)."""
-    return tmp_path / "root"
+    """A fresh state root (not yet created: virtkit creates it on first use), reachable by QEMU's user."""
+    return reachable(tmp_path / "root")
 
 
 @pytest.fixture

@@ -91,6 +91,25 @@ def command_line(argv: list[str]) -> str:
 _SHOWN = {"phases", "started_at"}
 
 
+def _detail(key: str, value: object) -> str:
+    """A live detail as people read it: sizes in binary units, CPU time in seconds, limits in words."""
+    if value is None:
+        return "-"
+    if key in ("memory_ceiling", "memory_used") and isinstance(value, int):
+        return format_size(value)
+    if key == "cpu_seconds" and isinstance(value, float):
+        return f"{value:.1f}s"
+    if key == "disk_limits" and isinstance(value, list):
+        return "; ".join(_disk_limit(limit) for limit in value) or "-"
+    return str(value)
+
+
+def _disk_limit(limit: dict[str, int | None]) -> str:
+    iops, bps = limit.get("iops"), limit.get("bps")
+    words = ([f"{iops} IOPS"] if iops else []) + ([f"{format_size(bps)}/s"] if bps else [])
+    return ", ".join(words) or "unlimited"
+
+
 def _fields(view: InstanceView) -> list[tuple[str, str]]:
     record, status = view.record, view.status
     state = status.state.value + (f" ({status.reason})" if status.reason else "")
@@ -113,7 +132,7 @@ def _fields(view: InstanceView) -> list[tuple[str, str]]:
             ("Boot", ", ".join(f"{phase} {seconds:.2f}s" for phase, seconds in record.boot.items()))
         )
     fields += [
-        (key.replace("_", " ").capitalize(), str(value))
+        (key.replace("_", " ").capitalize(), _detail(key, value))
         for key, value in sorted(status.details.items())
         if key not in _SHOWN
     ]

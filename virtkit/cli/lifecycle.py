@@ -34,6 +34,62 @@ def _say(record: InstanceRecord, message: str) -> None:
         click.echo(message)
 
 
+# Options that become instance settings (record.config), by option name -> config key. Each is
+# passed to the driver as a string; the driver validates it (plan.py) and says what was wrong.
+CONFIG_OPTIONS: list[tuple[click.Option, str]] = []
+
+
+def _config(key: str, *decls: str, **attrs: Any) -> None:
+    option = click.Option(list(decls), **attrs)
+    CONFIG_OPTIONS.append((option, key))
+
+
+_config(
+    "accel", "--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True,
+    help="VM acceleration: KVM when it works here, else emulation (TCG).",
+)
+_config(
+    "devices", "--devices", type=click.Choice(["virtio", "emulated"]), default="virtio", show_default=True,
+    help="Paravirtual devices, or emulated ones (AHCI, e1000) for guests without virtio.",
+)
+_config(
+    "machine", "--machine", type=click.Choice(["microvm", "q35", "virt"]), default=None,
+    help="VM machine type (default: microvm for direct kernel boot, q35 for firmware boot, virt on aarch64).",
+)
+_config(
+    "firmware", "--firmware", type=click.Choice(["bios", "uefi"]), default=None,
+    help="Boot the disk through firmware (SeaBIOS or OVMF) instead of the image's kernel.",
+)
+_config(
+    # Only made absolute here (the record outlives this working directory); the driver checks it.
+    "iso", "--iso", type=click.Path(resolve_path=True, readable=False), default=None,
+    help="Boot install media (an ISO file, used in place) before the image's disk; an image without "
+    "a disk (an imported ISO) gets an empty one of --disk size.",
+)
+_config(
+    "cpu_allowance", "--cpu-allowance", default=None, metavar="PERCENT|MS/MS",
+    help="Hard CPU quota in host CPU time: 50% is half a host CPU, 150% one and a half; or 25ms/100ms.",
+)
+_config(
+    "disk_iops", "--disk-iops", default=None, metavar="N",
+    help="Throttle the root disk to this many I/O operations per second (reads and writes together).",
+)
+_config(
+    "disk_bandwidth", "--disk-bandwidth", type=SizeType("disk bandwidth"), default=None, metavar="SIZE",
+    help="Throttle the root disk to this many bytes per second (reads and writes together), e.g. 10MiB.",
+)
+# cloud-init (NoCloud): the files are read and checked at create time (virtkit.cloudinit) and what
+# they hold is kept with the instance.
+_config(
+    "user_data", "--user-data", type=click.Path(dir_okay=False, resolve_path=True), default=None,
+    metavar="FILE", help="cloud-init user-data for the guest, as is: a #cloud-config file or a #! script.",
+)
+_config(
+    "ssh_keys", "--ssh-key", type=click.Path(dir_okay=False, resolve_path=True), multiple=True,
+    metavar="FILE", help="SSH public key file to authorize for the image's default user (repeatable).",
+)
+
+
 def _define_options(func: F) -> F:
     options = [
         click.option("--vm", "kind", flag_value="vm", help="Make a virtual machine (QEMU)."),
@@ -50,20 +106,6 @@ def _define_options(func: F) -> F:
             "--disk", type=SizeType("disk size"), default=None, help="Grow the root disk to this size."
         ),
         click.option(
-            "--accel",
-            type=click.Choice(["auto", "kvm", "tcg"]),
-            default="auto",
-            show_default=True,
-            help="VM acceleration: KVM when it works here, else emulation (TCG).",
-        ),
-        click.option(
-            "--devices",
-            type=click.Choice(["virtio", "emulated"]),
-            default="virtio",
-            show_default=True,
-            help="Paravirtual devices, or emulated ones (AHCI, e1000) for guests without virtio.",
-        ),
-        click.option(
             "--arch",
             type=click.Choice(["x86_64", "aarch64"]),
             default=None,
@@ -71,36 +113,13 @@ def _define_options(func: F) -> F:
         ),
         click.option("--dry-run", is_flag=True, help="Print what would run, and do nothing."),
     ]
+    # click lists decorator parameters in reverse order of application: these come after the above.
+    params = getattr(func, "__click_params__", [])
+    params.extend(option for option, _key in reversed(CONFIG_OPTIONS))
+    func.__click_params__ = params  # type: ignore[attr-defined]
     for option in reversed(options):
         func = option(func)
     return func
-
-
-def _request(
-    image: str,
-    name: str,
-    kind: str | None,
-    cpus: float,
-    memory: int,
-    disk: int | None,
-    accel: str,
-    devices: str,
-    arch: str | None,
-) -> Request:
-    from virtkit.model import InstanceKind
-    from virtkit.ops.lifecycle import Request
-
-    config = {"accel": accel, "devices": devices}
-    return Request(
-        image=image,
-        name=name,
-        kind=InstanceKind(kind) if kind else None,
-        cpus=cpus,
-        memory=memory,
-        disk=disk,
-        config=config,
-        arch=arch,
-    )
 
 
 def _as_request(func: Callable[..., None]) -> Callable[..., None]:
@@ -108,8 +127,27 @@ def _as_request(func: Callable[..., None]) -> Callable[..., None]:
 
     @functools.wraps(func)
     def wrapper(**options: Any) -> None:
-        fields = ("image", "name", "kind", "cpus", "memory", "disk", "accel", "devices", "arch")
-        request = _request(**{field: options.pop(field) for field in fields})
+        from virtkit.model import InstanceKind
+        from virtkit.ops.lifecycle import Request
+
+        config: dict[str, str] = {}
+        for option, key in CONFIG_OPTIONS:
+            value = options.pop(str(option.name))
+            if isinstance(value, tuple):  # a repeatable option: its values, one a line
+                value = "\n".join(value) or None
+            if value is not None:
+                config[key] = str(value)
+        kind = options.pop("kind")
+        request = Request(
+            image=options.pop("image"),
+            name=options.pop("name"),
+            kind=InstanceKind(kind) if kind else None,
+            cpus=options.pop("cpus"),
+            memory=options.pop("memory"),
+            disk=options.pop("disk"),
+            config=config,
+            arch=options.pop("arch"),
+        )
         func(request, **options)
 
     return wrapper

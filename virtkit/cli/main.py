@@ -37,6 +37,9 @@ COMMANDS = [
     ),
     LazyCommand("list", "virtkit.cli.instance:list_command", "List instances.", "Instances"),
     LazyCommand("show", "virtkit.cli.instance:show_command", "Show one instance.", "Instances"),
+    LazyCommand(
+        "set", "virtkit.cli.settings:set_command", "Change an instance's CPUs, memory, limits.", "Instances"
+    ),
     LazyCommand("image", "virtkit.cli.image:image_group", "Build, import, list and export images.", "Images"),
     LazyCommand("host", "virtkit.cli.host:host_group", "Check and describe this host.", "Host"),
     LazyCommand(

@@ -125,6 +125,10 @@ class Driver(Protocol):
     ) -> ExecResult:
         """Run a command inside and return its exit code and output."""
 
+    def update(self, record: InstanceRecord, runtime: Runtime, paths: InstancePaths) -> None:
+        """Apply the limits of a regenerated `runtime` to the running instance (StateError for what
+        can only change at its next start; nothing is changed then)."""
+
     def cleanup(self, record: InstanceRecord, paths: InstancePaths) -> None:
         """Remove what the runtime left (sockets, pidfile) after the instance stopped."""
 

@@ -21,6 +21,7 @@ class FakeDriver:
         self.states: dict[str, InstanceState] = {}
         self.fail_on: set[str] = set()
         self.calls: list[str] = []
+        self.updated: dict[str, Runtime] = {}  # the runtime each running instance was updated to
 
     def _step(self, name: str) -> None:
         self.calls.append(name)
@@ -31,7 +32,9 @@ class FakeDriver:
         self, record: InstanceRecord, image: ImageRecord, image_dir: Path, paths: InstancePaths
     ) -> Runtime:
         self._step("generate")
-        return Runtime(kind=self.kind.value, argv=["fake", record.uuid], notices=["fake notice"])
+        argv = ["fake", record.uuid, f"cpus={record.cpus:g}", f"memory={record.memory}"]
+        argv += [f"{key}={value}" for key, value in sorted(record.config.items())]
+        return Runtime(kind=self.kind.value, argv=argv, notices=["fake notice"])
 
     def prepare(
         self, record: InstanceRecord, image: ImageRecord, image_dir: Path, paths: InstancePaths
@@ -70,6 +73,10 @@ class FakeDriver:
         if self.states.get(record.uuid) is not InstanceState.RUNNING:
             raise StateError("not running")
         return ExecResult(0, " ".join(argv).encode(), b"")
+
+    def update(self, record: InstanceRecord, runtime: Runtime, paths: InstancePaths) -> None:
+        self._step("update")
+        self.updated[record.uuid] = runtime
 
     def cleanup(self, record: InstanceRecord, paths: InstancePaths) -> None:
         self._step("cleanup")

@@ -41,6 +41,7 @@ from virtkit.host.kernel import (
 )
 from virtkit.host.kvm import FunctionalProbe, KvmIoctlProber, KvmState, probe_kvm, probe_kvm_ioctl
 from virtkit.host.kvmchecks import kvm_checks
+from virtkit.host.qemuuser import probe_qemu_user, qemu_user_check
 from virtkit.host.space import DEFAULT_MIN_FREE, DEFAULT_STATE_ROOT, probe_space, space_check
 from virtkit.host.tools import (
     OCI_RUNTIMES,
@@ -137,6 +138,7 @@ def _assemble(
         *cpu_checks(cpu, read_dmi(sysroot)),
         *kvm_checks(kvm, cpu),
         *device_checks(probe_devices(sysroot), cpu.vendor),
+        qemu_user_check(probe_qemu_user(sysroot), verdict.vms is VmSupport.HARDWARE),
         *cgroup_checks(cgroups),
         namespaces_check(namespaces),
         userns_check(probe_userns(sysroot), namespaces),

@@ -76,8 +76,13 @@ def network_file() -> str:
 
 
 def wait_online_dropin() -> str:
-    """Waiting for the network: one interface is enough, and not for two minutes."""
+    """Waiting for the network: one interface is enough, and not for two minutes; with no Ethernet
+    interface at all, not at all (it would wait out its timeout, and cloud-init, hence the whole
+    boot, waits for it)."""
     return (
+        "[Unit]\n"
+        "ConditionPathExistsGlob=/sys/class/net/e*\n"
+        "\n"
         "[Service]\n"
         "ExecStart=\n"
         "ExecStart=/lib/systemd/systemd-networkd-wait-online --any --timeout=30\n"
@@ -102,8 +107,14 @@ def cloud_config() -> str:
         "datasource_list: [NoCloud, None]\n"
         "# only C.UTF-8 exists (no locales package): leave the locale alone unless user-data sets one\n"
         "locale: false\n"
-        "# the key types OpenSSH still accepts by default (no DSA)\n"
-        "ssh_genkeytypes: [rsa, ecdsa, ed25519]\n"
+        "# only ed25519 while the boot waits (RSA takes seconds under emulation): ssh.service makes\n"
+        "# the other host keys OpenSSH accepts (ssh-keygen -A) before sshd starts\n"
+        "ssh_genkeytypes: [ed25519]\n"
+        "# keep the hostname cloud-init sets resolvable (/etc/hosts names 127.0.1.1 after it)\n"
+        "manage_etc_hosts: localhost\n"
+        "# the image has no bootloader (virtkit boots its kernel directly)\n"
+        "grub_dpkg:\n"
+        "  enabled: false\n"
         "# the image's apt sources are already right; do not rewrite them at first boot\n"
         "apt:\n"
         "  preserve_sources_list: true\n"

@@ -6,6 +6,10 @@ says (so a truncated download is refused). It is copied as `install.iso` the che
 filesystems allow — a reflink (FICLONE, as `cp --reflink=auto`), else in-kernel copy_file_range,
 else sendfile — from the descriptor that was checked. The volume id and whether it is bootable
 (El Torito) go into the image's properties.
+
+`check_boot_media` is the same check for a file given at launch (`--iso FILE`), which is used in
+place rather than imported, and must also be bootable: an ISO without an El Torito boot record is
+nothing BIOS or UEFI firmware can start.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from virtkit.errors import ConflictError, NotFoundError, RejectedError
-from virtkit.images.detect import NAMES, classify, printable, read_ends
+from virtkit.errors import ConflictError, NotFoundError, RejectedError, SpecError
+from virtkit.images.detect import NAMES, classify, printable, read_ends, sniff
 from virtkit.images.source import check_unchanged, open_source
 from virtkit.images.staged import ISO, Progress, StagedImage, no_progress
 from virtkit.units import GiB, MiB, format_size
@@ -95,6 +99,41 @@ def import_iso(
             "el_torito": "yes" if volume.el_torito else "no",
         },
     )
+
+
+def check_boot_media(path: Path) -> Volume:
+    """The volume of the bootable install media at `path`, checked as an import checks an ISO.
+
+    SpecError (the request names a wrong file) when `path` is missing, a directory or another
+    non-regular file, not a whole ISO 9660 image, or one without an El Torito boot record.
+    """
+    media = "give bootable install media (an ISO 9660 file)"
+    if path.is_dir():
+        raise SpecError(f"ISO {path} is a directory, not an ISO file", hint=media)
+    try:
+        fd, before = open_source(path)
+    except NotFoundError:
+        raise SpecError(f"ISO {path} does not exist", hint=media) from None
+    except RejectedError as exc:
+        raise SpecError(exc.message, hint=media) from None
+    try:
+        head, tail = read_ends(fd, before.st_size)
+        found = sniff(head, tail)
+        if found != "iso":
+            looks = f" (it looks like: {NAMES[found]})" if found else ""
+            raise SpecError(f"{path} is not an ISO 9660 image{looks}", hint=media)
+        try:
+            volume = read_volume(fd, before.st_size, str(path))
+        except RejectedError as exc:
+            raise SpecError(exc.message, hint=exc.hint or media) from None
+    finally:
+        os.close(fd)
+    if not volume.el_torito:
+        raise SpecError(
+            f"{path} has no El Torito boot record: firmware cannot boot it",
+            hint="give bootable install media (a data CD is not one)",
+        )
+    return volume
 
 
 def read_volume(fd: int, size: int, name: str, max_size: int = DEFAULT_MAX_SIZE) -> Volume:

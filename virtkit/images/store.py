@@ -134,7 +134,12 @@ class ImageStore:
                     hint="give more characters of the fingerprint",
                 )
         shown = ref if ref.isprintable() and len(ref) <= 80 else repr(ref[:80])
-        raise NotFoundError(f"image {shown!r} not found", hint="`virtkit image list` shows the images")
+        hint = "`virtkit image list` shows the images"
+        if "/" in ref or "." in ref:  # no alias has either: perhaps a file the user meant to boot
+            with contextlib.suppress(OSError, ValueError):
+                if Path(ref).is_file():
+                    hint = f"a file is not an image: import it first (virtkit image import {shown})"
+        raise NotFoundError(f"image {shown!r} not found", hint=hint)
 
     # --- changing ----------------------------------------------------------------------------------
 

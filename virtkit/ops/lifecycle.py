@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from virtkit import cloudinit
 from virtkit.drivers.base import Driver, ExecResult, InstancePaths, Runtime, Status, get_driver
 from virtkit.errors import HostCapabilityError, NotFoundError, SpecError, StateError, StoreError
 from virtkit.images.store import ImageStore
@@ -69,6 +70,22 @@ def host_memory(meminfo: Path = Path("/proc/meminfo")) -> int:
     raise HostCapabilityError("cannot read the host's memory size from /proc/meminfo")
 
 
+def check_resources(kind: InstanceKind, cpus: float, memory: int) -> None:
+    """SpecError for CPU and memory sizes no instance can have on this host."""
+    if cpus <= 0:
+        raise SpecError(f"invalid CPU count {cpus:g}: must be more than 0")
+    if kind is InstanceKind.VM and cpus != int(cpus):
+        raise SpecError(f"invalid CPU count {cpus:g}: a VM has a whole number of vCPUs")
+    if memory < MIN_MEMORY:
+        raise SpecError(f"memory {format_size(memory)} is too small: at least {format_size(MIN_MEMORY)}")
+    total = host_memory()
+    if memory > total:
+        raise SpecError(
+            f"memory {format_size(memory)} is more than this host has ({format_size(total)})",
+            hint="ask for less with --memory",
+        )
+
+
 class Lifecycle:
     """The lifecycle verbs over one state root."""
 
@@ -106,7 +123,7 @@ class Lifecycle:
         name = validate_name(request.name)
         images = image_store(self.root, self.store)
         image = self._image(images, request)
-        record = self._record(request, image)
+        record, given = self._record(request, image)
         kind = record.kind
         driver = self.drivers(kind)
         paths = self.paths(name)
@@ -117,6 +134,7 @@ class Lifecycle:
                     log.warning("removing leftover files of a previous %s at %s", name, paths.dir)
                     shutil.rmtree(paths.dir)
                 paths.dir.mkdir(parents=True, mode=0o750)
+                cloudinit.save(given, paths.dir)  # what the user's files held, for the driver
                 driver.prepare(record, image, images.path(image), paths)
                 runtime = driver.generate(record, image, images.path(image), paths)
                 atomic_write(paths.runtime, json.dumps(runtime.to_dict(), indent=2))
@@ -132,7 +150,7 @@ class Lifecycle:
 
         images = image_store(self.root, self.store)
         image = self._image(images, request)
-        record = self._record(request, image)
+        record, _given = self._record(request, image)
         return self.drivers(record.kind).generate(record, image, images.path(image), self.paths(record.name))
 
     def exec(self, name: str, argv: list[str], *, timeout: float) -> ExecResult:
@@ -189,11 +207,12 @@ class Lifecycle:
             )
         return image
 
-    def _record(self, request: Request, image: ImageRecord) -> InstanceRecord:
-        """The record `request` asks for, checked against the image and the host."""
+    def _record(self, request: Request, image: ImageRecord) -> tuple[InstanceRecord, cloudinit.UserInput]:
+        """The record `request` asks for, checked against the image and the host, and what the
+        cloud-init files it names hold (read and checked now; the record says what they held)."""
         kind = self._kind(request.kind, image)
-        self._check_resources(kind, request)
-        config = dict(request.config or {})
+        check_resources(kind, request.cpus, request.memory)
+        config, given = cloudinit.take_inputs(dict(request.config or {}))
         if request.disk is not None:
             config["disk_size"] = str(request.disk)
         return InstanceRecord(
@@ -204,7 +223,7 @@ class Lifecycle:
             cpus=request.cpus,
             memory=request.memory,
             config=config,
-        )
+        ), given
 
     def _kind(self, wanted: InstanceKind | None, image: ImageRecord) -> InstanceKind:
         kinds = list(image.kinds)
@@ -219,22 +238,6 @@ class Lifecycle:
                 hint=f"use --{kinds[0].value}" if kinds else None,
             )
         return wanted
-
-    def _check_resources(self, kind: InstanceKind, request: Request) -> None:
-        if request.cpus <= 0:
-            raise SpecError(f"invalid CPU count {request.cpus:g}: must be more than 0")
-        if kind is InstanceKind.VM and request.cpus != int(request.cpus):
-            raise SpecError(f"invalid CPU count {request.cpus:g}: a VM has a whole number of vCPUs")
-        if request.memory < MIN_MEMORY:
-            raise SpecError(
-                f"memory {format_size(request.memory)} is too small: at least {format_size(MIN_MEMORY)}"
-            )
-        total = host_memory()
-        if request.memory > total:
-            raise SpecError(
-                f"memory {format_size(request.memory)} is more than this host has ({format_size(total)})",
-                hint="ask for less with --memory",
-            )
 
     # --- running --------------------------------------------------------------------------------
 

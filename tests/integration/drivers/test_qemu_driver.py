@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.permissions import reachable
 from virtkit.drivers.base import InstancePaths, Runtime
 from virtkit.drivers.qemu import QemuDriver, process
 from virtkit.drivers.qemu.plan import VmFiles
@@ -59,7 +60,7 @@ class Vm:
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
-    root = tmp_path_factory.mktemp("root")
+    root = reachable(tmp_path_factory.mktemp("root"))  # QEMU runs as virtkit-qemu, as by default
     with open_store(root) as store:
         yield Host(root, store, ImageStore(root, store))
 
@@ -77,7 +78,8 @@ def _dump(vm: Vm) -> None:
 
 @pytest.fixture
 def make_vm(host: Host, request: pytest.FixtureRequest) -> Iterator[Callable[..., Vm]]:
-    """A factory: record + generate + prepare; every VM it made is SIGKILLed by pidfile afterwards."""
+    """A factory: record + generate + prepare; every VM it made is SIGKILLed by pidfile afterwards
+    and cleaned up (sockets, cgroup)."""
     made: list[Vm] = []
     failed_before = request.session.testsfailed
 
@@ -99,6 +101,7 @@ def make_vm(host: Host, request: pytest.FixtureRequest) -> Iterator[Callable[...
         pid = process.read_pid(vm.paths.pidfile)
         if pid is not None:
             process.kill(pid, vm.record.uuid)
+        QemuDriver().cleanup(vm.record, vm.paths)  # sockets and the VM's cgroup
 
 
 def _boot(vm: Vm) -> dict[str, float]:

@@ -125,6 +125,21 @@ def test_cloud_init_reads_nocloud_and_keeps_apt_sources() -> None:
     assert "locale: false" in text and "dsa" not in text.replace("ecdsa", "")
 
 
+def test_cloud_init_keeps_the_boot_short_and_the_hostname_resolvable() -> None:
+    text = cloud_config()
+    # RSA host keys take seconds under TCG: ssh.service's `ssh-keygen -A` makes them off the path
+    # to qemu-guest-agent (which waits for cloud-init's init stage).
+    assert "ssh_genkeytypes: [ed25519]\n" in text
+    assert "manage_etc_hosts: localhost\n" in text
+    assert "grub_dpkg:\n  enabled: false\n" in text  # no bootloader in the image
+
+
+def test_no_waiting_for_a_network_without_ethernet() -> None:
+    text = config_files(VM)["etc/systemd/system/systemd-networkd-wait-online.service.d/virtkit.conf"]
+    assert text.startswith("[Unit]\nConditionPathExistsGlob=/sys/class/net/e*\n")
+    assert "--any --timeout=30" in text
+
+
 def test_fstab_mounts_the_labelled_root_only_for_vms() -> None:
     assert "LABEL=virtkit-root\t/\text4" in config_files(VM)["etc/fstab"]
     assert "LABEL" not in config_files(CONTAINER)["etc/fstab"]

@@ -95,6 +95,17 @@ def test_resolve_errors(images: ImageStore) -> None:
         images.resolve("../../etc")
 
 
+def test_a_file_named_as_an_image_is_told_to_be_imported(images: ImageStore, tmp_path: Path) -> None:
+    iso = tmp_path / "debian.iso"
+    iso.write_bytes(b"x")
+    with pytest.raises(NotFoundError, match="not found") as caught:
+        images.resolve(str(iso))
+    assert caught.value.hint == f"a file is not an image: import it first (virtkit image import {iso})"
+    with pytest.raises(NotFoundError) as caught:
+        images.resolve("nope")
+    assert caught.value.hint == "`virtkit image list` shows the images"
+
+
 def test_aliases(images: ImageStore) -> None:
     one, _ = stage(images, b"one", name="one")
     two, _ = stage(images, b"two", name="two")

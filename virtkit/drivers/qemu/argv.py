@@ -31,6 +31,7 @@ def build_argv(spec: VmSpec) -> list[str]:
         *_console(spec),
         *_disks(spec),
         *_cdrom(spec),
+        *_seed(spec),
         *_channels(spec),
         *_virtio_extras(spec),
         *_network(spec),
@@ -66,6 +67,11 @@ def _machine(spec: VmSpec) -> list[str]:
         options.append("pit=off,pic=off,rtc=off")
     if spec.uefi is not None:
         options.append("pflash0=uefi-code,pflash1=uefi-vars")
+    if spec.firmware == "bios" and spec.kernel is None:
+        # No display: QEMU then tells SeaBIOS (fw_cfg etc/sercon-port) to mirror its text screen,
+        # and the bootloader's, on the serial console, so `virtkit console` shows the firmware,
+        # the boot menu and "No bootable device", and takes keys for them.
+        options.append("graphics=off")
     memory = -(-spec.memory // MiB)
     return [
         "-machine", ",".join(options),
@@ -115,7 +121,7 @@ def _disks(spec: VmSpec) -> list[str]:
     ahci_ports = pata_units = 0
     for index, disk in enumerate(spec.disks):
         node = f"disk{index}"
-        args += ["-blockdev", _blockdev(node, disk)]
+        args += _blockdev(node, disk)
         boot = f",bootindex={index + 1}" if _firmware_boot(spec) else ""
         if disk.bus == "virtio":
             model = "virtio-blk-device" if spec.mmio else "virtio-blk-pci"
@@ -138,9 +144,21 @@ def _disks(spec: VmSpec) -> list[str]:
     return args
 
 
-def _blockdev(node: str, disk: DiskSpec) -> str:
+def _blockdev(node: str, disk: DiskSpec) -> list[str]:
+    """The disk's block nodes. A writable disk sits under a throttle filter with its own group,
+    so its I/O limits can be set and changed while the VM runs (no limits: nothing throttled)."""
     readonly = ",read-only=on" if disk.readonly else ""
-    return f"driver={disk.format},node-name={node}{readonly},file.driver=file,file.filename={esc(disk.path)}"
+    image = f"driver={disk.format},node-name={{}}{readonly},file.driver=file,file.filename={esc(disk.path)}"
+    if disk.readonly:
+        return ["-blockdev", image.format(node)]
+    limits = "".join(
+        f",{key}={value}" for key, value in (("x-iops-total", disk.iops), ("x-bps-total", disk.bps)) if value
+    )
+    return [
+        "-object", f"throttle-group,id=tg-{node}{limits}",
+        "-blockdev", image.format(f"{node}-image"),
+        "-blockdev", f"driver=throttle,node-name={node},throttle-group=tg-{node},file={node}-image",
+    ]  # fmt: skip
 
 
 def _cdrom(spec: VmSpec) -> list[str]:
@@ -156,6 +174,23 @@ def _cdrom(spec: VmSpec) -> list[str]:
         "-blockdev", f"driver=raw,node-name=cd0,read-only=on,file.driver=file,file.filename={esc(spec.iso)}",
         "-device", f"ide-cd,drive=cd0,bus={bus}.{port},id=cd0-dev,bootindex=0",
     ]  # fmt: skip
+
+
+def _seed(spec: VmSpec) -> list[str]:
+    """cloud-init's NoCloud seed, read-only: a virtio disk, or with emulated devices a CD-ROM on the
+    AHCI controller, on the port after its disks and the install ISO; not in the boot order."""
+    if spec.seed is None:
+        return []
+    blockdev = f"driver=raw,node-name=seed0,read-only=on,file.driver=file,file.filename={esc(spec.seed)}"
+    if spec.devices == "virtio":
+        device = f"virtio-blk-{_virtio_suffix(spec)},drive=seed0,id=seed0-dev"
+        return ["-blockdev", blockdev, "-device", device]
+    controller, bus = _ahci_bus(spec)
+    port = sum(1 for disk in spec.disks if disk.bus == "ahci") + (1 if spec.iso is not None else 0)
+    if port:
+        controller = []  # already added by the disks or the ISO
+    device = f"ide-cd,drive=seed0,bus={bus}.{port},id=seed0-dev"
+    return [*controller, "-blockdev", blockdev, "-device", device]
 
 
 def _virtio_suffix(spec: VmSpec) -> str:

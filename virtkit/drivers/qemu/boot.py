@@ -7,7 +7,10 @@ spawn took. `watch_ready` then follows this boot's output for the phases users s
     spawn    QEMU up (its monitor answers)
     kernel   the guest's first console output
     ready    the guest's readiness marker: on its virtio-serial readiness port (the file's mtime
-             dates it exactly) or, without virtio, on the serial console
+             dates it exactly) or, without virtio, on the serial console; for an image whose
+             agent is qemu-guest-agent (`spec.ready_agent`), the agent's first answer to a sync
+             (Debian's starts once cloud-init's first stages are done); for an image with
+             neither, its first console output
 
 All phases are seconds since `start` began, so a later virtkit process can wait for a VM another
 one started.
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from virtkit.drivers.qemu.guestagent import SyncProbe
 from virtkit.drivers.qemu.spec import VmSpec
 from virtkit.errors import StateError, VirtkitError
 from virtkit.store import atomic_write
@@ -30,6 +34,7 @@ from virtkit.store import atomic_write
 log = logging.getLogger(__name__)
 
 POLL = 0.02  # seconds between looks at the guest's output
+AGENT_POLL = 0.25  # the longest wait for the guest agent's answer in one look
 CHUNK = 1 << 16
 
 
@@ -116,39 +121,68 @@ def _port_ready_at(spec: VmSpec, marker: bytes) -> float | None:
     return None
 
 
+class _Watch:
+    """What one readiness watch follows: the console log, and the marker or the guest agent."""
+
+    def __init__(self, boot: BootRecord) -> None:
+        spec = boot.spec
+        self.spec = spec
+        self.console = LogFollower(Path(spec.console_log), boot.console_offset)
+        self.marker = (spec.ready_marker or "").encode()
+        agent = spec.agent_socket if spec.ready_agent else None
+        self.probe = SyncProbe(Path(agent)) if agent else None
+
+    def ready_at(self, kernel_started: bool) -> float | None:
+        """When the guest became ready (wall clock), or None when it is not yet."""
+        if self.probe is not None:
+            return time.time() if self.probe.answered(AGENT_POLL) else None
+        if self.marker:
+            at = _port_ready_at(self.spec, self.marker)
+            return at if at is not None else (time.time() if self.console.find(self.marker) else None)
+        return time.time() if kernel_started else None
+
+    def waiting_for(self) -> str:
+        if self.probe is not None:
+            return "its guest agent to answer"
+        return "its readiness marker" if self.marker else "its console output"
+
+    def close(self) -> None:
+        if self.probe is not None:
+            self.probe.close()
+
+
 def watch_ready(
     boot: BootRecord, timeout: float, alive: Callable[[], bool], why_dead: Callable[[], str]
 ) -> dict[str, float]:
     """Wait up to `timeout` s for this boot's readiness; the phases, in seconds since start.
 
-    An image without a readiness marker is ready at its first console output. VirtkitError when
-    QEMU dies first or the time runs out, with what the console showed.
+    VirtkitError when QEMU dies first (with its last words) or the time runs out, saying what
+    the console showed.
     """
     spec = boot.spec
-    console = LogFollower(Path(spec.console_log), boot.console_offset)
-    marker = (spec.ready_marker or "").encode()
+    watch = _Watch(boot)
     deadline = time.monotonic() + timeout
     phases = {k: v for k, v in boot.phases.items() if k == "spawn"}
-    while True:
-        now = time.time()
-        if "kernel" not in phases and console.grew():
-            phases["kernel"] = now - boot.started_at
-        ready_at = _port_ready_at(spec, marker) if marker else None
-        if ready_at is None and (console.find(marker) if marker else "kernel" in phases):
-            ready_at = now
-        if ready_at is not None:
-            phases["ready"] = max(ready_at - boot.started_at, 0.0)
-            phases.setdefault("kernel", phases["ready"])
-            return phases
-        if not alive():
-            raise StateError(
-                f"{spec.name} stopped before it was ready: {why_dead()}",
-                hint=f"its console log is {spec.console_log}",
-            )
-        if time.monotonic() >= deadline:
-            raise VirtkitError(
-                f"{spec.name} did not announce readiness within {timeout:g} s "
-                f"({'its kernel started' if 'kernel' in phases else 'no console output yet'})",
-                hint=f"the VM is still running; its console log is {spec.console_log}",
-            )
-        time.sleep(POLL)
+    try:
+        while True:
+            if "kernel" not in phases and watch.console.grew():
+                phases["kernel"] = time.time() - boot.started_at
+            ready_at = watch.ready_at("kernel" in phases)
+            if ready_at is not None:
+                phases["ready"] = max(ready_at - boot.started_at, 0.0)
+                phases.setdefault("kernel", phases["ready"])
+                return phases
+            if not alive():
+                raise StateError(
+                    f"{spec.name} stopped before it was ready: {why_dead()}",
+                    hint=f"its console log is {spec.console_log}",
+                )
+            if time.monotonic() >= deadline:
+                raise VirtkitError(
+                    f"{spec.name} was not ready within {timeout:g} s, waiting for {watch.waiting_for()} "
+                    f"({'its kernel started' if 'kernel' in phases else 'no console output yet'})",
+                    hint=f"the VM is still running; its console log is {spec.console_log}",
+                )
+            time.sleep(POLL)
+    finally:
+        watch.close()

@@ -2,7 +2,8 @@
 
 generate  record + image -> VmSpec (plan.py) -> argv (argv.py), with the notices to show
 prepare   the instance's root disk: a qcow2 overlay on the image's immutable disk (grown to
-          `disk_size`), or an empty disk for an ISO install; the UEFI variable store
+          `disk_size`), or an empty disk for an ISO install; the UEFI variable store; the
+          cloud-init seed (seed.py) for images that read one
 start     QEMU spawned detached (process.py); returns once its monitor answers
 wait_ready  bounded watch of the guest's readiness (boot.py)
 stop      ACPI power button, then `quit`, then SIGKILL; pause/resume via QMP (monitor.py)
@@ -18,13 +19,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from virtkit import cloudinit
 from virtkit.drivers.base import ExecResult, InstancePaths, Runtime, Status
+from virtkit.drivers.cgroup import Cgroup
 from virtkit.drivers.qemu import process
 from virtkit.drivers.qemu.argv import build_argv
 from virtkit.drivers.qemu.boot import BootRecord, watch_ready
+from virtkit.drivers.qemu.confinement import apply_live, confined, live_changes, usage
 from virtkit.drivers.qemu.disk import make_root_disk, remove_quietly
 from virtkit.drivers.qemu.monitor import Monitor
-from virtkit.drivers.qemu.plan import UEFI_FILES, VmFiles, build_spec, firmware_for, iso_for
+from virtkit.drivers.qemu.plan import UEFI_FILES, VmFiles, build_spec, firmware_for, iso_for, seed_for
+from virtkit.drivers.qemu.seed import make_seed
 from virtkit.drivers.qemu.spec import VmSpec
 from virtkit.errors import HostCapabilityError, StateError, ToolError, VirtkitError
 from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState
@@ -66,9 +71,11 @@ class QemuDriver:
                         hint=f"apt-get install {UEFI_FILES[record.arch][2]}",
                     )
                 shutil.copyfile(template, files.uefi_vars)
+            _make_seed(record, image, files)
         except BaseException:
             if made:
                 remove_quietly(files.disk)
+            remove_quietly(files.seed)
             raise
 
     def start(self, record: InstanceRecord, runtime: Runtime, paths: InstancePaths) -> None:
@@ -82,8 +89,9 @@ class QemuDriver:
         with paths.log.open("a") as runtime_log:
             runtime_log.write(f"virtkit: starting {spec.name} ({spec.accel}) at {time.ctime(started_at)}\n")
         boot = BootRecord(spec, started_at, process.size(Path(spec.console_log)), process.size(paths.log))
-        pid = process.spawn(runtime.argv, paths.log)
-        self._wait_up(spec, pid, paths, boot, runtime.argv)
+        with confined(spec, paths) as (cgroup_fds, user):
+            pid = process.spawn(runtime.argv, paths.log, cgroup_fds=cgroup_fds, user=user)
+            self._wait_up(spec, pid, paths, boot, runtime.argv)
         boot.phases["spawn"] = time.monotonic() - began
         boot.save(files.boot)
         log.info("%s: QEMU pid %d up in %.2f s (%s)", spec.name, pid, boot.phases["spawn"], spec.accel)
@@ -216,12 +224,36 @@ class QemuDriver:
         # The port's name says which agent answers: the tiny image's or qemu-guest-agent.
         return exec_on_port(spec.agent_port, Path(spec.agent_socket), list(argv), timeout)
 
+    def update(self, record: InstanceRecord, runtime: Runtime, paths: InstancePaths) -> None:
+        """Bring the running VM to `runtime`'s limits: balloon, CPU quota, disk throttling."""
+        self._running(record, paths)
+        files = VmFiles(paths)
+        boot = self._boot(record, files)
+        wanted = VmSpec.from_dict(runtime.config)
+        monitor = self._monitor(record, paths)
+        balloon = monitor.balloon_actual() if boot.spec.devices == "virtio" else None
+        changes = live_changes(boot.spec, wanted, balloon)
+        if changes:
+            boot.spec = apply_live(boot.spec, wanted, changes, monitor)
+            boot.save(files.boot)
+
     def cleanup(self, record: InstanceRecord, paths: InstancePaths) -> None:
         if process.running_pid(paths.pidfile, record.uuid) is not None:
             raise StateError(f"{record.name} is still running", hint=f"virtkit stop {record.name}")
         files = VmFiles(paths)
         for leftover in (paths.pidfile, paths.monitor, files.console_socket, files.agent_socket):
             remove_quietly(leftover)
+        boot = BootRecord.load(files.boot)
+        if boot is not None and boot.spec.cgroup:
+            Cgroup(boot.spec.cgroup).remove()
+
+
+def _make_seed(record: InstanceRecord, image: ImageRecord, files: VmFiles) -> None:
+    """The NoCloud seed from what the user gave at create time (kept by ops in the instance dir)."""
+    seed = seed_for(record, image, files)
+    if seed is not None:
+        given = cloudinit.load(files.paths.dir)
+        make_seed(seed, cloudinit.seed_files(record.uuid, record.name, given))
 
 
 def _signal_exit(last_line: str) -> str:
@@ -240,4 +272,5 @@ def _details(boot: BootRecord | None) -> dict[str, object]:
         "console_socket": spec.console_socket,
         "started_at": boot.started_at,
         "phases": dict(boot.phases),
+        **usage(spec),
     }

@@ -7,6 +7,9 @@ starts the program (QGA searches PATH; no shell), and ``guest-exec-status`` is p
 growing interval until it has exited or the command's timeout ran out; a program running over is
 killed (``kill -KILL PID``, run through guest-exec as well) and reported as a ToolError. Its output
 comes base64-encoded; QGA itself caps each stream at 16 MiB and says so ("out-truncated").
+
+`SyncProbe` is the readiness check of the boot watch (boot.py): has the agent answered a sync
+yet? It is asked in short slices, so the watch can look at the console and at QEMU in between.
 """
 
 from __future__ import annotations
@@ -28,12 +31,13 @@ from virtkit.drivers.qemu.channel import (
     PING_INTERVAL,
     SYNC_TIMEOUT,
     TRANSFER_TIMEOUT,
+    AgentClosed,
     AgentTimeout,
     Link,
     agent_errors,
     connect,
 )
-from virtkit.errors import SpecError, ToolError
+from virtkit.errors import SpecError, StateError, ToolError
 
 POLL_FIRST = 0.01  # seconds between status polls, doubling up to POLL_MAX
 POLL_MAX = 0.25
@@ -123,6 +127,58 @@ class Qga:
                 self.wait_exit(killer["pid"], deadline)
         except (QgaError, AgentTimeout, ToolError):
             pass
+
+
+class SyncProbe:
+    """Whether qemu-guest-agent answers yet, asked in slices of a bounded wait (for readiness).
+
+    One connection and one sync id for the whole watch: the guest-sync-delimited request is
+    re-sent every PING_INTERVAL (QEMU holds what is sent before the agent opens its port, so
+    the agent answers every copy once it runs); any answer with this id means it is up.
+    A connection QEMU closed or refused is made again at the next call.
+    """
+
+    def __init__(self, socket_path: Path) -> None:
+        self.socket_path = socket_path
+        self.sync_id = secrets.randbelow(1 << 31)
+        self._request = b"\xff" + json.dumps(
+            {"execute": "guest-sync-delimited", "arguments": {"id": self.sync_id}}
+        ).encode() + b"\n"
+        self._link: Link | None = None
+        self._sent_at = -math.inf
+
+    def answered(self, wait: float) -> bool:
+        """Whether the agent answered by now, waiting at most `wait` seconds for it."""
+        deadline = time.monotonic() + wait
+        try:
+            if self._link is None:
+                self._link = Link(connect(self.socket_path, "guest agent"))
+            if time.monotonic() - self._sent_at >= PING_INTERVAL:
+                self._link.send(self._request, deadline)
+                self._sent_at = time.monotonic()
+            while self._link.skip_until(b"\xff", deadline):
+                line = self._link.read_line(deadline).lstrip(b"\xff")
+                if _sync_return(line) == self.sync_id:
+                    return True
+        except AgentTimeout:
+            pass
+        except (AgentClosed, StateError, ToolError, OSError):
+            self.close()  # not there yet, or QEMU dropped us: connect again next time
+        return False
+
+    def close(self) -> None:
+        if self._link is not None:
+            self._link.sock.close()
+            self._link = None
+            self._sent_at = -math.inf
+
+
+def _sync_return(line: bytes) -> object:
+    try:
+        reply = json.loads(line)
+    except ValueError:
+        return None
+    return reply.get("return") if isinstance(reply, dict) else None
 
 
 def _decode(status: dict[str, Any], key: str) -> bytes:

@@ -125,6 +125,23 @@ class Monitor:
         """Press the ACPI power button (the guest decides what to do)."""
         self.execute("system_powerdown")
 
+    def balloon(self, size: int) -> None:
+        """Ask the guest's balloon driver to leave it `size` bytes of RAM (it may take a moment)."""
+        self.execute("balloon", {"value": size})
+
+    def balloon_actual(self) -> int:
+        """The RAM the guest has now, in bytes, as its balloon driver reports it."""
+        result = self.execute("query-balloon")
+        actual = result.get("actual") if isinstance(result, dict) else None
+        if not isinstance(actual, int):
+            raise ToolError(f"unexpected answer to query-balloon from {self.name}: {result!r}")
+        return actual
+
+    def set_throttle(self, group: str, iops: int | None, bps: int | None) -> None:
+        """Change a throttle group's limits (0: unlimited; both are always set, or QEMU keeps the old)."""
+        limits = {"iops-total": iops or 0, "bps-total": bps or 0}
+        self.execute("qom-set", {"path": f"/objects/{group}", "property": "limits", "value": limits})
+
     def quit(self) -> None:
         """Make QEMU exit at once (cleanly: it removes its pidfile); QEMU hanging up is success."""
         log.debug("%s: QMP quit", self.name)

@@ -13,6 +13,10 @@ Instance settings read from `record.config` (all optional)::
     iso       PATH                    (attach install media and boot from it first)
     machine   microvm | q35 | virt    (override the machine chosen above)
     disk_size SIZE                    (grow the root disk; read by `prepare`)
+    user_data, ssh_keys               (what the user gave cloud-init, kept by ops: see virtkit.cloudinit)
+
+An image whose `cloud_init` property is "nocloud" gets a NoCloud seed (seed.py) made by `prepare`;
+one whose agent is qemu-guest-agent is ready when that agent answers (boot.py).
 """
 
 from __future__ import annotations
@@ -25,11 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
+from virtkit.cloudinit import wants_cloud_init
 from virtkit.drivers.base import InstancePaths
+from virtkit.drivers.qemu.agent import QGA_PORT
+from virtkit.drivers.qemu.limits import confine
+from virtkit.drivers.qemu.runas import RunAs
+from virtkit.drivers.qemu.runas import lookup as lookup_user
 from virtkit.drivers.qemu.spec import (
     ACCELS,
     DEVICES,
     FIRMWARES,
+    MACHINES,
     Accel,
     Devices,
     DiskSpec,
@@ -40,6 +50,7 @@ from virtkit.drivers.qemu.spec import (
 )
 from virtkit.errors import HostCapabilityError, SpecError
 from virtkit.host.cpuinfo import host_arch
+from virtkit.images.iso import check_boot_media
 from virtkit.images.staged import DISK, INITRD, ISO, KERNEL
 from virtkit.images.tinyinit import AGENT_PORT, READY_PORT
 from virtkit.model import ImageRecord, InstanceKind, InstanceRecord
@@ -47,6 +58,7 @@ from virtkit.model import ImageRecord, InstanceKind, InstanceRecord
 log = logging.getLogger(__name__)
 
 ARCHES = ("x86_64", "aarch64")
+MACHINES_OF: dict[str, tuple[Machine, ...]] = {"x86_64": ("q35", "microvm"), "aarch64": ("virt",)}
 SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes with the terminating NUL
 # (firmware code, variable store template, package) per architecture.
 UEFI_FILES = {
@@ -84,6 +96,11 @@ class VmFiles:
         return self.paths.dir / "efivars.fd"
 
     @property
+    def seed(self) -> Path:
+        """cloud-init's NoCloud seed volume (seed.py)."""
+        return self.paths.dir / "seed.iso"
+
+    @property
     def boot(self) -> Path:
         """What `start` recorded for `wait_ready`, `status` and `exec` (see boot.py)."""
         return self.paths.dir / "boot.json"
@@ -109,6 +126,11 @@ def host_tsc_khz(cpuinfo: Path = Path("/proc/cpuinfo")) -> int | None:
     except OSError:
         return None
     return int(float(match.group(1)) * 1000) if match else None
+
+
+def _shown(image: ImageRecord) -> str:
+    """An image as the user named it: its first alias, else its name."""
+    return image.aliases[0] if image.aliases else image.name
 
 
 def _choice(record: InstanceRecord, key: str, allowed: tuple[str, ...], default: str | None) -> str | None:
@@ -147,11 +169,19 @@ def resolve_accel(
 
 
 def _machine(record: InstanceRecord, direct: bool, devices: Devices) -> Machine:
+    allowed = MACHINES_OF[record.arch]
+    asked = record.config.get("machine")
+    if asked in MACHINES and asked not in allowed:
+        raise SpecError(
+            f"the {asked} machine cannot run {record.arch} guests: {record.arch} VMs run on "
+            f"{' or '.join(allowed)}",
+            hint="drop --machine to get the default",
+        )
     if record.arch == "aarch64":
-        chosen = _choice(record, "machine", ("virt",), "virt")
+        chosen = _choice(record, "machine", allowed, "virt")
     else:
         default = "microvm" if direct and devices == "virtio" else "q35"
-        chosen = _choice(record, "machine", ("microvm", "q35"), default)
+        chosen = _choice(record, "machine", allowed, default)
     if chosen == "microvm" and not (direct and devices == "virtio"):
         raise SpecError(
             "the microvm machine boots a kernel directly with virtio devices only",
@@ -169,13 +199,21 @@ def _kernel(image: ImageRecord, image_dir: Path) -> str:
 
 
 def iso_for(record: InstanceRecord, image: ImageRecord, image_dir: Path) -> str | None:
+    """The install media to boot first: the `iso` setting (a file used in place, checked to be
+    bootable ISO 9660 media), else the image's own ISO when it is imported install media."""
     given = record.config.get("iso")
     if given:
         path = Path(given).resolve()
-        if not path.is_file():
-            raise SpecError(f"ISO {given} does not exist or is not a file")
+        check_boot_media(path)
         return str(path)
-    return str(image_dir / image.files[ISO]) if ISO in image.files else None
+    if ISO not in image.files:
+        return None
+    if image.properties.get("el_torito") == "no":
+        raise SpecError(
+            f"image {_shown(image)} is an ISO without an El Torito boot record: firmware cannot boot it",
+            hint="import bootable install media",
+        )
+    return str(image_dir / image.files[ISO])
 
 
 def uefi_firmware(arch: str, files: VmFiles) -> UefiSpec:
@@ -183,6 +221,20 @@ def uefi_firmware(arch: str, files: VmFiles) -> UefiSpec:
     if not Path(code).is_file():
         raise HostCapabilityError(f"no UEFI firmware for {arch} at {code}", hint=f"apt-get install {package}")
     return UefiSpec(code=code, vars=str(files.uefi_vars))
+
+
+def seed_for(record: InstanceRecord, image: ImageRecord, files: VmFiles) -> Path | None:
+    """The seed volume when the image reads a NoCloud seed; SpecError for cloud-init inputs given
+    to an image without cloud-init (they would be silently ignored)."""
+    if image.properties.get("cloud_init") == "nocloud":
+        return files.seed
+    if wants_cloud_init(record.config):
+        raise SpecError(
+            f"image {image.aliases[0] if image.aliases else image.name} has no cloud-init: "
+            "--user-data and --ssh-key need one that has it",
+            hint="use an image built with cloud-init, such as debian-bookworm (virtkit image build debian)",
+        )
+    return None
 
 
 def _check_sockets(*paths: Path | None) -> None:
@@ -207,6 +259,17 @@ def firmware_for(record: InstanceRecord, image: ImageRecord, iso: str | None) ->
     return cast(Firmware, chosen)
 
 
+def _check_bootable(image: ImageRecord, firmware: Firmware | None, iso: str | None) -> None:
+    """Firmware boot of a disk needs a bootloader on it, which virtkit's own images (tiny, debian:
+    they boot their kernel) do not have: firmware would find nothing and the guest say nothing."""
+    if firmware is not None and iso is None and KERNEL in image.files:
+        raise SpecError(
+            f"image {_shown(image)} boots its own kernel: its disk has no bootloader for {firmware} "
+            "firmware to start",
+            hint="drop --firmware, give install media with --iso, or import a disk image with a bootloader",
+        )
+
+
 def build_spec(
     record: InstanceRecord,
     image: ImageRecord,
@@ -216,6 +279,7 @@ def build_spec(
     verdict: Callable[[], bool | None] | None = None,
     host: str | None = None,
     tsc_khz: Callable[[], int | None] = host_tsc_khz,
+    who: Callable[[], RunAs | None] = lookup_user,
 ) -> tuple[VmSpec, list[str]]:
     """The VM's spec and the notices for the user; SpecError/HostCapabilityError when it cannot run."""
     if InstanceKind.VM not in image.kinds:
@@ -229,6 +293,7 @@ def build_spec(
     iso = iso_for(record, image, image_dir)
     firmware = firmware_for(record, image, iso)
     machine = _machine(record, firmware is None, devices)
+    _check_bootable(image, firmware, iso)
     files = VmFiles(paths)
     properties = image.properties
     virtio = devices == "virtio"
@@ -236,6 +301,8 @@ def build_spec(
     agent = files.agent_socket if virtio and properties.get("agent_port") else None
     _check_sockets(paths.monitor, files.console_socket, agent)
     direct = firmware is None
+    seed = seed_for(record, image, files)
+    agent_port = properties.get("agent_port", AGENT_PORT)
     spec = VmSpec(
         name=record.name, uuid=record.uuid, arch=record.arch, accel=accel, machine=machine,
         cpus=max(1, math.ceil(record.cpus)), memory=record.memory, devices=devices,
@@ -248,11 +315,15 @@ def build_spec(
         firmware=firmware, uefi=uefi_firmware(record.arch, files) if firmware == "uefi" else None,
         disks=_disks(image, iso, devices, files), iso=iso,
         ready_file=str(ready) if ready else None, ready_port=properties.get("ready_port", READY_PORT),
-        agent_socket=str(agent) if agent else None, agent_port=properties.get("agent_port", AGENT_PORT),
+        agent_socket=str(agent) if agent else None, agent_port=agent_port,
         ready_marker=properties.get("ready_marker"),
         tsc_khz=tsc_khz() if machine == "microvm" and accel == "tcg" else None,
+        ready_agent=bool(agent) and agent_port == QGA_PORT and not properties.get("ready_marker"),
+        seed=str(seed) if seed else None,
     )  # fmt: skip
-    return spec, notices
+    opened = [paths.dir, image_dir, *(image_dir / name for name in image.files.values())]
+    spec, confined = confine(spec, record, opened + ([Path(iso)] if iso else []), who())
+    return spec, notices + confined
 
 
 def _cpu_model(arch: str, accel: Accel) -> str:

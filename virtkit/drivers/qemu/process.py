@@ -21,6 +21,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from virtkit.drivers.cgroup import join
+from virtkit.drivers.qemu.runas import RunAs, drop_privileges
 from virtkit.errors import HostCapabilityError
 
 log = logging.getLogger(__name__)
@@ -34,8 +36,22 @@ TAIL_LINES = 5
 _children: dict[int, subprocess.Popen[bytes]] = {}
 
 
-def spawn(argv: Sequence[str], log_path: Path) -> int:
-    """Start `argv` detached (own session, stdin from /dev/null, output appended to `log_path`)."""
+def spawn(
+    argv: Sequence[str], log_path: Path, *, cgroup_fds: Sequence[int] = (), user: RunAs | None = None
+) -> int:
+    """Start `argv` detached (own session, stdin from /dev/null, output appended to `log_path`).
+
+    Between fork and exec the child joins its cgroup (through `cgroup_fds`, files of cgroup.procs
+    the caller opened) and then becomes `user`, so QEMU never runs a single instruction unconfined.
+    Files it creates are private to it (umask 077).
+    """
+    fds = list(cgroup_fds)
+
+    def confine() -> None:  # runs in the child: nothing here may take a lock or allocate much
+        join(fds)
+        if user is not None:
+            drop_privileges(user)
+
     with log_path.open("ab") as output:
         try:
             child = subprocess.Popen(
@@ -45,12 +61,16 @@ def spawn(argv: Sequence[str], log_path: Path) -> int:
                 stderr=output,
                 start_new_session=True,
                 close_fds=True,
+                umask=0o077,
+                preexec_fn=confine if fds or user is not None else None,
             )
         except FileNotFoundError:
             package = "qemu-system-arm" if "aarch64" in argv[0] else "qemu-system-x86"
             raise HostCapabilityError(
                 f"{argv[0]} is not installed", hint=f"install it: apt-get install {package}"
             ) from None
+        except subprocess.SubprocessError as exc:  # the confinement failed in the child
+            raise HostCapabilityError(f"cannot confine {argv[0]}: {exc}") from exc
     _children[child.pid] = child
     log.debug("spawned %s as pid %d", argv[0], child.pid)
     return child.pid

@@ -32,6 +32,9 @@ class DiskSpec:
     format: DiskFormat = "qcow2"
     bus: DiskBus = "virtio"
     readonly: bool = False
+    # I/O throttling (a QEMU throttle group per writable disk, so limits can change while it runs).
+    iops: int | None = None  # operations per second, reads and writes together
+    bps: int | None = None  # bytes per second, reads and writes together
 
     def __post_init__(self) -> None:
         if self.readonly and self.bus != "virtio":
@@ -79,6 +82,14 @@ class VmSpec:
     agent_port: str = "org.virtkit.agent"
     ready_marker: str | None = None  # what the guest prints when ready (on the port and the console)
     tsc_khz: int | None = None  # microvm under TCG: tell the guest its TSC rate (tsc_early_khz=)
+    ready_agent: bool = False  # ready once the agent on agent_socket (qemu-guest-agent) answers a sync
+    seed: str | None = None  # cloud-init's NoCloud seed (ISO9660 labelled cidata), attached read-only
+    # Host-side confinement, applied by `start` around the argv (not part of it).
+    run_as: str | None = None  # the unprivileged user QEMU becomes (None: root)
+    cgroup: str | None = None  # the VM's cgroup, relative to each hierarchy's root
+    cpu_quota: int | None = None  # microseconds of host CPU time per period
+    cpu_period: int = 100_000
+    memory_max: int | None = None  # ceiling on everything QEMU uses: guest RAM and QEMU's own
 
     @property
     def binary(self) -> str:

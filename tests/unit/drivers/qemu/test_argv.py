@@ -39,13 +39,17 @@ SPECS: dict[str, VmSpec] = {
     # The default for the tiny image here: direct PVH boot on microvm, virtio on MMIO, TCG.
     "microvm-virtio-tcg": _base(tsc_khz=2600000),
     # The lean KVM path: no legacy timers, the host's CPU, more vCPUs and memory.
-    # A read-only raw data disk too (virtio only: QEMU's IDE disks cannot be read-only).
+    # A read-only raw data disk too (virtio only: QEMU's IDE disks cannot be read-only); the root
+    # disk throttled to 500 IOPS and 10 MiB/s.
     "microvm-virtio-kvm": _base(
         accel="kvm",
         cpu_model="host",
         cpus=4,
         memory=2048 * MiB,
-        disks=(DiskSpec(f"{DIR}/root.qcow2"), DiskSpec("/srv/data.raw", "raw", "virtio", readonly=True)),
+        disks=(
+            DiskSpec(f"{DIR}/root.qcow2", iops=500, bps=10 * MiB),
+            DiskSpec("/srv/data.raw", "raw", "virtio", readonly=True),
+        ),
     ),
     # Guests without virtio drivers: q35, AHCI disk, 16550 serial, no virtio-serial/rng/balloon.
     "q35-emulated-tcg": _base(
@@ -68,6 +72,16 @@ SPECS: dict[str, VmSpec] = {
         agent_socket=None,
         ready_marker=None,
     ),
+    # An install through SeaBIOS (no display: its screen on the serial console): the ISO first,
+    # then the empty virtio disk, the readiness and agent ports of an image that has them.
+    "q35-bios-iso": _base(
+        machine="q35",
+        kernel=None,
+        initrd=None,
+        cmdline="",
+        firmware="bios",
+        iso="/srv/isos/debian-12.iso",
+    ),
     # SeaBIOS from old-style IDE disks, a raw data disk whose path holds a comma.
     "q35-bios-ide": _base(
         machine="q35",
@@ -88,6 +102,29 @@ SPECS: dict[str, VmSpec] = {
         cpu_model="cortex-a57",
         kernel=f"{IMAGE}/vmlinuz",
         cmdline="console=ttyAMA0 panic=-1 quiet virtkit.hostname=vm1",
+    ),
+    # The Debian image: its bzImage on microvm, qemu-guest-agent's port (ready when it answers),
+    # no readiness port, and the cloud-init seed as a read-only virtio disk.
+    "microvm-virtio-seed": _base(
+        memory=512 * MiB,
+        kernel=f"{IMAGE}/vmlinuz",
+        cmdline="root=LABEL=virtkit-root rw console=ttyS0",
+        tsc_khz=2600000,
+        ready_file=None,
+        ready_marker=None,
+        agent_port="org.qemu.guest_agent.0",
+        ready_agent=True,
+        seed=f"{DIR}/seed.iso",
+    ),
+    # Without virtio the seed is a CD-ROM on q35's AHCI controller, on the port after the disk.
+    "q35-emulated-seed": _base(
+        machine="q35",
+        devices="emulated",
+        disks=(DiskSpec(f"{DIR}/root.qcow2", bus="ahci"),),
+        ready_file=None,
+        agent_socket=None,
+        ready_marker=None,
+        seed=f"{DIR}/seed.iso",
     ),
 }
 
@@ -118,7 +155,10 @@ def test_safety_flags_and_explicit_formats(case: str) -> None:
     assert "-daemonize" not in argv  # QEMU 7.2 dies of SIGSYS daemonizing under this sandbox
     assert "-drive" not in argv  # -blockdev only: nothing implicit
     blockdevs = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-blockdev"]
-    assert blockdevs and all(b.startswith(("driver=qcow2,", "driver=raw,")) for b in blockdevs)
+    # Every node that reads a file names its format; throttle filters sit on top of such nodes.
+    files = [b for b in blockdevs if "file.filename=" in b]
+    assert files and all(b.startswith(("driver=qcow2,", "driver=raw,")) for b in files)
+    assert all(b.startswith("driver=throttle,") for b in blockdevs if b not in files)
     assert argv[argv.index("-uuid") + 1] == SPECS[case].uuid  # what the PID-reuse guard looks for
 
 
@@ -149,3 +189,21 @@ def test_read_only_disks_need_virtio() -> None:
 def test_memory_rounds_up_to_whole_mebibytes() -> None:
     argv = build_argv(_base(memory=256 * MiB + 1))
     assert argv[argv.index("-m") + 1] == "257M"
+
+
+def test_the_seed_is_read_only_and_never_shares_a_port() -> None:
+    for case in ("microvm-virtio-seed", "q35-emulated-seed"):
+        argv = build_argv(SPECS[case])
+        (seed,) = [arg for arg in argv if "node-name=seed0" in arg]
+        assert "read-only=on" in seed and seed.startswith("driver=raw,")
+        assert not [arg for arg in argv if "drive=seed0" in arg and "bootindex" in arg]
+    # With emulated devices, an install ISO and AHCI disks: every AHCI port is used once.
+    spec = _base(
+        machine="q35", devices="emulated", kernel=None, initrd=None, cmdline="", firmware="bios",
+        disks=(DiskSpec(f"{DIR}/root.qcow2", bus="ahci"), DiskSpec("/srv/data.raw", "raw", "ahci")),
+        iso="/srv/isos/debian-12.iso", ready_file=None, agent_socket=None, ready_marker=None,
+        seed=f"{DIR}/seed.iso",
+    )  # fmt: skip
+    buses = [part for arg in build_argv(spec) for part in arg.split(",") if part.startswith("bus=ide.")]
+    assert len(buses) == 4 and len(set(buses)) == 4
+    assert not [arg for arg in build_argv(spec) if arg.startswith("ahci")]  # q35 has its own controller

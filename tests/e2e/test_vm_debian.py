@@ -1,0 +1,151 @@
+"""The Debian VM as a user types it: `virtkit launch debian-bookworm` with cloud-init user-data and
+an SSH key, ready when qemu-guest-agent answers, then exec, a graceful stop and delete; and
+cloud-init inputs refused before anything is made.
+
+The image is built once per module into the module's own state root (`virtkit image build debian
+--flavour vm`); the debootstrapped tree comes from the download cache (~/.cache/virtkit), so
+after the first run on a machine this takes well under a minute. The guest boots under TCG here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import VIRTKIT, Cli
+from tests.e2e.test_cli import assert_clear_error
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="debootstrap and QEMU's confinement need root"),
+    pytest.mark.skipif(shutil.which("debootstrap") is None, reason="needs debootstrap"),
+    pytest.mark.skipif(shutil.which("xorriso") is None, reason="needs xorriso (the cloud-init seed)"),
+    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs qemu-system-x86"),
+]
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHjGR4SSnOlVaFDWUHIQ+LiFIL/kkHKyr1HM6XPXg1YZ tester@host"
+USER_DATA = """#cloud-config
+write_files:
+  - path: /etc/virtkit-e2e
+    content: "written by write_files\\n"
+runcmd:
+  - [sh, -c, "echo ran as $(id -un) > /var/tmp/runcmd-done"]
+"""
+LAUNCH_TIMEOUT = 600.0  # the build is already done; the boot under TCG on a busy 2-core host
+STOP_TIMEOUT = 120  # seconds `virtkit stop` waits for the guest to power off before forcing it
+
+
+@pytest.fixture(scope="module")
+def debian(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cli, Path]]:
+    """A state root with the debian-bookworm VM image; every instance left is deleted at the end."""
+    root = tmp_path_factory.mktemp("debian") / "root"
+
+    def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "VIRTKIT_ROOT": str(root)}
+        return subprocess.run(
+            [str(VIRTKIT), *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
+        )
+
+    began = time.monotonic()
+    built = run("image", "build", "debian", "--flavour", "vm", "--json", timeout=1800)
+    assert built.returncode == 0, built.stderr
+    print(f"debian VM image built in {time.monotonic() - began:.1f} s")
+    yield run, root
+    for instance in json.loads(run("list", "--json").stdout or "[]"):
+        run("delete", "--force", instance["name"], timeout=120)
+        for log in ("console.log", "runtime.log"):
+            path = root / "instances" / instance["name"] / log
+            if path.exists():
+                print(f"--- {log} of {instance['name']} ---\n{path.read_text(errors='replace')[-4000:]}")
+
+
+def _inputs(tmp_path: Path) -> tuple[Path, Path]:
+    key, user_data = tmp_path / "k.pub", tmp_path / "ud.yaml"
+    key.write_text(KEY + "\n")
+    user_data.write_text(USER_DATA)
+    return key, user_data
+
+
+def _exec(virtkit: Cli, *command: str, timeout: float = 60) -> str:
+    done = virtkit("exec", "d1", "--timeout", str(timeout), "--", *command, timeout=timeout + 30)
+    assert done.returncode == 0, f"{command}: {done.stderr}"
+    return done.stdout
+
+
+def test_launch_with_cloud_init_exec_stop_delete(debian: tuple[Cli, Path], tmp_path: Path) -> None:
+    virtkit, root = debian
+    key, user_data = _inputs(tmp_path)
+    began = time.monotonic()
+    launched = virtkit(
+        "launch", "debian-bookworm", "d1", "--vm", "--memory", "512MiB", "--wait",
+        "--ssh-key", str(key), "--user-data", str(user_data), timeout=LAUNCH_TIMEOUT,
+    )  # fmt: skip
+    assert launched.returncode == 0, launched.stderr
+    print(f"launch --wait: {time.monotonic() - began:.1f} s; {launched.stdout.strip()}")
+    shown = json.loads(virtkit("show", "d1", "--json").stdout)
+    assert shown["state"] == "running"
+    assert list(shown["boot"]) == ["spawn", "kernel", "ready"]
+    assert 0 < shown["boot"]["spawn"] <= shown["boot"]["kernel"] <= shown["boot"]["ready"]
+    assert shown["config"]["user_data"].startswith("ud.yaml (")
+    assert "SHA256:f6dq5QioNFx6lAuRRJ+UAkhqJzUyfFhC2jeIJ0dmSwQ tester@host" in shown["config"]["ssh_keys"]
+    user_data.unlink()  # the instance has its own copy
+    key.unlink()
+
+    # Ready means the guest agent answers; by then cloud-init's first stage set the hostname,
+    # wrote the files and authorized the key. runcmd comes in its last stage.
+    assert _exec(virtkit, "hostname").strip() == "d1"
+    assert KEY in _exec(virtkit, "cat", "/home/debian/.ssh/authorized_keys")
+    assert _exec(virtkit, "cat", "/etc/virtkit-e2e") == "written by write_files\n"
+    status = _exec(virtkit, "cloud-init", "status", "--wait", "--long", timeout=300)
+    assert "status: done" in status and "DataSourceNoCloud" in status, status
+    assert _exec(virtkit, "cat", "/var/tmp/runcmd-done") == "ran as root\n"
+
+    began = time.monotonic()
+    stopped = virtkit("stop", "d1", "--timeout", str(STOP_TIMEOUT), timeout=STOP_TIMEOUT + 60)
+    took = time.monotonic() - began
+    assert stopped.returncode == 0, stopped.stderr
+    print(f"graceful stop: {took:.1f} s")
+    assert took < STOP_TIMEOUT
+    # The guest powered itself off (ACPI power button): its kernel's last words are on the console.
+    console = (root / "instances" / "d1" / "console.log").read_text(errors="replace")
+    assert "reboot: Power down" in console, console[-3000:]
+    assert json.loads(virtkit("show", "d1", "--json").stdout)["state"] == "stopped"
+
+    deleted = virtkit("delete", "d1", timeout=60)
+    assert deleted.returncode == 0, deleted.stderr
+    assert not (root / "instances" / "d1").exists()
+    assert json.loads(virtkit("list", "--json").stdout) == []
+
+
+def test_bad_cloud_init_inputs_leave_nothing(debian: tuple[Cli, Path], tmp_path: Path) -> None:
+    virtkit, root = debian
+    key, user_data = _inputs(tmp_path)
+    garbage, huge, private = tmp_path / "garbage.bin", tmp_path / "huge.yaml", tmp_path / "id_ed25519"
+    garbage.write_bytes(bytes(range(256)) * 16)
+    huge.write_text("#cloud-config\n" + "# padding\n" * 120_000)
+    private.write_text(
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjE=\n-----END OPENSSH PRIVATE KEY-----\n"
+    )
+    launch = ("launch", "debian-bookworm", "x1", "--vm", "--memory", "512MiB", "--wait")
+    cases = [
+        (("--user-data", str(tmp_path / "missing.yaml")), "does not exist"),
+        (("--user-data", str(garbage)), "is not text"),
+        (("--user-data", str(huge)), "is bigger than 1MiB"),
+        (("--user-data", str(key)), "cloud-init would ignore it"),
+        (("--ssh-key", str(user_data)), "is not an OpenSSH public key"),
+        (("--ssh-key", str(private)), "is a private key"),
+        (("--ssh-key", str(key), "--ssh-key", str(garbage)), "is not text"),
+    ]
+    for options, says in cases:
+        assert_clear_error(virtkit(*launch, *options), 2, says)
+        assert json.loads(virtkit("list", "--json").stdout) == []
+        assert not (root / "instances" / "x1").exists()
+    dry = virtkit(*launch[:-1], "--dry-run", "--user-data", str(garbage))  # refused before any preview
+    assert_clear_error(dry, 2, "is not text")

@@ -1,0 +1,39 @@
+"""`virtkit set NAME KEY=VALUE...`: change an instance's CPUs, memory, CPU allowance, disk limits."""
+
+from __future__ import annotations
+
+import click
+
+from virtkit.cli.context import get_context, json_option
+from virtkit.cli.output import print_json
+from virtkit.cli.params import INSTANCE_NAME
+
+
+@click.command("set")
+@click.argument("name", type=INSTANCE_NAME)
+@click.argument("settings", nargs=-1, required=True, metavar="KEY=VALUE...")
+@json_option
+def set_command(name: str, settings: tuple[str, ...]) -> None:
+    """Change settings of instance NAME, live where it runs and the kind allows.
+
+    \b
+    Keys (an empty value goes back to the default):
+      cpus=N               vCPUs (a running VM: at its next start)
+      memory=SIZE          RAM; a running VM shrinks (balloon) down to it, or grows
+                           back up to what it booted with
+      cpu.allowance=50%    hard quota of host CPU time (50% = half a host CPU; or 25ms/100ms)
+      disk.iops=N          root disk I/O operations per second
+      disk.bandwidth=SIZE  root disk bytes per second, e.g. 10MiB
+
+    Example: virtkit set web1 memory=192MiB cpu.allowance=50%
+    """
+    from virtkit.ops.settings import Settings, parse_assignments
+
+    assignments = parse_assignments(settings)
+    ctx = get_context()
+    record, live = Settings(ctx.root, ctx.store()).set(name, assignments)
+    if ctx.json:
+        print_json({**record.model_dump(mode="json"), "applied_live": live})
+        return
+    when = "now" if live else "at its next start"
+    click.echo(f"Instance {name}: {', '.join(f'{k}={v}' for k, v in assignments.items())} ({when}).")
