@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vk-bench-") as tmp:
+        os.chmod(tmp, 0o711)  # as /var/lib/virtkit: QEMU runs as virtkit-qemu, the default path
         root = Path(tmp) / "root"
         vk(root, "image", "build", "tiny")
         vk(root, "create", "tiny", "bench", "--vm")

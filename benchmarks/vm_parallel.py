@@ -312,6 +312,7 @@ def main() -> None:
     launches: list[subprocess.Popen[str]] = []
     raws: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="vk-parallel-") as tmp:
+        os.chmod(tmp, 0o711)  # as /var/lib/virtkit: QEMU runs as virtkit-qemu, the default path
         root = Path(tmp) / "root"
         try:
             vk(root, "image", "build", "tiny")

@@ -18,7 +18,7 @@ from pathlib import Path
 from tests.e2e.conftest import VIRTKIT, Cli
 from tests.e2e.test_cli import assert_clear_error
 from tests.e2e.test_vm_lifecycle import state_of, tiny  # noqa: F401  (the fixture)
-from virtkit.drivers.cgroup import Cgroup
+from virtkit.drivers.cgroup import Cgroup, Limits
 
 BUSY = "while :; do :; done"
 MiB = 1024 * 1024
@@ -132,7 +132,7 @@ def test_qemu_runs_unprivileged_in_its_own_cgroup(tiny: Cli, state_root: Path) -
     assert re.search(rf"^Uid:\s+{user.pw_uid}\s+{user.pw_uid}\s+{user.pw_uid}\s+{user.pw_uid}$", status, re.M)
     assert re.search(r"^CapEff:\s+0+$", status, re.M) and re.search(r"^NoNewPrivs:\s+1$", status, re.M)
     details = live(tiny, "jail1")
-    assert details["user"] == "virtkit-qemu" and details["memory_ceiling"] == 512 * MiB
+    assert details["user"] == "virtkit-qemu" and details["memory_ceiling"] == (256 + 256 + 1024) * MiB
     cgroup = Path(f"/proc/{pid}/cgroup").read_text()
     assert f"/{details['cgroup']}" in cgroup
     directory = state_root / "instances" / "jail1"
@@ -142,6 +142,23 @@ def test_qemu_runs_unprivileged_in_its_own_cgroup(tiny: Cli, state_root: Path) -
     assert tiny("exec", "jail1", "--", "true").returncode == 0
     assert tiny("stop", "jail1", "--timeout", "60", timeout=90).returncode == 0
     assert not any(path.exists() for path in Cgroup(str(details["cgroup"])).dirs().values())
+
+
+def test_qemu_killed_at_its_memory_ceiling_is_said(tiny: Cli) -> None:  # noqa: F811
+    assert tiny("launch", "tiny", "oom1", "--vm", "--wait", timeout=240).returncode == 0
+    cgroup = Cgroup(str(live(tiny, "oom1")["cgroup"]))
+    used = cgroup.memory_bytes()
+    assert used is not None
+    cgroup.set(Limits(memory_max=used + 32 * MiB))  # fault injection: a ceiling just above its use
+    fill = "mount -t tmpfs -o size=200m none /mnt && dd if=/dev/zero of=/mnt/fill bs=1M count=190"
+    assert tiny("exec", "oom1", "--", "sh", "-c", fill, timeout=120).returncode != 0
+    deadline = time.monotonic() + 30
+    while (shown := state_of(tiny, "oom1"))["state"] != "error":
+        assert time.monotonic() < deadline, shown
+        time.sleep(0.2)
+    assert "out of memory at the VM's ceiling" in str(shown["reason"])
+    assert "out of memory" in tiny("show", "oom1").stdout
+    assert tiny("start", "oom1", "--wait", timeout=240).returncode == 0  # a fresh ceiling
 
 
 def test_unreachable_root_runs_qemu_as_root_and_says_so(tmp_path: Path) -> None:

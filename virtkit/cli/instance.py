@@ -99,9 +99,16 @@ def _detail(key: str, value: object) -> str:
         return format_size(value)
     if key == "cpu_seconds" and isinstance(value, float):
         return f"{value:.1f}s"
+    if key == "disks" and isinstance(value, list):
+        return "; ".join(_disk(disk) for disk in value) or "-"
     if key == "disk_limits" and isinstance(value, list):
         return "; ".join(_disk_limit(limit) for limit in value) or "-"
     return str(value)
+
+
+def _disk(disk: dict[str, object]) -> str:
+    readonly = ", read-only" if disk.get("readonly") else ""
+    return f"{disk['path']} ({disk['format']} on {disk['bus']}{readonly})"
 
 
 def _disk_limit(limit: dict[str, int | None]) -> str:

@@ -203,6 +203,18 @@ class Cgroup:
             return None
         return int(text)
 
+    def oom_kills(self) -> int:
+        """How many processes the kernel killed in this cgroup for going over its memory ceiling."""
+        path = self._dir("memory")
+        if path is None:
+            return 0
+        name = "memory.events" if self.layout.unified is not None else "memory.oom_control"
+        for line in (_read(path / name) or "").splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip().isdigit():
+                return int(value)
+        return 0
+
     def remove(self) -> None:
         """Remove the cgroup once its processes are gone (bounded wait while the last one dies)."""
         for path in reversed(self._unique_dirs()):

@@ -160,6 +160,16 @@ def apply_live(running: VmSpec, wanted: VmSpec, changes: list[str], monitor: Mon
     return dataclasses.replace(running, cpu_quota=wanted.cpu_quota, cpu_period=wanted.cpu_period, disks=disks)
 
 
+def oom_reason(spec: VmSpec) -> str | None:
+    """Why QEMU is gone, when it was the kernel enforcing the VM's memory ceiling."""
+    if not spec.cgroup or not spec.memory_max or not Cgroup(spec.cgroup).oom_kills():
+        return None
+    return (
+        f"the kernel killed QEMU: out of memory at the VM's ceiling of {format_size(spec.memory_max)} "
+        f"(its {format_size(spec.memory)} of RAM and QEMU's own; see docs/limits.md)"
+    )
+
+
 def usage(spec: VmSpec) -> dict[str, object]:
     """What `show` tells of the running VM's confinement and use of the host."""
     quota = f"{spec.cpu_quota / 1000:g}ms/{spec.cpu_period / 1000:g}ms" if spec.cpu_quota else "unlimited"

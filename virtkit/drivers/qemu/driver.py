@@ -25,7 +25,7 @@ from virtkit.drivers.cgroup import Cgroup
 from virtkit.drivers.qemu import process
 from virtkit.drivers.qemu.argv import build_argv
 from virtkit.drivers.qemu.boot import BootRecord, watch_ready
-from virtkit.drivers.qemu.confinement import apply_live, confined, live_changes, usage
+from virtkit.drivers.qemu.confinement import apply_live, confined, live_changes, oom_reason, usage
 from virtkit.drivers.qemu.disk import make_root_disk, remove_quietly
 from virtkit.drivers.qemu.monitor import Monitor
 from virtkit.drivers.qemu.plan import UEFI_FILES, VmFiles, build_spec, firmware_for, iso_for, seed_for
@@ -177,7 +177,13 @@ class QemuDriver:
         except VirtkitError as exc:
             log.info("%s: no power button (%s)", record.name, exc)
             return not process.owns(pid, record.uuid)
-        return process.wait_gone(pid, record.uuid, timeout)
+        gone = process.wait_gone(pid, record.uuid, timeout)
+        if gone and paths.pidfile.exists():  # QEMU removes it when it exits cleanly
+            boot = BootRecord.load(VmFiles(paths).boot)
+            offset = boot.log_offset if boot else 0
+            why = (oom_reason(boot.spec) if boot else None) or process.death_reason(paths.log, offset)
+            log.warning("%s did not power off cleanly: %s", record.name, why)
+        return gone
 
     def pause(self, record: InstanceRecord, paths: InstancePaths) -> None:
         self._running(record, paths)
@@ -195,8 +201,8 @@ class QemuDriver:
             said = process.tail(paths.log, offset, lines=1)
             return Status(InstanceState.STOPPED, reason=_signal_exit(said))
         if not process.owns(pid, record.uuid):
-            return Status(InstanceState.ERROR, reason=process.death_reason(paths.log, offset),
-                          details={"stale_pid": pid})  # fmt: skip
+            reason = (oom_reason(boot.spec) if boot else None) or process.death_reason(paths.log, offset)
+            return Status(InstanceState.ERROR, reason=reason, details={"stale_pid": pid})
         details = _details(boot)
         try:
             qemu_status = self._monitor(record, paths, timeout=STATUS_TIMEOUT).query_status()
@@ -270,6 +276,10 @@ def _details(boot: BootRecord | None) -> dict[str, object]:
         "machine": spec.machine,
         "devices": spec.devices,
         "console_socket": spec.console_socket,
+        "disks": [
+            {"path": disk.path, "format": disk.format, "bus": disk.bus, "readonly": disk.readonly}
+            for disk in spec.disks
+        ],
         "started_at": boot.started_at,
         "phases": dict(boot.phases),
         **usage(spec),

@@ -67,7 +67,9 @@ def test_disk_throttle_and_memory_ceiling() -> None:
             limits.disk_throttle(_record(disk_iops=bad))
     with pytest.raises(SpecError, match="disk bandwidth"):
         limits.disk_throttle(_record(disk_bandwidth="fast"))
-    assert limits.memory_ceiling(256 * MiB) == 256 * MiB + limits.MEMORY_OVERHEAD
+    assert limits.memory_ceiling(256 * MiB, "kvm") == 256 * MiB + limits.MEMORY_OVERHEAD
+    tcg = limits.memory_ceiling(256 * MiB, "tcg")
+    assert tcg == 256 * MiB + limits.MEMORY_OVERHEAD + limits.TCG_CODE_CACHE  # the translation cache
 
 
 def test_run_as_root_only_when_the_user_is_missing_or_cannot_reach(tmp_path: Path) -> None:
