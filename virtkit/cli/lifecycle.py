@@ -45,12 +45,12 @@ def _config(key: str, *decls: str, **attrs: Any) -> None:
 
 
 _config(
-    "accel", "--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True,
-    help="VM acceleration: KVM when it works here, else emulation (TCG).",
+    "accel", "--accel", type=click.Choice(["auto", "kvm", "tcg"]), default=None,
+    help="VM acceleration: KVM when it works here, else emulation (TCG).  [default: auto]",
 )
 _config(
-    "devices", "--devices", type=click.Choice(["virtio", "emulated"]), default="virtio", show_default=True,
-    help="Paravirtual devices, or emulated ones (AHCI, e1000) for guests without virtio.",
+    "devices", "--devices", type=click.Choice(["virtio", "emulated"]), default=None,
+    help="Paravirtual devices, or emulated ones (AHCI, e1000) for guests without virtio.  [default: virtio]",
 )
 _config(
     "machine", "--machine", type=click.Choice(["microvm", "q35", "virt"]), default=None,

@@ -135,6 +135,7 @@ class Driver(Protocol):
 
 _DRIVERS = {
     InstanceKind.VM: "virtkit.drivers.qemu:QemuDriver",
+    InstanceKind.CONTAINER: "virtkit.drivers.oci:OciDriver",
 }
 
 

@@ -1,0 +1,203 @@
+"""The container driver: the `Driver` contract met with an OCI runtime (runc) under conmon.
+
+generate  record + image -> ContainerSpec (plan.py) -> config.json (bundle.py), pure
+prepare   the instance's upper and work directories (the image's rootfs is the shared lower layer)
+start     overlay mounted, config.json written, conmon + `runc create` + `runc start` (monitor.py)
+wait_ready  the image's readiness marker in the container's log, bounded
+stop      the init's own stop signal, until only PID 1 is left or it exits; then SIGKILL
+status    runc's state (which guards the init PID by its start time), conmon's exit file
+exec      `runc exec`, exit code passed through
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from virtkit.drivers.base import ExecResult, InstancePaths, Runtime, Status
+from virtkit.drivers.oci import monitor, rootfs
+from virtkit.drivers.oci.bundle import build_config
+from virtkit.drivers.oci.plan import ContainerFiles, build_spec, container_id
+from virtkit.drivers.oci.runtime import Runc
+from virtkit.drivers.oci.spec import ContainerSpec
+from virtkit.errors import StateError, VirtkitError
+from virtkit.images.staged import ROOTFS
+from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState
+from virtkit.store import atomic_write
+
+log = logging.getLogger(__name__)
+
+POLL = 0.02
+KILL_WAIT = 10.0
+SIGNALS = {9: "SIGKILL", 15: "SIGTERM", 2: "SIGINT", 6: "SIGABRT", 11: "SIGSEGV"}
+
+
+def _runc(paths: InstancePaths) -> Runc:
+    return Runc(paths.dir.parent.parent / "run" / "runc")
+
+
+def _spec(runtime: Runtime) -> ContainerSpec:
+    return ContainerSpec.from_dict(runtime.config["spec"])
+
+
+def _exit_reason(code: int) -> str:
+    if code > 128:
+        return f"its init was killed by {SIGNALS.get(code - 128, f'signal {code - 128}')}"
+    return f"its init exited with status {code}"
+
+
+class OciDriver:
+    """Containers under runc, each monitored by its own conmon."""
+
+    kind = InstanceKind.CONTAINER
+
+    def generate(
+        self, record: InstanceRecord, image: ImageRecord, image_dir: Path, paths: InstancePaths
+    ) -> Runtime:
+        spec = build_spec(record, image, image_dir, paths)
+        lower = str(image_dir / image.files[ROOTFS])
+        config = {
+            "spec": spec.to_dict(),
+            "lower": lower,
+            "ready_marker": image.properties.get("ready_marker", ""),
+            "bundle": build_config(spec),
+        }
+        return Runtime(kind="container", config=config)
+
+    def prepare(
+        self, record: InstanceRecord, image: ImageRecord, image_dir: Path, paths: InstancePaths
+    ) -> None:
+        files = ContainerFiles(paths)
+        for directory in (files.upper, files.work, files.bundle):
+            directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+
+    def _layers(self, runtime: Runtime, files: ContainerFiles) -> rootfs.Layers:
+        return rootfs.Layers(Path(runtime.config["lower"]), files.upper, files.work, files.merged)
+
+    def start(self, record: InstanceRecord, runtime: Runtime, paths: InstancePaths) -> None:
+        files = ContainerFiles(paths)
+        spec = _spec(runtime)
+        runc, cid = _runc(paths), container_id(record)
+        runc.delete(cid)  # a stopped container of a previous run
+        rootfs.mount(self._layers(runtime, files))
+        try:
+            atomic_write(files.config, json.dumps(runtime.config["bundle"], indent=2) + "\n")
+            mon = monitor.MonitorFiles(files.bundle)
+            (mon.exits / cid).unlink(missing_ok=True)
+            began = time.monotonic()
+            monitor.launch(cid, spec.name, mon, runc)
+            atomic_write(paths.dir / "boot.json", json.dumps({"spawn": time.monotonic() - began}))
+        except BaseException:
+            runc.delete(cid)
+            rootfs.unmount(files.merged)
+            raise
+
+    def wait_ready(self, record: InstanceRecord, paths: InstancePaths, timeout: float) -> dict[str, float]:
+        phases: dict[str, float] = json.loads((paths.dir / "boot.json").read_text())
+        marker = _marker(paths)
+        log_path = monitor.MonitorFiles(ContainerFiles(paths).bundle).log
+        began, deadline = time.monotonic(), time.monotonic() + timeout
+        while marker:
+            if log_path.exists() and marker in log_path.read_bytes():
+                break
+            if self.status(record, paths).state is not InstanceState.RUNNING:
+                raise StateError(f"{record.name} stopped before it was ready", hint=f"see {log_path}")
+            if time.monotonic() >= deadline:
+                raise VirtkitError(f"{record.name} did not announce readiness within {timeout:g} s")
+            time.sleep(POLL)
+        phases["ready"] = phases["spawn"] + time.monotonic() - began
+        return phases
+
+    def stop(self, record: InstanceRecord, paths: InstancePaths, *, force: bool, timeout: float) -> None:
+        runc, cid = _runc(paths), container_id(record)
+        state = runc.state(cid)
+        if state is None or state.get("status") == "stopped":
+            return
+        if state.get("status") == "paused":
+            runc.resume(cid)
+        if not force:
+            spec = _spec(_saved_runtime(paths))
+            runc.kill(cid, spec.stop_signal)
+            if self._wait_down(runc, cid, spec.cgroup, timeout):
+                runc.kill(cid, "SIGKILL", all_processes=True)
+                self._wait_down(runc, cid, None, KILL_WAIT)
+                return
+            log.warning("%s did not stop within %g s: killing it", record.name, timeout)
+        runc.kill(cid, "SIGKILL", all_processes=True)
+        if not self._wait_down(runc, cid, None, KILL_WAIT):
+            hint = f"see `runc --root {runc.state_dir} ps {cid}`"
+            raise VirtkitError(f"{record.name} survived SIGKILL", hint=hint)
+
+    @staticmethod
+    def _wait_down(runc: Runc, cid: str, cgroup: str | None, timeout: float) -> bool:
+        """Until the container stopped or (with `cgroup`) only its init is left; whether it did."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = runc.state(cid)
+            if state is None or state.get("status") == "stopped":
+                return True
+            if cgroup is not None and len(_cgroup_pids(cgroup)) <= 1:
+                return True  # the init stopped everything it runs: only its own halt is left
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL)
+
+    def pause(self, record: InstanceRecord, paths: InstancePaths) -> None:
+        _runc(paths).pause(container_id(record))
+
+    def resume(self, record: InstanceRecord, paths: InstancePaths) -> None:
+        _runc(paths).resume(container_id(record))
+
+    def status(self, record: InstanceRecord, paths: InstancePaths) -> Status:
+        runc, cid = _runc(paths), container_id(record)
+        state = runc.state(cid)
+        mon = monitor.MonitorFiles(ContainerFiles(paths).bundle)
+        status = (state or {}).get("status")
+        if status in ("running", "paused", "created"):
+            pid = int(state["pid"]) if state and state.get("pid") else None
+            reason = "" if monitor.conmon_alive(mon, cid) else "its monitor (conmon) is gone"
+            live = InstanceState.PAUSED if status == "paused" else InstanceState.RUNNING
+            return Status(live, pid=pid, reason=reason, details={"runtime": "runc", "container_id": cid})
+        code = monitor.exit_status(mon, cid)
+        if status == "stopped" and code:  # it ended by itself, not by virtkit's stop (which cleans up)
+            return Status(InstanceState.ERROR, reason=_exit_reason(code), details={"exit_code": code})
+        return Status(InstanceState.STOPPED, reason=_exit_reason(code) if code is not None else "")
+
+    def exec(
+        self, record: InstanceRecord, paths: InstancePaths, argv: Sequence[str], timeout: float
+    ) -> ExecResult:
+        return _runc(paths).exec(container_id(record), argv, timeout)
+
+    def update(self, record: InstanceRecord, runtime: Runtime, paths: InstancePaths) -> None:
+        resources = runtime.config["bundle"]["linux"].get("resources", {})
+        _runc(paths).update(container_id(record), {k: v for k, v in resources.items() if k != "devices"})
+
+    def cleanup(self, record: InstanceRecord, paths: InstancePaths) -> None:
+        runc, cid = _runc(paths), container_id(record)
+        state = runc.state(cid)
+        if state is not None and state.get("status") in ("running", "paused"):
+            raise StateError(f"{record.name} is still running", hint=f"virtkit stop {record.name}")
+        runc.delete(cid)
+        files = ContainerFiles(paths)
+        rootfs.unmount(files.merged)
+        (monitor.MonitorFiles(files.bundle).exits / cid).unlink(missing_ok=True)
+
+
+def _saved_runtime(paths: InstancePaths) -> Runtime:
+    return Runtime.from_dict(json.loads(paths.runtime.read_text()))
+
+
+def _marker(paths: InstancePaths) -> bytes:
+    try:
+        return str(_saved_runtime(paths).config.get("ready_marker") or "").encode()
+    except (OSError, ValueError):
+        return b""
+
+
+def _cgroup_pids(cgroup: str) -> list[int]:
+    from virtkit.drivers.cgroup import Cgroup
+
+    return Cgroup(cgroup.lstrip("/")).pids()
