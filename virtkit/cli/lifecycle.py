@@ -78,6 +78,10 @@ _config(
     "disk_bandwidth", "--disk-bandwidth", type=SizeType("disk bandwidth"), default=None, metavar="SIZE",
     help="Throttle the root disk to this many bytes per second (reads and writes together), e.g. 10MiB.",
 )
+_config(
+    "processes", "--processes", default=None, metavar="N",
+    help="Containers: at most N processes (the pids cgroup), against fork bombs.",
+)
 # cloud-init (NoCloud): the files are read and checked at create time (virtkit.cloudinit) and what
 # they hold is kept with the instance.
 _config(

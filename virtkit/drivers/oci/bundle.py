@@ -240,9 +240,11 @@ def _device_rules(spec: ContainerSpec) -> list[dict[str, Any]]:
         return [{"allow": True, "access": "rwm"}]
     rules: list[dict[str, Any]] = [{"allow": False, "access": "rwm"}]
     for major, minor, _what in DEVICES:
-        # An absent minor means any minor.
-        rules.append({"allow": True, "type": "c", "major": major, **({} if minor is None else {"minor": minor}),
-                      "access": "rwm"})  # fmt: skip
+        rule: dict[str, Any] = {"allow": True, "type": "c", "major": major}
+        if minor is not None:  # absent: any minor
+            rule["minor"] = minor
+        rule["access"] = "rwm"
+        rules.append(rule)
     return rules
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from virtkit.drivers.base import ExecResult, InstancePaths, Runtime, Status
 from virtkit.drivers.oci import monitor, rootfs
 from virtkit.drivers.oci.bundle import build_config
-from virtkit.drivers.oci.plan import ContainerFiles, build_spec, container_id
+from virtkit.drivers.oci.plan import ContainerFiles, build_spec, cgroup_of, container_id
 from virtkit.drivers.oci.runtime import Runc
 from virtkit.drivers.oci.spec import ContainerSpec
 from virtkit.errors import StateError, VirtkitError
@@ -160,7 +160,7 @@ class OciDriver:
             pid = int(state["pid"]) if state and state.get("pid") else None
             reason = "" if monitor.conmon_alive(mon, cid) else "its monitor (conmon) is gone"
             live = InstanceState.PAUSED if status == "paused" else InstanceState.RUNNING
-            return Status(live, pid=pid, reason=reason, details={"runtime": "runc", "container_id": cid})
+            return Status(live, pid=pid, reason=reason, details=_details(cid))
         code = monitor.exit_status(mon, cid)
         if status == "stopped" and code:  # it ended by itself, not by virtkit's stop (which cleans up)
             return Status(InstanceState.ERROR, reason=_exit_reason(code), details={"exit_code": code})
@@ -195,6 +195,19 @@ def _marker(paths: InstancePaths) -> bytes:
         return str(_saved_runtime(paths).config.get("ready_marker") or "").encode()
     except (OSError, ValueError):
         return b""
+
+
+def _details(cid: str) -> dict[str, object]:
+    from virtkit.drivers.cgroup import Cgroup
+
+    cgroup = Cgroup(cgroup_of(cid).lstrip("/"))
+    return {
+        "runtime": "runc",
+        "container_id": cid,
+        "cgroup": cgroup.relative,
+        "cpu_seconds": cgroup.cpu_seconds(),
+        "memory_used": cgroup.memory_bytes(),
+    }
 
 
 def _cgroup_pids(cgroup: str) -> list[int]:

@@ -22,6 +22,7 @@ from virtkit.model import ImageRecord, InstanceKind, InstanceRecord
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PERIOD = 100_000
 NOFILE_SOFT = 1024
+MAX_PROCESSES = 4_194_304  # the kernel's pid_max ceiling
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,12 @@ class ContainerFiles:
 
 def container_id(record: InstanceRecord) -> str:
     return f"{record.name}.{record.uuid.split('-')[0]}"
+
+
+def cgroup_of(cid: str) -> str:
+    """The container's cgroupsPath: absolute, so runc makes it at each hierarchy's root (a relative
+    path would land under the caller's own cgroup)."""
+    return f"/virtkit/{cid}"
 
 
 def _nofile() -> tuple[int, int]:
@@ -91,8 +98,18 @@ def build_spec(
     return ContainerSpec(
         name=record.name, uuid=record.uuid, hostname=record.name, rootfs=str(files.merged),
         args=args, env=env, cwd=cwd, system=system, stop_signal=signal,
-        cgroup=f"/virtkit/{cid}",
+        cgroup=cgroup_of(cid),
         cpu_quota=round(record.cpus * PERIOD), cpu_period=PERIOD,
         memory=record.memory, memory_swap=record.memory,  # no swap beyond the memory limit
+        pids=_processes(record),
         nofile=_nofile(),
     )  # fmt: skip
+
+
+def _processes(record: InstanceRecord) -> int | None:
+    text = record.config.get("processes")
+    if not text:
+        return None
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PROCESSES:
+        raise SpecError(f"invalid process limit {text!r}: expected a whole number from 1 to {MAX_PROCESSES}")
+    return int(text)
