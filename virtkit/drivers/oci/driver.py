@@ -85,7 +85,7 @@ class OciDriver:
         rootfs.mount(self._layers(runtime, files))
         try:
             atomic_write(files.config, json.dumps(runtime.config["bundle"], indent=2) + "\n")
-            mon = monitor.MonitorFiles(files.bundle)
+            mon = _monitor_files(paths)
             (mon.exits / cid).unlink(missing_ok=True)
             began = time.monotonic()
             monitor.launch(cid, spec.name, mon, runc)
@@ -98,7 +98,7 @@ class OciDriver:
     def wait_ready(self, record: InstanceRecord, paths: InstancePaths, timeout: float) -> dict[str, float]:
         phases: dict[str, float] = json.loads((paths.dir / "boot.json").read_text())
         marker = _marker(paths)
-        log_path = monitor.MonitorFiles(ContainerFiles(paths).bundle).log
+        log_path = _monitor_files(paths).log
         began, deadline = time.monotonic(), time.monotonic() + timeout
         while marker:
             if log_path.exists() and marker in log_path.read_bytes():
@@ -154,7 +154,7 @@ class OciDriver:
     def status(self, record: InstanceRecord, paths: InstancePaths) -> Status:
         runc, cid = _runc(paths), container_id(record)
         state = runc.state(cid)
-        mon = monitor.MonitorFiles(ContainerFiles(paths).bundle)
+        mon = _monitor_files(paths)
         status = (state or {}).get("status")
         if status in ("running", "paused", "created"):
             pid = int(state["pid"]) if state and state.get("pid") else None
@@ -183,7 +183,7 @@ class OciDriver:
         runc.delete(cid)
         files = ContainerFiles(paths)
         rootfs.unmount(files.merged)
-        (monitor.MonitorFiles(files.bundle).exits / cid).unlink(missing_ok=True)
+        (_monitor_files(paths).exits / cid).unlink(missing_ok=True)
 
 
 def _saved_runtime(paths: InstancePaths) -> Runtime:
@@ -195,6 +195,10 @@ def _marker(paths: InstancePaths) -> bytes:
         return str(_saved_runtime(paths).config.get("ready_marker") or "").encode()
     except (OSError, ValueError):
         return b""
+
+
+def _monitor_files(paths: InstancePaths) -> monitor.MonitorFiles:
+    return monitor.MonitorFiles(ContainerFiles(paths).bundle, paths.console_log)
 
 
 def _details(cid: str) -> dict[str, object]:

@@ -31,13 +31,11 @@ START_TIMEOUT = 30.0
 
 @dataclass(frozen=True)
 class MonitorFiles:
-    """conmon's files for one container, all in the bundle directory."""
+    """conmon's files for one container: its log (where `virtkit console --log` looks), the rest in
+    the bundle directory."""
 
     bundle: Path
-
-    @property
-    def log(self) -> Path:
-        return self.bundle / "console.log"  # k8s-file: "TIME stdout|stderr F|P text" lines
+    log: Path  # k8s-file: "TIME stdout|stderr F|P text" lines
 
     @property
     def exits(self) -> Path:
