@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from tests.permissions import reachable
 from virtkit.drivers.oci.bundle import ALL_CAPS, build_config
 from virtkit.drivers.oci.spec import ContainerSpec, IdMap
 from virtkit.ops.images import cache_dir
@@ -92,6 +93,7 @@ class Runc:
 
     tmp: Path
     names: list[str] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
 
     def spec(self, rootfs: Path, *args: str, **overrides: Any) -> ContainerSpec:
         name = f"vkt-{secrets.token_hex(4)}"
@@ -126,6 +128,7 @@ class Runc:
     def start(self, spec: ContainerSpec, log: Path) -> subprocess.Popen[bytes]:
         """`runc run` in the background, its output (the container's console) to `log`."""
         bundle = self.bundle(spec)
+        self.logs.append(log)
         with log.open("wb") as out:
             return subprocess.Popen(
                 self.argv("run", "-b", str(bundle), spec.name),
@@ -143,6 +146,10 @@ class Runc:
         subprocess.run(self.argv("kill", name, str(sig)), check=True, timeout=RUN_TIMEOUT)
 
     def reap(self) -> None:
+        for log in self.logs:  # pytest shows this only for a failed test
+            print(
+                f"----- {log} -----\n{log.read_text(errors='replace')[-3000:] if log.exists() else '(none)'}"
+            )
         for name in self.names:
             subprocess.run(self.argv("delete", "-f", name), capture_output=True, timeout=RUN_TIMEOUT)
             _remove_cgroups(f"{CGROUP_PARENT}/{name}")
@@ -241,7 +248,8 @@ def _shifted(rootfs: Path, dest: Path, host_id: int) -> Path:
 
 
 def test_busybox_init_in_a_user_namespace_with_limits(runc: Runc, rootfs: Path, tmp_path: Path) -> None:
-    shifted = _shifted(rootfs, tmp_path / "rootfs-shifted", HOST_ID)
+    # The namespace's root is no host root: it needs o+x on the directories above its rootfs.
+    shifted = reachable(_shifted(rootfs, tmp_path / "rootfs-shifted", HOST_ID))
     spec = runc.spec(
         shifted, "/sbin/init", system=True, memory=64 * 1024 * 1024, pids=64, cpu_quota=50_000,
         cpuset="0", io_weight=500, uid_maps=(IdMap(0, HOST_ID, 65536),),
@@ -253,7 +261,7 @@ def test_busybox_init_in_a_user_namespace_with_limits(runc: Runc, rootfs: Path, 
         "cpuset/cpuset.cpus; grep -E ' /run | /run/lock ' /proc/mounts | cut -d' ' -f2,3"
     )
     try:
-        done = _exec_when_running(runc, spec.name, "/bin/sh", "-c", script)
+        done = _exec_when_running(runc, init, spec.name, "/bin/sh", "-c", script)
         assert done.stdout.split() == [
             "0", str(HOST_ID), "65536", "written", "container=virtkit",
             str(64 * 1024 * 1024), "64", "50000", "0", "/run", "tmpfs", "/run/lock", "tmpfs",
@@ -271,14 +279,17 @@ def test_busybox_init_in_a_user_namespace_with_limits(runc: Runc, rootfs: Path, 
     assert "booted" in log and "shutting down" in log, log
 
 
-def _exec_when_running(runc: Runc, name: str, *argv: str) -> subprocess.CompletedProcess[str]:
-    """`runc exec` once the container exists (runc run has just been started): bounded."""
+def _exec_when_running(
+    runc: Runc, init: subprocess.Popen[bytes], name: str, *argv: str
+) -> subprocess.CompletedProcess[str]:
+    """`runc exec` once the container exists (`runc run` has just been started): bounded."""
     deadline = time.monotonic() + RUN_TIMEOUT
     while True:
         done = runc.exec(name, *argv)
         if done.returncode == 0 or "does not exist" not in done.stderr or time.monotonic() > deadline:
             assert done.returncode == 0, done.stderr
             return done
+        assert init.poll() is None, f"the container ended (runc run: {init.returncode}); see its console log"
         time.sleep(0.1)
 
 
@@ -324,7 +335,7 @@ def test_systemd_boots_under_the_default_profile(runc: Runc, debian_rootfs: Path
     started = time.monotonic()
     init = runc.start(spec, console)
     try:
-        state = _wait_booted(runc, spec.name, console)
+        state = _wait_booted(runc, init, spec.name, console)
         print(f"systemd: {state} after {time.monotonic() - started:.2f} s")
         # journald, dbus, logind, and resolved (OpenSSL: needs getrandom) run with the profile.
         units = ("systemd-journald", "dbus", "systemd-logind", "systemd-resolved")
@@ -340,11 +351,27 @@ def test_systemd_boots_under_the_default_profile(runc: Runc, debian_rootfs: Path
         init.wait()
 
 
-def _wait_booted(runc: Runc, name: str, console: Path) -> str:
+def _wait_booted(runc: Runc, init: subprocess.Popen[bytes], name: str, console: Path) -> str:
     deadline = time.monotonic() + 60.0
     while time.monotonic() < deadline:
+        assert init.poll() is None, f"systemd ended:\n{console.read_text()[-3000:]}"
         state = runc.exec(name, "systemctl", "is-system-running").stdout.strip()
         if state in ("running", "degraded"):  # degraded: the image's ssh has no host keys
             return state
         time.sleep(0.2)
     raise AssertionError(f"systemd did not finish booting:\n{console.read_text()[-3000:]}")
+
+
+def test_glibc_falls_back_from_clone3_to_filtered_clone(runc: Runc, debian_rootfs: Path) -> None:
+    # clone3 gives ENOSYS (its flags are out of seccomp's reach); glibc's threads and
+    # posix_spawn then use clone, whose flags the profile checks.
+    script = (
+        "import ctypes, os, threading\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "print(libc.syscall(435, None, 0), ctypes.get_errno())\n"  # clone3(NULL, 0)
+        "t = threading.Thread(target=print, args=('thread',)); t.start(); t.join()\n"
+        "print(os.waitpid(os.posix_spawn('/bin/true', ['true'], {}), 0)[1])\n"
+    )
+    done = runc.run(runc.spec(debian_rootfs, "/usr/bin/python3", "-c", script))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["-1", "38", "thread", "0"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import signal
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,13 @@ def runc_binary() -> str:
     if found is None:
         raise HostCapabilityError("runc is not installed: containers cannot run", hint="apt-get install runc")
     return found
+
+
+def signal_number(name: str) -> str:
+    """`name` as runc takes it: runc 1.1 knows no real-time signal names (SIGRTMIN+3 is 37 here)."""
+    if name.startswith("SIGRTMIN+") and name[9:].isdigit():
+        return str(int(signal.SIGRTMIN) + int(name[9:]))
+    return name
 
 
 class Runc:
@@ -73,7 +81,7 @@ class Runc:
 
     def kill(self, cid: str, signal: str, *, all_processes: bool = False) -> None:
         """Send `signal` to the container's init (or, with `all_processes`, to every process in it)."""
-        self._run("kill", *(["--all"] if all_processes else []), cid, signal, check=False)
+        self._run("kill", *(["--all"] if all_processes else []), cid, signal_number(signal), check=False)
 
     def pause(self, cid: str) -> None:
         self._run("pause", cid)

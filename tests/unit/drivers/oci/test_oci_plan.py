@@ -82,3 +82,10 @@ def test_conmon_answers() -> None:
 def test_exit_reasons() -> None:
     assert _exit_reason(137) == "its init was killed by SIGKILL"
     assert _exit_reason(3) == "its init exited with status 3"
+
+
+def test_real_time_stop_signals_are_sent_by_number() -> None:
+    from virtkit.drivers.oci.runtime import signal_number
+
+    assert signal_number("SIGRTMIN+3") == "37"  # runc 1.1 rejects the name; systemd halts on it
+    assert signal_number("SIGUSR2") == "SIGUSR2"
