@@ -88,8 +88,8 @@ def test_balloon_shrinks_a_running_guest(tiny: Cli) -> None:  # noqa: F811
     assert booted > 160 * MiB
     shrunk = tiny("set", "mem1", "memory=128MiB")
     assert shrunk.returncode == 0 and "(now)" in shrunk.stdout, shrunk.stderr
-    small = wait_mem_total(tiny, "mem1", below=128 * MiB)
-    assert booted - small >= 100 * MiB  # the balloon took 128 MiB back, not a few pages
+    # The balloon takes the 128 MiB back a few pages at a time: wait for (nearly) all of it.
+    small = wait_mem_total(tiny, "mem1", below=booted - 120 * MiB)
     assert state_of(tiny, "mem1")["memory"] == 128 * MiB
     assert_clear_error(tiny("set", "mem1", "memory=512MiB"), 1, "booted with 256MiB")
     assert tiny("set", "mem1", "memory=256MiB").returncode == 0  # back up to what it booted with
