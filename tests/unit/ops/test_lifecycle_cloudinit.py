@@ -4,7 +4,6 @@ refused before anything is made."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,26 +15,9 @@ from virtkit.images.staged import DISK, StagedImage
 from virtkit.model import InstanceKind, InstanceRecord
 from virtkit.ops.images import add_staged
 from virtkit.ops.lifecycle import Lifecycle, Request
-from virtkit.store import SqliteStore, open_store
+from virtkit.store import SqliteStore
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHjGR4SSnOlVaFDWUHIQ+LiFIL/kkHKyr1HM6XPXg1YZ tester@host"
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "root"
-
-
-@pytest.fixture
-def store(root: Path) -> Iterator[SqliteStore]:
-    opened = open_store(root)
-    yield opened
-    opened.close()
-
-
-@pytest.fixture
-def fake() -> FakeDriver:
-    return FakeDriver()
 
 
 @pytest.fixture

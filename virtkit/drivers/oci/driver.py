@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from virtkit.drivers.base import ExecResult, InstancePaths, Runtime, Status
+from virtkit.drivers.cgroup import Cgroup
 from virtkit.drivers.oci import monitor, rootfs
 from virtkit.drivers.oci.bundle import build_config
 from virtkit.drivers.oci.plan import ContainerFiles, build_spec, cgroup_of, container_id
@@ -202,8 +203,6 @@ def _monitor_files(paths: InstancePaths) -> monitor.MonitorFiles:
 
 
 def _details(cid: str) -> dict[str, object]:
-    from virtkit.drivers.cgroup import Cgroup
-
     cgroup = Cgroup(cgroup_of(cid).lstrip("/"))
     return {
         "runtime": "runc",
@@ -215,6 +214,4 @@ def _details(cid: str) -> dict[str, object]:
 
 
 def _cgroup_pids(cgroup: str) -> list[int]:
-    from virtkit.drivers.cgroup import Cgroup
-
     return Cgroup(cgroup.lstrip("/")).pids()

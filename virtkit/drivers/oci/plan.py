@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from virtkit.drivers.base import InstancePaths
+from virtkit.drivers.cgroup import PARENT
 from virtkit.drivers.oci.spec import ContainerSpec
 from virtkit.errors import SpecError
 from virtkit.images.staged import ROOTFS
@@ -59,7 +60,7 @@ def container_id(record: InstanceRecord) -> str:
 def cgroup_of(cid: str) -> str:
     """The container's cgroupsPath: absolute, so runc makes it at each hierarchy's root (a relative
     path would land under the caller's own cgroup)."""
-    return f"/virtkit/{cid}"
+    return f"/{PARENT}/{cid}"
 
 
 def _nofile() -> tuple[int, int]:
