@@ -1,5 +1,5 @@
 """`python -m virtkit` runs the command-line tool."""
 
-from virtkit.cli.main import main
+from virtkit.cli.entry import main
 
 main()

@@ -6,7 +6,9 @@ meets them, so the CLI and the API only ever handle this tree::
 
     VirtkitError                    operational failure (exit 1)
     ├── SpecError                   the request itself is invalid (exit 2): name, size, option, file
+    │   └── CommandNotExecutableError   the command to run is not executable (exit 126)
     ├── NotFoundError               the named thing does not exist
+    │   └── CommandNotFoundError    the command to run is not in the instance (exit 127)
     ├── ConflictError               it already exists, or is in use by something else
     │   └── BusyError               another operation holds its lock; try again later
     ├── StateError                  it exists but is in the wrong state for this verb
@@ -48,6 +50,18 @@ class SpecError(VirtkitError):
 
 class NotFoundError(VirtkitError):
     """The named object does not exist."""
+
+
+class CommandNotFoundError(NotFoundError):
+    """The command to run is not in the instance (exit status 127, as a shell says it)."""
+
+    exit_code = 127
+
+
+class CommandNotExecutableError(SpecError):
+    """The command to run is there but cannot be executed: a directory, no x bit (exit status 126)."""
+
+    exit_code = 126
 
 
 class ConflictError(VirtkitError):

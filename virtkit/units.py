@@ -16,7 +16,6 @@ Names become hostnames, file names and parts of interface names, so they follow 
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
 
 from virtkit.errors import SpecError
 
@@ -73,6 +72,8 @@ def parse_size(
         match = _SIZE_RE.fullmatch(text.strip())
         if not match:
             raise SpecError(f"invalid {what} {text!r}: expected {_SIZE_EXAMPLES}")
+        from decimal import Decimal, InvalidOperation  # here: `virtkit run` parses no size by default
+
         try:
             number = Decimal(match["num"])
             exact = number * _multiplier(match["unit"])
@@ -82,11 +83,11 @@ def parse_size(
             raise SpecError(f"invalid {what} {text!r}: it is not a whole number of bytes")
         value = int(exact)
     if value < 0:
-        raise SpecError(f"invalid {what} {shown!r}: sizes cannot be negative")
+        raise SpecError(f"invalid {what} {shown}: sizes cannot be negative")
     if value < minimum:
-        raise SpecError(f"invalid {what} {shown!r}: must be at least {format_size(minimum)}")
+        raise SpecError(f"invalid {what} {shown}: must be at least {format_size(minimum)}")
     if value > maximum:
-        raise SpecError(f"invalid {what} {shown!r}: must be at most {format_size(maximum)}")
+        raise SpecError(f"invalid {what} {shown}: must be at most {format_size(maximum)}")
     return value
 
 
@@ -95,6 +96,8 @@ def format_size(size: int) -> str:
     "1.5GiB", "1.25TiB" when exact to two decimals, else rounded to one ("9.3GiB")."""
     if size < 0:
         raise ValueError("negative size")
+    from decimal import Decimal
+
     units = [("EiB", EiB), ("PiB", PiB), ("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)]
     for index, (name, factor) in enumerate(units):
         if size < factor:
@@ -118,16 +121,22 @@ def validate_name(name: str, *, what: str = "instance name") -> str:
     rule = "1-63 lowercase letters, digits and hyphens, starting with a letter, not ending with '-'"
     if not isinstance(name, str) or not name:
         raise SpecError(f"invalid {what}: it is empty", hint=f"use {rule}")
-    shown = name if len(name) <= 80 and name.isprintable() else repr(name[:80])
+    shown = repr(name) if len(name) <= 80 and name.isprintable() else _escaped(name[:80], len(name) > 80)
     if len(name) > 63:
-        raise SpecError(f"invalid {what} {shown!r}: longer than 63 characters", hint=f"use {rule}")
+        raise SpecError(f"invalid {what} {shown}: longer than 63 characters", hint=f"use {rule}")
     if not _NAME_RE.fullmatch(name):
         hint = f"use {rule}"
         if _NAME_RE.fullmatch(name.lower()):
             hint = f"names are lowercase; try {name.lower()!r}"
-        raise SpecError(f"invalid {what} {shown!r}: it may only hold a-z, 0-9 and '-'", hint=hint)
+        raise SpecError(f"invalid {what} {shown}: it may only hold a-z, 0-9 and '-'", hint=hint)
     if not name[0].isalpha():
-        raise SpecError(f"invalid {what} {shown!r}: it must start with a letter", hint=f"use {rule}")
+        raise SpecError(f"invalid {what} {shown}: it must start with a letter", hint=f"use {rule}")
     if name.endswith("-"):
-        raise SpecError(f"invalid {what} {shown!r}: it must not end with '-'", hint=f"use {rule}")
+        raise SpecError(f"invalid {what} {shown}: it must not end with '-'", hint=f"use {rule}")
     return name
+
+
+def _escaped(text: str, cut: bool) -> str:
+    """`text` quoted once with its unprintable characters escaped (and "..." when it was cut)."""
+    return "'" + text.encode("unicode_escape").decode() + ("..." if cut else "") + "'"
+

@@ -34,12 +34,10 @@ def console_command(name: str, show_log: bool) -> None:
     """
     from virtkit.cli.lifecycle import lifecycle
 
-    log, sock_path = lifecycle().console(name)
     if show_log:
-        if log.exists():
-            sys.stdout.buffer.write(log.read_bytes())
-            sys.stdout.buffer.flush()
+        _write(lifecycle().logs(name))
         return
+    _log, sock_path = lifecycle().console(name)
     if sock_path is None:
         raise StateError(
             f"instance {name!r} is not running", hint=f"see its log: virtkit console --log {name}"
@@ -51,6 +49,22 @@ def console_command(name: str, show_log: bool) -> None:
         _relay(conn, interactive)
     if interactive:
         click.echo(f"\r\nDetached from {name}.", err=True)
+
+
+@click.command("logs")
+@click.argument("name", type=INSTANCE_NAME)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing what it writes, until it stops.")
+def logs_command(name: str, follow: bool) -> None:
+    """Print what instance NAME has written to its console (a container: its init's output)."""
+    from virtkit.cli.lifecycle import lifecycle
+
+    _write(lifecycle().logs(name, follow=follow))
+
+
+def _write(chunks: Iterator[bytes]) -> None:
+    for chunk in chunks:
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
 
 
 @contextlib.contextmanager

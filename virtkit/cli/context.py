@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,10 +9,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from virtkit.cli.basics import default_root
+
 if TYPE_CHECKING:
     from virtkit.store import Store
-
-DEFAULT_ROOT = "/var/lib/virtkit"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,10 +36,6 @@ class CliContext:
         if self._store is not None:
             self._store.close()
             self._store = None
-
-
-def default_root() -> str:
-    return os.environ.get("VIRTKIT_ROOT") or DEFAULT_ROOT
 
 
 def get_context() -> CliContext:

@@ -274,18 +274,27 @@ def delete_command(name: str, force: bool) -> None:
     _say(record, f"Instance {name} deleted.")
 
 
-@click.command("exec", context_settings={"ignore_unknown_options": True})
+@click.command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--tty", "-t", is_flag=True, help="Give the command a terminal (containers).")
+@click.option(
+    "--timeout", type=click.FloatRange(0.1, 86400), default=60, show_default=True,
+    help="VMs: seconds the guest agent may take. A container's command streams as long as it runs.",
+)  # fmt: skip
 @click.argument("name", type=INSTANCE_NAME)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-@click.option("--timeout", type=click.FloatRange(0.1, 86400), default=60, show_default=True)
-def exec_command(name: str, command: tuple[str, ...], timeout: float) -> None:
+def exec_command(name: str, command: tuple[str, ...], tty: bool, timeout: float) -> None:
     """Run COMMAND inside instance NAME; its output and exit code become virtkit's.
 
-    Put `--` before the command: virtkit exec web1 -- uname -a
+    Put `--` before the command: virtkit exec web1 -- uname -a. In a container the command's
+    input is virtkit's (pipe into it); in a VM it has none and its output comes when it ends.
     """
-    result = lifecycle().exec(name, list(command), timeout=timeout)
-    sys.stdout.buffer.write(result.stdout)
-    sys.stdout.buffer.flush()
-    sys.stderr.buffer.write(result.stderr)
-    sys.stderr.buffer.flush()
-    click.get_current_context().exit(result.exit_code)
+    if command[:1] == ("--",):
+        command = command[1:]
+    if not command:
+        raise click.UsageError("no command to run: virtkit exec NAME -- COMMAND")
+    if tty and not sys.stdin.isatty():
+        from virtkit.errors import SpecError
+
+        raise SpecError("--tty needs a terminal on standard input", hint="drop -t when input is a pipe")
+    code = lifecycle().exec_attached(name, list(command), tty=tty, timeout=timeout)
+    click.get_current_context().exit(code)

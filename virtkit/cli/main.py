@@ -13,7 +13,8 @@ from pathlib import Path
 import click
 
 from virtkit import __version__
-from virtkit.cli.context import CliContext, default_root
+from virtkit.cli.basics import default_root, report_error
+from virtkit.cli.context import CliContext
 from virtkit.cli.lazy import LazyCommand, LazyGroup
 from virtkit.errors import VirtkitError
 
@@ -33,13 +34,21 @@ COMMANDS = [
     _lifecycle("delete", "Delete an instance."),
     _lifecycle("exec", "Run a command inside an instance."),
     LazyCommand(
+        "run", "virtkit.cli.run:run_command", "Run one command in a new container, in the foreground.",
+        "Instances",
+    ),
+    LazyCommand(
         "console", "virtkit.cli.console:console_command", "Attach to an instance's console.", "Instances"
+    ),
+    LazyCommand(
+        "logs", "virtkit.cli.console:logs_command", "Print an instance's console output.", "Instances"
     ),
     LazyCommand("list", "virtkit.cli.instance:list_command", "List instances.", "Instances"),
     LazyCommand("show", "virtkit.cli.instance:show_command", "Show one instance.", "Instances"),
     LazyCommand(
         "set", "virtkit.cli.settings:set_command", "Change an instance's CPUs, memory, limits.", "Instances"
     ),
+    LazyCommand("file", "virtkit.cli.file:file_group", "Copy files into and out of instances.", "Instances"),
     LazyCommand("image", "virtkit.cli.image:image_group", "Build, import, list and export images.", "Images"),
     LazyCommand("host", "virtkit.cli.host:host_group", "Check and describe this host.", "Host"),
     LazyCommand(
@@ -79,12 +88,6 @@ def cli(ctx: click.Context, root: Path, json_output: bool, debug: bool) -> None:
     ctx.call_on_close(obj.close)
 
 
-def _report_error(error: VirtkitError) -> None:
-    click.echo(f"Error: {error.message}", err=True)
-    if error.hint:
-        click.echo(f"Hint: {error.hint}", err=True)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `virtkit` console script and `python -m virtkit`."""
     args = sys.argv[1:] if argv is None else argv
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     except VirtkitError as error:
         if debug:
             logging.getLogger(__name__).exception("command failed")
-        _report_error(error)
+        report_error(error)
         code = error.exit_code
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)

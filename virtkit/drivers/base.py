@@ -10,15 +10,19 @@ stays behind per instance: a later virtkit process re-attaches through the same 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from virtkit.errors import SpecError
-from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState
+
+if TYPE_CHECKING:  # not at run time: `virtkit run` reaches this module without pydantic
+    from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState
 
 INSTANCES_DIR = "instances"
+CGROUP_PARENT = "virtkit"  # every instance's cgroup is /virtkit/ID in each hierarchy (drivers/cgroup.py)
+ONESHOTS_DIR = "oneshots"  # `virtkit run --rm` containers: never registered, gone when they end
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,18 @@ class ExecResult:
     stderr: bytes
 
 
+class ByteSource(Protocol):
+    """Where pushed bytes come from (a file opened "rb", stdin): read in chunks, b"" at the end."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+
+class ByteSink(Protocol):
+    """Where pulled bytes go (a file opened "wb", stdout)."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+
 class Driver(Protocol):
     """What ops need from a kind of instance."""
 
@@ -125,6 +141,22 @@ class Driver(Protocol):
     ) -> ExecResult:
         """Run a command inside and return its exit code and output."""
 
+    def log_decoder(self) -> Callable[[bytes], bytes]:
+        """A function turning successive pieces of the console log into what the instance wrote
+        (the monitor's framing taken off)."""
+
+    def exec_attached(
+        self, record: InstanceRecord, paths: InstancePaths, argv: Sequence[str], *, tty: bool, timeout: float
+    ) -> int:
+        """Run a command inside with the caller's stdio (a terminal with `tty`, where the kind has
+        one); its exit status. `timeout` bounds what cannot stream (a VM's agent)."""
+
+    def run_foreground(
+        self, record: InstanceRecord, runtime: Runtime, paths: InstancePaths
+    ) -> tuple[int, str]:
+        """Run the saved runtime with the caller's stdio until it ends (`virtkit run`): its exit
+        status, and the runtime's own error when it never started ("" otherwise)."""
+
     def update(self, record: InstanceRecord, runtime: Runtime, paths: InstancePaths) -> None:
         """Apply the limits of a regenerated `runtime` to the running instance (StateError for what
         can only change at its next start; nothing is changed then)."""
@@ -132,18 +164,28 @@ class Driver(Protocol):
     def cleanup(self, record: InstanceRecord, paths: InstancePaths) -> None:
         """Remove what the runtime left (sockets, pidfile) after the instance stopped."""
 
+    def push_file(
+        self, record: InstanceRecord, paths: InstancePaths, path: str, source: ByteSource, *,
+        size: int | None, uid: int, gid: int, mode: int,
+    ) -> int:
+        """Write `source` (`size` bytes when known) to the absolute `path` inside, replacing what is
+        there atomically, owned uid:gid as seen inside, with `mode`; the bytes written."""
+
+    def pull_file(self, record: InstanceRecord, paths: InstancePaths, path: str, sink: ByteSink) -> int:
+        """Copy the regular file at the absolute `path` inside to `sink`; the bytes copied."""
+
 
 _DRIVERS = {
-    InstanceKind.VM: "virtkit.drivers.qemu:QemuDriver",
-    InstanceKind.CONTAINER: "virtkit.drivers.oci:OciDriver",
+    "vm": "virtkit.drivers.qemu:QemuDriver",
+    "container": "virtkit.drivers.oci:OciDriver",
 }
 
 
 def get_driver(kind: InstanceKind | str) -> Driver:
     """The driver for a kind of instance."""
     try:
-        target = _DRIVERS[InstanceKind(kind)]
-    except (KeyError, ValueError):
+        target = _DRIVERS[str(kind)]
+    except KeyError:
         raise SpecError(f"no driver for instances of kind {kind!r}") from None
     module_name, attribute = target.split(":")
     driver: Driver = getattr(importlib.import_module(module_name), attribute)()

@@ -17,19 +17,23 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from virtkit.drivers.base import CGROUP_PARENT
 from virtkit.errors import HostCapabilityError
-from virtkit.host.cgroups import Mount, read_mounts
+from virtkit.logs import get_logger
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from virtkit.host.cgroups import Mount
+
+log = get_logger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-PARENT = "virtkit"
+PARENT = CGROUP_PARENT
 V2_CONTROLLERS = ("cpu", "memory", "pids")
 V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids")
 DEFAULT_PERIOD = 100_000  # microseconds, the kernel's default CFS period
@@ -64,6 +68,8 @@ class Layout:
 
 def detect_layout(mounts: list[Mount] | None = None) -> Layout:
     """The cgroup layout of this host (from /proc/self/mounts)."""
+    from virtkit.host.cgroups import read_mounts  # the host probes: only when the layout is needed
+
     mounts = read_mounts(Path("/")) if mounts is None else mounts
     for mount in mounts:
         if mount.fstype == "cgroup2" and Path(mount.target) == CGROUP_ROOT:

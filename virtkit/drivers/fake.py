@@ -5,11 +5,11 @@ It lets tests make any step fail (`fail_on`) to prove ops undo what they did. Ne
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from virtkit.drivers.base import ExecResult, InstancePaths, Runtime, Status
-from virtkit.errors import StateError, ToolError
+from virtkit.drivers.base import ByteSink, ByteSource, ExecResult, InstancePaths, Runtime, Status
+from virtkit.errors import ConflictError, NotFoundError, SpecError, StateError, ToolError
 from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState
 
 
@@ -22,6 +22,8 @@ class FakeDriver:
         self.fail_on: set[str] = set()
         self.calls: list[str] = []
         self.updated: dict[str, Runtime] = {}  # the runtime each running instance was updated to
+        # Files inside, by instance UUID then path: (bytes, uid, gid, mode); S_IFDIR in mode: a directory.
+        self.files: dict[str, dict[str, tuple[bytes, int, int, int]]] = {}
 
     def _step(self, name: str) -> None:
         self.calls.append(name)
@@ -74,9 +76,48 @@ class FakeDriver:
             raise StateError("not running")
         return ExecResult(0, " ".join(argv).encode(), b"")
 
+    def log_decoder(self) -> Callable[[bytes], bytes]:
+        return bytes
+
+    def exec_attached(
+        self, record: InstanceRecord, paths: InstancePaths, argv: Sequence[str], *, tty: bool, timeout: float
+    ) -> int:
+        return self.exec(record, paths, argv, timeout).exit_code
+
+    def run_foreground(
+        self, record: InstanceRecord, runtime: Runtime, paths: InstancePaths
+    ) -> tuple[int, str]:
+        self._step("run_foreground")
+        return 0, ""
+
     def update(self, record: InstanceRecord, runtime: Runtime, paths: InstancePaths) -> None:
         self._step("update")
         self.updated[record.uuid] = runtime
 
     def cleanup(self, record: InstanceRecord, paths: InstancePaths) -> None:
         self._step("cleanup")
+
+    def push_file(
+        self, record: InstanceRecord, paths: InstancePaths, path: str, source: ByteSource, *,
+        size: int | None, uid: int, gid: int, mode: int,
+    ) -> int:
+        self._step("push_file")
+        files = self.files.setdefault(record.uuid, {})
+        if files.get(path, (b"", 0, 0, 0))[3] & 0o40000:
+            raise ConflictError(f"{path} is a directory in {record.name}")
+        chunks = []
+        while chunk := source.read(1 << 16):
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        files[path] = (data, uid, gid, mode)
+        return len(data)
+
+    def pull_file(self, record: InstanceRecord, paths: InstancePaths, path: str, sink: ByteSink) -> int:
+        self._step("pull_file")
+        found = self.files.get(record.uuid, {}).get(path)
+        if found is None:
+            raise NotFoundError(f"{path} does not exist in {record.name}")
+        if found[3] & 0o40000:
+            raise SpecError(f"{path} is a directory")
+        sink.write(found[0])
+        return len(found[0])

@@ -1,8 +1,8 @@
 """`run_checks`: probe the whole host and return the `Report` behind `virtkit host check`.
 
 Every probe reads through `sysroot` (tests pass a fake tree); tool lookup, version commands, the
-KVM ioctls and the functional KVM probe are parameters for the same reason. The tool versions run
-in a background thread while the files are read, so the whole check stays well under a second.
+KVM ioctls, the functional KVM probe and the OCI runtime probe are parameters for the same reason.
+The tool versions and the OCI runtime probe run in background threads while the files are read.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from virtkit.host.kernel import (
 )
 from virtkit.host.kvm import FunctionalProbe, KvmIoctlProber, KvmState, probe_kvm, probe_kvm_ioctl
 from virtkit.host.kvmchecks import kvm_checks
+from virtkit.host.ociruntime import OciProbe, OciRuntimeVerdict, oci_runtime_check, run_oci_probe
 from virtkit.host.qemuuser import probe_qemu_user, qemu_user_check
 from virtkit.host.space import DEFAULT_MIN_FREE, DEFAULT_STATE_ROOT, probe_space, space_check
 from virtkit.host.tools import (
@@ -87,10 +88,12 @@ def run_checks(
     run_version: RunVersion = run_version_command,
     kvm_ioctl: KvmIoctlProber = probe_kvm_ioctl,
     kvm_probe: FunctionalProbe | None = None,
+    oci_probe: OciProbe | None = None,
 ) -> Report:
     """Probe the host. `state_root` is a real path (not under `sysroot`); `arch` and `system` default
     to this machine's ``platform.machine()`` and ``platform.system()``. `kvm_probe` boots a real guest
-    under KVM; when None the report says the functional KVM test was not run."""
+    under KVM; when None the report says the functional KVM test was not run. `oci_probe` runs a
+    test container with each OCI runtime (`containers.oci-runtime`); when None, likewise."""
     arch = host_arch(arch)
     system = system or platform.system()
     if system != "Linux":
@@ -106,11 +109,13 @@ def run_checks(
             f"cannot read {sysroot / 'proc/cpuinfo'}: {exc.strerror or exc}",
             "mount /proc (mount -t proc proc /proc)",
         )
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    with ThreadPoolExecutor(max_workers=2) as pool:
         tools_future = pool.submit(probe_tools, which, run_version)
+        oci_future = pool.submit(run_oci_probe, oci_probe) if oci_probe is not None else None
         report = _assemble(
-            sysroot, arch, cpuinfo_text, state_root, min_free, kvm_ioctl, kvm_probe, tools_future.result
-        )
+            sysroot, arch, cpuinfo_text, state_root, min_free, kvm_ioctl, kvm_probe, tools_future.result,
+            oci_future.result if oci_future is not None else lambda: None,
+        )  # fmt: skip
     return report
 
 
@@ -123,6 +128,7 @@ def _assemble(
     kvm_ioctl: KvmIoctlProber,
     kvm_probe: FunctionalProbe | None,
     tool_results: Callable[[], list[ToolResult]],
+    oci_verdict: Callable[[], OciRuntimeVerdict | None] = lambda: None,
 ) -> Report:
     cpu = parse_cpuinfo(cpuinfo_text, arch)
     release = kernel_release(sysroot)
@@ -131,7 +137,7 @@ def _assemble(
     cgroups = probe_cgroups(sysroot)
     namespaces = probe_namespaces(sysroot)
     overlay = probe_overlay(sysroot, release)
-    caps = _capabilities(cpu.arch, kvm, cgroups, namespaces, overlay, tool_results())
+    caps = _capabilities(cpu.arch, kvm, cgroups, namespaces, overlay, tool_results(), oci_verdict())
     verdict = decide(caps)
     checks = [
         Check("host.platform", Status.PASS, f"Linux {release} ({os_pretty}, {cpu.arch})", required=True),
@@ -145,6 +151,7 @@ def _assemble(
         overlay_check(overlay, release),
         space_check(probe_space(state_root), min_free),
         *tool_checks(caps.tools),
+        oci_runtime_check(caps.oci),
         usable_check(verdict, caps),
     ]
     return Report(_host_info(cpu, release, os_pretty), tuple(checks), verdict, exit_code(checks))
@@ -157,6 +164,7 @@ def _capabilities(
     namespaces: frozenset[str],
     overlay: OverlayState,
     tools: list[ToolResult],
+    oci: OciRuntimeVerdict | None = None,
 ) -> Capabilities:
     qemu = qemu_for_arch(arch)
     found = {t.tool.name for t in tools if t.found}
@@ -170,6 +178,7 @@ def _capabilities(
         namespaces=namespaces,
         overlay=overlay,
         tools=tuple(tools),
+        oci=oci,
     )
 
 

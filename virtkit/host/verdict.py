@@ -17,7 +17,9 @@ qemu-system exists but KVM is unusable, *unavailable* without that qemu-system. 
 probe boots a guest under KVM, hardware acceleration is reported as possible but unverified, except
 on kvm_pvm (PVM runs only guest kernels built for it): there the verdict is emulated.
 Containers are *available* with an OCI runtime (runc or crun), the mnt/pid/net/uts/ipc namespaces,
-a mounted cgroup filesystem and overlayfs.
+a mounted cgroup filesystem and overlayfs. When the OCI runtime probe ran, the runtime is the one
+that ran its test container, and none doing so makes containers unavailable; otherwise it is
+guessed from the cgroup layout (crun 1.8 refuses hybrid hosts).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from virtkit.host.cgroups import CgroupState
 from virtkit.host.checks import Check, ContainerSupport, KvmFunctional, Status, Verdict, VmSupport
 from virtkit.host.kernel import CONTAINER_NAMESPACES, OverlayState
 from virtkit.host.kvm import KvmState
+from virtkit.host.ociruntime import OciRuntimeVerdict
 from virtkit.host.tools import ToolResult
 
 EXIT_OK = 0
@@ -49,6 +52,7 @@ class Capabilities:
     namespaces: frozenset[str]
     overlay: OverlayState
     tools: tuple[ToolResult, ...] = ()
+    oci: OciRuntimeVerdict | None = None  # the OCI runtime probe's verdict, when it ran
 
 
 def runtime_preference(cgroup_version: str) -> tuple[str, ...]:
@@ -106,12 +110,26 @@ def _vm_verdict(caps: Capabilities) -> tuple[VmSupport, str, KvmFunctional]:
     return VmSupport.EMULATED, reason, functional
 
 
+def _probed(caps: Capabilities) -> OciRuntimeVerdict | None:
+    """The OCI runtime probe's verdict when it tried at least one runtime."""
+    oci = caps.oci
+    return oci if oci is not None and oci.ran and oci.trials else None
+
+
 def _container_verdict(caps: Capabilities) -> tuple[ContainerSupport, str, str | None]:
     missing_ns = [ns for ns in CONTAINER_NAMESPACES if ns not in caps.namespaces]
-    runtime = next((r for r in runtime_preference(caps.cgroups.version) if r in caps.runtimes), None)
+    oci = _probed(caps)
+    if oci is None:
+        runtime = next((r for r in runtime_preference(caps.cgroups.version) if r in caps.runtimes), None)
+    else:
+        runtime = oci.chosen.name if oci.chosen is not None else None
     problems = []
     if runtime is None:
-        problems.append("no OCI runtime (apt-get install runc)")
+        problems.append(
+            "no OCI runtime (apt-get install runc)"
+            if oci is None
+            else f"no OCI runtime runs a test container ({oci.refusals()})"
+        )
     if missing_ns:
         problems.append(f"missing namespaces {' '.join(missing_ns)}")
     if not caps.cgroups.usable:
@@ -121,7 +139,7 @@ def _container_verdict(caps: Capabilities) -> tuple[ContainerSupport, str, str |
     if problems:
         return ContainerSupport.UNAVAILABLE, "; ".join(problems), runtime
     reason = f"{runtime}, namespaces, cgroup {caps.cgroups.version}, overlayfs"
-    if runtime == "crun" and caps.cgroups.version == "hybrid":
+    if runtime == "crun" and caps.cgroups.version == "hybrid" and oci is None:
         reason += " (crun may refuse hybrid cgroups: install runc if containers fail to start)"
     return ContainerSupport.AVAILABLE, reason, runtime
 

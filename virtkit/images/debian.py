@@ -6,7 +6,7 @@ it, configures the copy by writing files (`debiantree`) and packs it:
 
 - VM: the kernel and initrd from /boot for direct boot, and a bootloader-free qcow2 root disk (a
   bare ext4 filesystem labelled virtkit-root, made by `mkfs.ext4 -d` without mounting anything);
-- container: the configured tree itself, with systemd as /sbin/init.
+- container: the configured tree itself, with systemd as /sbin/init (a system container).
 
 Every argument is checked before any work starts: a bad release, package name, flavour or
 architecture is a SpecError, a missing tool a HostCapabilityError naming its Debian package.
@@ -156,8 +156,11 @@ def build_debian(
     return StagedImage(
         name=f"debian-{release}", kinds=["container"], arch=arch, format="debian", source=source,
         files={ROOTFS: "rootfs"}, virtual_size=tree_size(work),
-        properties={**base, "init": INIT, "stop_signal": "SIGRTMIN+3"},
-        container={"entrypoint": [INIT], "cmd": [], "env": ["container=virtkit"]},
+        # No OCI config: a system container, systemd as PID 1 (plan.py), halted by SIGRTMIN+3,
+        # ready once it prints the marker (debiantree.ready_unit).
+        # cloud-init is off in the container (debiantree.cloud_init_disabled): no cloud_init.
+        properties={**{k: v for k, v in base.items() if k != "cloud_init"}, "init": INIT,
+                    "stop_signal": "SIGRTMIN+3", "ready_marker": debiantree.READY_MARKER},
     )
 
 

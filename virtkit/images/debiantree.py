@@ -9,6 +9,11 @@ empty), fresh SSH host keys (generated before sshd starts), DHCP on every en*/et
 systemd-networkd, a locked root password, cloud-init reading a NoCloud seed when one is attached,
 and qemu-guest-agent started by udev when the org.qemu.guest_agent.0 port appears (Debian's unit
 is bound to that device).
+
+A container's systemd (PID 1, halted by SIGRTMIN+3) runs without the units that need hardware,
+a kernel of its own or CAP_SYS_ADMIN (`CONTAINER_MASKS`; the rest skip themselves on their
+Condition*= lines), keeps the hostname the runtime gave it (no /etc/hostname), has cloud-init
+turned off, and says on its console when its boot is over (`ready_unit`).
 """
 
 from __future__ import annotations
@@ -26,7 +31,12 @@ VM = "vm"
 CONTAINER = "container"
 
 # Units that make no sense in a container: no devices to manage, no NIC to wait for, no console
-# on ttyS0, no filesystem of its own to scrub.
+# on ttyS0, no filesystem of its own to scrub. No login prompt on the container's console either:
+# nobody could log in there (root is locked: `virtkit exec` is the way in), and agetty flushes
+# the console when it opens it, at the very end of the boot (Type=idle), which lost the readiness
+# line in one boot of six. The others that cannot work in a container skip themselves
+# (ConditionVirtualization=!container, ConditionCapability=CAP_SYS_MODULE or CAP_NET_ADMIN,
+# ConditionPathIsReadWrite=/proc/sys): inactive, never failed.
 CONTAINER_MASKS = (
     "systemd-udevd.service",
     "systemd-udevd-control.socket",
@@ -35,9 +45,12 @@ CONTAINER_MASKS = (
     "systemd-udev-settle.service",
     "systemd-networkd-wait-online.service",
     "serial-getty@ttyS0.service",
+    "console-getty.service",
     "e2scrub_reap.service",
     "e2scrub_all.timer",
 )
+READY_MARKER = "VIRTKIT-READY"  # what a container prints on its console once its boot is over
+READY_UNIT = "virtkit-ready.service"
 _UNIT_DIRS = ("lib/systemd/system", "usr/lib/systemd/system")
 
 
@@ -50,6 +63,40 @@ def hosts_file(hostname: str = HOSTNAME) -> str:
         "ff02::1\t\tip6-allnodes\n"
         "ff02::2\t\tip6-allrouters\n"
     )
+
+
+def hosts_for(flavour: str) -> str:
+    """A container's name is the runtime's, not `debian`: systemd-resolved (the stub in
+    /etc/resolv.conf) answers for whatever it is."""
+    text = hosts_file()
+    return text.replace(f"127.0.1.1\t{HOSTNAME}\n", "") if flavour == CONTAINER else text
+
+
+def ready_unit() -> str:
+    """A container's readiness, for virtkit's wait_ready: one line on the console once systemd's
+    boot is over (`is-system-running --wait`: no job left; it then says running, or degraded if a
+    unit failed). Type=simple, so its own start job is done at once and does not keep the boot
+    from ending. `$$` is a literal `$` for systemd."""
+    return (
+        "[Unit]\n"
+        "Description=Tell virtkit the boot is over\n"
+        "\n"
+        "[Service]\n"
+        "Type=simple\n"
+        f"ExecStart=/bin/sh -c 'echo \"{READY_MARKER} $$(systemctl is-system-running --wait)\"'\n"
+        "StandardOutput=journal+console\n"
+        "\n"
+        "[Install]\n"
+        "WantedBy=multi-user.target\n"
+    )
+
+
+def cloud_init_disabled() -> str:
+    """cloud-init stays off in a container (its generator skips it while this file exists): with
+    no DMI and no disk to probe, ds-identify takes the one datasource listed without looking for
+    a seed, so every boot would spend seconds in cloud-init for nothing. virtkit gives containers
+    no NoCloud seed yet; when it does, it removes this file from the container's own layer."""
+    return "# virtkit: no cloud-init in a container without a NoCloud seed\n"
 
 
 def fstab(flavour: str) -> str:
@@ -148,15 +195,18 @@ def lock_root(shadow: str) -> str:
 def config_files(flavour: str) -> dict[str, str]:
     """The files (path relative to the tree → content) written into every image of `flavour`."""
     files = {
-        "etc/hostname": HOSTNAME + "\n",
-        "etc/hosts": hosts_file(),
+        "etc/hosts": hosts_for(flavour),
         "etc/fstab": fstab(flavour),
         "etc/systemd/network/80-virtkit-dhcp.network": network_file(),
         "etc/systemd/system/ssh.service.d/virtkit-host-keys.conf": ssh_host_keys_dropin(),
         "etc/cloud/cloud.cfg.d/90-virtkit.cfg": cloud_config(),
     }
     if flavour == VM:
+        files["etc/hostname"] = HOSTNAME + "\n"
         files["etc/systemd/system/systemd-networkd-wait-online.service.d/virtkit.conf"] = wait_online_dropin()
+    else:
+        files["etc/cloud/cloud-init.disabled"] = cloud_init_disabled()
+        files[f"etc/systemd/system/{READY_UNIT}"] = ready_unit()
     return files
 
 
@@ -229,6 +279,9 @@ def configure_tree(tree: Path, *, flavour: str) -> None:
     if flavour == CONTAINER:
         for unit in CONTAINER_MASKS:
             mask_unit(tree, unit)
+        wants = tree / "etc/systemd/system/multi-user.target.wants"
+        _link(wants / READY_UNIT, f"/etc/systemd/system/{READY_UNIT}")
+        (tree / "etc/hostname").unlink(missing_ok=True)  # keep the runtime's (systemd cannot set one)
         _empty_dev(tree / "dev")
     clean_tree(tree)
 

@@ -12,25 +12,26 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from virtkit import cloudinit
 from virtkit.drivers.base import Driver, ExecResult, InstancePaths, Runtime, Status, get_driver
-from virtkit.errors import HostCapabilityError, NotFoundError, SpecError, StateError, StoreError
+from virtkit.errors import NotFoundError, SpecError, StateError, StoreError
 from virtkit.images.store import ImageStore
 from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState, MiB, validate_name
+from virtkit.ops.resources import check_resources
 from virtkit.store import Store, atomic_write
-from virtkit.units import format_size
 
 log = logging.getLogger(__name__)
 
 DriverFor = Callable[[InstanceKind], Driver]
 
-MIN_MEMORY = 32 * MiB
 READY_TIMEOUT = 120.0
 STOP_TIMEOUT = 30.0
+FOLLOW_POLL = 0.1  # `logs -f`: how often the log is read for more
+FOLLOW_CHECK = 1.0  # and how often the instance is asked whether it still runs
 
 
 @dataclass(frozen=True)
@@ -61,29 +62,6 @@ class Request:
     disk: int | None = None
     config: dict[str, str] | None = None
     arch: str | None = None
-
-
-def host_memory(meminfo: Path = Path("/proc/meminfo")) -> int:
-    for line in meminfo.read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) * 1024
-    raise HostCapabilityError("cannot read the host's memory size from /proc/meminfo")
-
-
-def check_resources(kind: InstanceKind, cpus: float, memory: int) -> None:
-    """SpecError for CPU and memory sizes no instance can have on this host."""
-    if cpus <= 0:
-        raise SpecError(f"invalid CPU count {cpus:g}: must be more than 0")
-    if kind is InstanceKind.VM and cpus != int(cpus):
-        raise SpecError(f"invalid CPU count {cpus:g}: a VM has a whole number of vCPUs")
-    if memory < MIN_MEMORY:
-        raise SpecError(f"memory {format_size(memory)} is too small: at least {format_size(MIN_MEMORY)}")
-    total = host_memory()
-    if memory > total:
-        raise SpecError(
-            f"memory {format_size(memory)} is more than this host has ({format_size(total)})",
-            hint="ask for less with --memory",
-        )
 
 
 class Lifecycle:
@@ -162,6 +140,37 @@ class Lifecycle:
         if state is not InstanceState.RUNNING:
             raise StateError(f"instance {name!r} is {state.value}: start it first")
         return driver.exec(record, paths, argv, timeout)
+
+    def exec_attached(self, name: str, argv: list[str], *, tty: bool, timeout: float) -> int:
+        """Run `argv` inside a running instance with the caller's stdio; its exit status."""
+        record = self.store.get(InstanceRecord, validate_name(name))
+        driver = self.drivers(record.kind)
+        paths = self.paths(record.name)
+        state = driver.status(record, paths).state
+        if state is not InstanceState.RUNNING:
+            raise StateError(f"instance {name!r} is {state.value}: start it first")
+        return driver.exec_attached(record, paths, argv, tty=tty, timeout=timeout)
+
+    def logs(self, name: str, *, follow: bool = False) -> Iterator[bytes]:
+        """What the instance has written to its console, as it wrote it; with `follow`, then what it
+        writes until it stops (or the caller stops reading)."""
+        record = self.store.get(InstanceRecord, validate_name(name))
+        driver = self.drivers(record.kind)
+        paths = self.paths(record.name)
+        decode, offset, checked = driver.log_decoder(), 0, time.monotonic()
+        while True:
+            data, offset = _read_from(paths.console_log, offset)
+            if data:
+                yield decode(data)
+            if not follow:
+                return
+            if time.monotonic() - checked >= FOLLOW_CHECK:
+                checked = time.monotonic()
+                if driver.status(record, paths).state not in (InstanceState.RUNNING, InstanceState.PAUSED):
+                    data, offset = _read_from(paths.console_log, offset)
+                    yield decode(data)
+                    return
+            time.sleep(FOLLOW_POLL)
 
     def console(self, name: str) -> tuple[Path, Path | None]:
         """The console log of an instance, and the socket to attach to its console (None when the
@@ -264,6 +273,29 @@ class Lifecycle:
             record.state, record.started_at, record.boot = InstanceState.RUNNING, started, boot
             return self.store.put(record)
 
+    def run_foreground(self, name: str) -> tuple[int, str]:
+        """Start a stopped instance with the caller's stdio and wait until it ends (`virtkit run`).
+
+        The lock is held to start it, not while it runs: `virtkit stop` from elsewhere must work."""
+        record = self.store.get(InstanceRecord, validate_name(name))
+        driver = self.drivers(record.kind)
+        paths = self.paths(record.name)
+        with self.store.lock("instance", record.name):
+            state = driver.status(record, paths).state
+            if state is not InstanceState.STOPPED and state is not InstanceState.ERROR:
+                raise StateError(f"instance {name!r} is already {state.value}")
+            driver.cleanup(record, paths)
+            runtime = self._load_runtime(record)
+            record.state, record.started_at = InstanceState.RUNNING, time.time()
+            self.store.put(record)
+        try:
+            return driver.run_foreground(record, runtime, paths)
+        finally:
+            with self.store.lock("instance", record.name):
+                record = self.store.get(InstanceRecord, record.name)
+                record.state = InstanceState.STOPPED
+                self.store.put(record)
+
     def stop(self, name: str, *, force: bool = False, timeout: float = STOP_TIMEOUT) -> InstanceRecord:
         def act(record: InstanceRecord, driver: Driver, paths: InstancePaths, state: InstanceState) -> None:
             if state is InstanceState.STOPPED:
@@ -349,3 +381,20 @@ class Lifecycle:
         with_root = self.root / "instances"
         if with_root.exists() and not os.listdir(with_root):
             with_root.rmdir()
+
+
+def _read_from(path: Path, offset: int) -> tuple[bytes, int]:
+    """What `path` holds past `offset`, and the new offset. Not through a symlink: the console log
+    of a VM is written by QEMU's unprivileged user. A log cut shorter starts over."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return b"", 0
+    except OSError as exc:
+        raise StateError(f"cannot read the console log {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as log:
+        if os.fstat(log.fileno()).st_size < offset:
+            offset = 0
+        log.seek(offset)
+        data = log.read()
+    return data, offset + len(data)

@@ -25,7 +25,8 @@ from pathlib import Path
 from virtkit.drivers.base import get_driver
 from virtkit.errors import SpecError
 from virtkit.model import InstanceRecord, InstanceState, parse_size, validate_name
-from virtkit.ops.lifecycle import DriverFor, check_resources
+from virtkit.ops.lifecycle import DriverFor
+from virtkit.ops.resources import check_resources
 from virtkit.store import Store, atomic_write
 
 log = logging.getLogger(__name__)

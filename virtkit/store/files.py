@@ -10,16 +10,15 @@ cleans the root directory.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
-import secrets
 import time
 from pathlib import Path
 
 from virtkit.errors import StoreError
+from virtkit.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 TEMP_MARKER = ".vktmp."
 # No atomic_write of a small file takes this long: an older temporary file is stale even if a
@@ -33,7 +32,7 @@ _TEMP_RE = re.compile(r"\.(?P<stem>.*)\.vktmp\.(?P<pid>[0-9]+)\.(?P<token>[0-9a-
 def temp_name(target: str, pid: int | None = None) -> str:
     """The temporary file name `atomic_write` uses for `target` (a base name)."""
     pid = os.getpid() if pid is None else pid
-    return f".{target[:_MAX_STEM]}{TEMP_MARKER}{pid}.{secrets.token_hex(4)}"
+    return f".{target[:_MAX_STEM]}{TEMP_MARKER}{pid}.{os.urandom(4).hex()}"
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o600) -> None:

@@ -15,7 +15,6 @@ close-on-exec so a QEMU or conmon started while a lock is held does not inherit 
 from __future__ import annotations
 
 import fcntl
-import logging
 import math
 import os
 import threading
@@ -27,8 +26,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 from virtkit.errors import BusyError, StoreError
+from virtkit.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _FIRST_DELAY = 0.005
 _MAX_DELAY = 0.1

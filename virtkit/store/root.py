@@ -20,12 +20,12 @@ from pathlib import Path
 
 from virtkit.errors import StoreError
 from virtkit.store.files import clean_stale_temps, temp_name
+from virtkit.store.peek import DB_NAME
 from virtkit.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
 ROOT_MODE = 0o711
-DB_NAME = "virtkit.db"
 LOCKS_DIR = "locks"
 
 _HINT = "pass another --root (or VIRTKIT_ROOT)"

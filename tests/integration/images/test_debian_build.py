@@ -68,7 +68,10 @@ def test_container_tree(container: tuple[Path, StagedImage, list[tuple[str, floa
     staging, image, reports = container
     assert image.kinds == ["container"] and image.name == "debian-bookworm"
     assert image.files == {ROOTFS: "rootfs"}
-    assert image.container["entrypoint"] == ["/sbin/init"]
+    # A system container: no OCI command, systemd as PID 1, ready when it says so on its console.
+    assert image.container == {} and image.properties["init"] == "/sbin/init"
+    signal, marker = image.properties["stop_signal"], image.properties["ready_marker"]
+    assert (signal, marker) == ("SIGRTMIN+3", "VIRTKIT-READY")
     tree = staging / "rootfs"
     assert os.path.realpath(tree / "sbin/init").endswith("/lib/systemd/systemd")
     for program in (
@@ -85,6 +88,9 @@ def test_container_tree(container: tuple[Path, StagedImage, list[tuple[str, floa
     assert not list((tree / "etc/ssh").glob("ssh_host_*"))
     assert not list((tree / "boot").glob("vmlinuz*")) and not (tree / "usr/lib/modules").exists()
     assert os.readlink(tree / "etc/systemd/system/systemd-udevd.service") == "/dev/null"
+    assert os.readlink(tree / "etc/systemd/system/console-getty.service") == "/dev/null"
+    assert (tree / "etc/systemd/system/multi-user.target.wants/virtkit-ready.service").is_symlink()
+    assert not (tree / "etc/hostname").exists() and (tree / "etc/cloud/cloud-init.disabled").is_file()
     assert list((tree / "dev").iterdir()) == []
     assert (tree / "etc/shadow").read_text().startswith(("root:*:", "root:!"))
     assert any(what.startswith("copying") for what, _ in reports)

@@ -189,3 +189,24 @@ def test_configure_container_masks_what_makes_no_sense_there(tree: Path) -> None
     assert list((tree / "dev").iterdir()) == []
     assert not (tree / "etc/systemd/system/systemd-networkd-wait-online.service.d").exists()
     assert (tree / "etc/machine-id").read_text() == ""
+
+
+def test_a_container_keeps_its_runtimes_hostname_and_says_when_it_booted(tree: Path) -> None:
+    configure_tree(tree, flavour=CONTAINER)
+    assert not (tree / "etc/hostname").exists()  # systemd leaves the hostname runc set alone
+    assert "debian" not in (tree / "etc/hosts").read_text()  # systemd-resolved answers for it
+    assert (tree / "etc/cloud/cloud-init.disabled").is_file()  # no seed, no cloud-init
+    wants = tree / "etc/systemd/system/multi-user.target.wants" / debiantree.READY_UNIT
+    assert os.readlink(wants) == f"/etc/systemd/system/{debiantree.READY_UNIT}"
+    unit = (tree / "etc/systemd/system" / debiantree.READY_UNIT).read_text()
+    assert unit == debiantree.ready_unit()
+    assert "Type=simple\n" in unit and "StandardOutput=journal+console\n" in unit
+    # `$$` is systemd's literal `$`: the shell sees $(systemctl is-system-running --wait).
+    assert 'echo "VIRTKIT-READY $$(systemctl is-system-running --wait)"' in unit
+    assert debiantree.READY_MARKER not in unit.split("Description=")[1].splitlines()[0]
+
+
+def test_a_vm_keeps_its_name_and_cloud_init() -> None:
+    files = config_files(VM)
+    assert files["etc/hostname"] == "debian\n"
+    assert "etc/cloud/cloud-init.disabled" not in files and debiantree.READY_UNIT not in str(files)

@@ -1,10 +1,13 @@
-"""The container driver: the `Driver` contract met with an OCI runtime (runc) under conmon.
+"""The container driver: the `Driver` contract met with an OCI runtime (runc or crun) under conmon.
 
-generate  record + image -> ContainerSpec (plan.py) -> config.json (bundle.py), pure
-prepare   the instance's upper and work directories (the image's rootfs is the shared lower layer)
+generate  record + image -> ContainerSpec (plan.py) -> config.json (bundle.py), pure; and the OCI
+          runtime: the container's own, else the functional probe's cached choice (probe.py)
+prepare   its own range of host ids (idmap.py), its upper and work directories (the image's
+          rootfs is the shared lower layer, shown shifted into that range: rootfs.py)
 start     overlay mounted, config.json written, conmon + `runc create` + `runc start` (monitor.py)
-wait_ready  the image's readiness marker in the container's log, bounded
-stop      the init's own stop signal, until only PID 1 is left or it exits; then SIGKILL
+wait_ready  the image's readiness marker in what this boot wrote to the container's log, bounded
+stop      the init's own stop signal, until only PID 1 is left or it exits (systemd: until it
+          exits, systemd.py); then SIGKILL
 status    runc's state (which guards the init PID by its start time), conmon's exit file
 exec      `runc exec`, exit code passed through
 """
@@ -13,16 +16,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from virtkit.drivers.base import ExecResult, InstancePaths, Runtime, Status
+from virtkit.drivers.base import ByteSink, ByteSource, ExecResult, InstancePaths, Runtime, Status
 from virtkit.drivers.cgroup import Cgroup
-from virtkit.drivers.oci import monitor, rootfs
+from virtkit.drivers.oci import foreground, idmap, monitor, rootfs, systemd
 from virtkit.drivers.oci.bundle import build_config
+from virtkit.drivers.oci.logfile import LogDecoder
 from virtkit.drivers.oci.plan import ContainerFiles, build_spec, cgroup_of, container_id
-from virtkit.drivers.oci.runtime import Runc
+from virtkit.drivers.oci.runtime import CONFIG_KEY, DEFAULT_RUNTIME, OciRuntime, runtime_binary, runtime_of
 from virtkit.drivers.oci.spec import ContainerSpec
 from virtkit.errors import StateError, VirtkitError
 from virtkit.images.staged import ROOTFS
@@ -36,8 +41,28 @@ KILL_WAIT = 10.0
 SIGNALS = {9: "SIGKILL", 15: "SIGTERM", 2: "SIGINT", 6: "SIGABRT", 11: "SIGSEGV"}
 
 
-def _runc(paths: InstancePaths) -> Runc:
-    return Runc(paths.dir.parent.parent / "run" / "runc")
+def _runc(paths: InstancePaths, runtime: Runtime | None = None) -> OciRuntime:
+    """The OCI runtime that runs this container: the one its (saved) runtime records."""
+    config = runtime.config if runtime is not None else _saved_config(paths)
+    return runtime_of(paths.dir.parent.parent, config)
+
+
+def _saved_config(paths: InstancePaths) -> dict[str, object]:
+    try:
+        return _saved_runtime(paths).config
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def _oci_runtime(paths: InstancePaths) -> str:
+    """A container keeps the runtime it was made with (runc, if made before this was recorded); a
+    new one gets the functional probe's choice (cached: see probe.py)."""
+    if paths.runtime.exists():
+        saved = _saved_config(paths).get(CONFIG_KEY)
+        return str(saved) if saved else runtime_binary(DEFAULT_RUNTIME)
+    from virtkit.drivers.oci.probe import select_runtime
+
+    return select_runtime(paths.dir.parent.parent)
 
 
 def _spec(runtime: Runtime) -> ContainerSpec:
@@ -58,22 +83,30 @@ class OciDriver:
     def generate(
         self, record: InstanceRecord, image: ImageRecord, image_dir: Path, paths: InstancePaths
     ) -> Runtime:
-        spec = build_spec(record, image, image_dir, paths)
+        ids = idmap.plan(record, paths)
+        spec = build_spec(record, image, image_dir, paths, ids.shift)
         lower = str(image_dir / image.files[ROOTFS])
         config = {
             "spec": spec.to_dict(),
             "lower": lower,
             "ready_marker": image.properties.get("ready_marker", ""),
             "bundle": build_config(spec),
+            CONFIG_KEY: _oci_runtime(paths),
         }
-        return Runtime(kind="container", config=config)
+        notice = ids.notice(record.name)
+        return Runtime(kind="container", config=config, notices=[notice] if notice else [])
 
     def prepare(
         self, record: InstanceRecord, image: ImageRecord, image_dir: Path, paths: InstancePaths
     ) -> None:
         files = ContainerFiles(paths)
-        for directory in (files.upper, files.work, files.bundle):
-            directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+        files.bundle.mkdir(mode=0o755, parents=True, exist_ok=True)
+        shift = idmap.allocate(record, paths).shift
+        if shift is not None:  # its root (no host root) must enter the directory to reach its rootfs
+            os.chown(paths.dir, 0, shift.gid)
+            os.chmod(paths.dir, 0o750)
+        lower = image_dir / image.files[ROOTFS]
+        rootfs.prepare(rootfs.Layers(lower, files.upper, files.work, files.merged, shift))
 
     def _layers(self, runtime: Runtime, files: ContainerFiles) -> rootfs.Layers:
         return rootfs.Layers(Path(runtime.config["lower"]), files.upper, files.work, files.merged)
@@ -81,16 +114,21 @@ class OciDriver:
     def start(self, record: InstanceRecord, runtime: Runtime, paths: InstancePaths) -> None:
         files = ContainerFiles(paths)
         spec = _spec(runtime)
-        runc, cid = _runc(paths), container_id(record)
+        runc, cid = _runc(paths, runtime), container_id(record)
         runc.delete(cid)  # a stopped container of a previous run
+        idmap.require_entry(paths)
         rootfs.mount(self._layers(runtime, files))
         try:
             atomic_write(files.config, json.dumps(runtime.config["bundle"], indent=2) + "\n")
             mon = _monitor_files(paths)
             (mon.exits / cid).unlink(missing_ok=True)
             began = time.monotonic()
-            monitor.launch(cid, spec.name, mon, runc)
-            atomic_write(paths.dir / "boot.json", json.dumps({"spawn": time.monotonic() - began}))
+            # conmon appends to the log: readiness is looked for in what this boot writes only
+            offset = mon.log.stat().st_size if mon.log.exists() else 0
+            systemd.delegate(spec)
+            monitor.launch(cid, spec.name, mon, runc, terminal=spec.terminal)
+            boot = {"spawn": time.monotonic() - began, "log": offset}
+            atomic_write(paths.dir / "boot.json", json.dumps(boot))
         except BaseException:
             runc.delete(cid)
             rootfs.unmount(files.merged)
@@ -98,11 +136,12 @@ class OciDriver:
 
     def wait_ready(self, record: InstanceRecord, paths: InstancePaths, timeout: float) -> dict[str, float]:
         phases: dict[str, float] = json.loads((paths.dir / "boot.json").read_text())
+        offset = int(phases.pop("log", 0))
         marker = _marker(paths)
         log_path = _monitor_files(paths).log
         began, deadline = time.monotonic(), time.monotonic() + timeout
         while marker:
-            if log_path.exists() and marker in log_path.read_bytes():
+            if marker in _log_since(log_path, offset):
                 break
             if self.status(record, paths).state is not InstanceState.RUNNING:
                 raise StateError(f"{record.name} stopped before it was ready", hint=f"see {log_path}")
@@ -122,18 +161,21 @@ class OciDriver:
         if not force:
             spec = _spec(_saved_runtime(paths))
             runc.kill(cid, spec.stop_signal)
-            if self._wait_down(runc, cid, spec.cgroup, timeout):
+            # systemd ends the container itself once halted: wait for that, not for the moment its
+            # last service is gone (it has its own shutdown still to run then).
+            alone = None if systemd.exits_when_halted(spec) else spec.cgroup
+            if self._wait_down(runc, cid, alone, timeout):
                 runc.kill(cid, "SIGKILL", all_processes=True)
                 self._wait_down(runc, cid, None, KILL_WAIT)
                 return
             log.warning("%s did not stop within %g s: killing it", record.name, timeout)
         runc.kill(cid, "SIGKILL", all_processes=True)
         if not self._wait_down(runc, cid, None, KILL_WAIT):
-            hint = f"see `runc --root {runc.state_dir} ps {cid}`"
+            hint = f"see `{runc.name} --root {runc.state_dir} ps {cid}`"
             raise VirtkitError(f"{record.name} survived SIGKILL", hint=hint)
 
     @staticmethod
-    def _wait_down(runc: Runc, cid: str, cgroup: str | None, timeout: float) -> bool:
+    def _wait_down(runc: OciRuntime, cid: str, cgroup: str | None, timeout: float) -> bool:
         """Until the container stopped or (with `cgroup`) only its init is left; whether it did."""
         deadline = time.monotonic() + timeout
         while True:
@@ -161,7 +203,7 @@ class OciDriver:
             pid = int(state["pid"]) if state and state.get("pid") else None
             reason = "" if monitor.conmon_alive(mon, cid) else "its monitor (conmon) is gone"
             live = InstanceState.PAUSED if status == "paused" else InstanceState.RUNNING
-            return Status(live, pid=pid, reason=reason, details=_details(cid))
+            return Status(live, pid=pid, reason=reason, details=_details(cid, runc.name))
         code = monitor.exit_status(mon, cid)
         if status == "stopped" and code:  # it ended by itself, not by virtkit's stop (which cleans up)
             return Status(InstanceState.ERROR, reason=_exit_reason(code), details={"exit_code": code})
@@ -171,6 +213,31 @@ class OciDriver:
         self, record: InstanceRecord, paths: InstancePaths, argv: Sequence[str], timeout: float
     ) -> ExecResult:
         return _runc(paths).exec(container_id(record), argv, timeout)
+
+    def log_decoder(self) -> Callable[[bytes], bytes]:
+        return LogDecoder()
+
+    def exec_attached(
+        self, record: InstanceRecord, paths: InstancePaths, argv: Sequence[str], *, tty: bool, timeout: float
+    ) -> int:
+        """`runc exec` with the caller's stdio: output streams, input flows (no time limit)."""
+        files = ContainerFiles(paths)
+        env = tuple(_spec(_saved_runtime(paths)).env)
+        foreground.find_command(files.merged, argv[0], env, where=f"instance {record.name}")
+        log = files.bundle / f"exec-{os.getpid()}.log"
+        try:
+            return foreground.exec_in(_runc(paths), container_id(record), list(argv), tty=tty, log=log)
+        finally:
+            log.unlink(missing_ok=True)
+
+    def run_foreground(
+        self, record: InstanceRecord, runtime: Runtime, paths: InstancePaths
+    ) -> tuple[int, str]:
+        """Run the container with the caller's stdio until its command ends (`virtkit run`)."""
+        runc, cid = _runc(paths), container_id(record)
+        runc.delete(cid)
+        lower = Path(runtime.config["lower"])
+        return foreground.run_bundle(runtime.config["bundle"], lower, paths, runc, cid)
 
     def update(self, record: InstanceRecord, runtime: Runtime, paths: InstancePaths) -> None:
         resources = runtime.config["bundle"]["linux"].get("resources", {})
@@ -186,6 +253,21 @@ class OciDriver:
         rootfs.unmount(files.merged)
         (_monitor_files(paths).exits / cid).unlink(missing_ok=True)
 
+    def push_file(
+        self, record: InstanceRecord, paths: InstancePaths, path: str, source: ByteSource, *,
+        size: int | None, uid: int, gid: int, mode: int,
+    ) -> int:
+        """Write a file inside, never through a symlink out of the root (files.py)."""
+        from virtkit.drivers.oci import files
+
+        target = files.Container(record.name, container_id(record), _runc(paths), paths)
+        return files.push(target, path, source, uid=uid, gid=gid, mode=mode)
+
+    def pull_file(self, record: InstanceRecord, paths: InstancePaths, path: str, sink: ByteSink) -> int:
+        from virtkit.drivers.oci import files
+
+        return files.pull(files.Container(record.name, container_id(record), _runc(paths), paths), path, sink)
+
 
 def _saved_runtime(paths: InstancePaths) -> Runtime:
     return Runtime.from_dict(json.loads(paths.runtime.read_text()))
@@ -198,14 +280,23 @@ def _marker(paths: InstancePaths) -> bytes:
         return b""
 
 
+def _log_since(path: Path, offset: int) -> bytes:
+    try:
+        with path.open("rb") as log:
+            log.seek(offset)
+            return log.read()
+    except FileNotFoundError:
+        return b""
+
+
 def _monitor_files(paths: InstancePaths) -> monitor.MonitorFiles:
     return monitor.MonitorFiles(ContainerFiles(paths).bundle, paths.console_log)
 
 
-def _details(cid: str) -> dict[str, object]:
+def _details(cid: str, runtime: str) -> dict[str, object]:
     cgroup = Cgroup(cgroup_of(cid).lstrip("/"))
     return {
-        "runtime": "runc",
+        "runtime": runtime,
         "container_id": cid,
         "cgroup": cgroup.relative,
         "cpu_seconds": cgroup.cpu_seconds(),

@@ -54,7 +54,7 @@ class MonitorFiles:
         return self.bundle / "oci-log"
 
 
-def conmon_argv(cid: str, name: str, files: MonitorFiles, runc: Runc) -> list[str]:
+def conmon_argv(cid: str, name: str, files: MonitorFiles, runc: Runc, *, terminal: bool = False) -> list[str]:
     conmon = shutil.which("conmon")
     if conmon is None:
         raise HostCapabilityError(
@@ -69,13 +69,24 @@ def conmon_argv(cid: str, name: str, files: MonitorFiles, runc: Runc) -> list[st
         "--runtime-arg", "--root", "--runtime-arg", str(runc.state_dir),
         "--runtime-arg", "--log-format=json", "--runtime-arg", "--log", f"--runtime-arg={files.runtime_log}",
         "--no-new-keyring",
+        # A terminal: conmon holds the pty's master end and logs what the container writes to it
+        # (a systemd init writes only to /dev/console, which runc makes for a terminal alone).
+        *(("--terminal",) if terminal else ()),
     ]  # fmt: skip
 
 
-def launch(cid: str, name: str, files: MonitorFiles, runc: Runc, timeout: float = START_TIMEOUT) -> int:
+def launch(
+    cid: str,
+    name: str,
+    files: MonitorFiles,
+    runc: Runc,
+    timeout: float = START_TIMEOUT,
+    *,
+    terminal: bool = False,
+) -> int:
     """Create the container under a new conmon and start it; the container's PID (as the host sees it)."""
     files.exits.mkdir(exist_ok=True)
-    argv = conmon_argv(cid, name, files, runc)
+    argv = conmon_argv(cid, name, files, runc, terminal=terminal)
     sync_parent, sync_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     start_parent, start_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pipes = {"_OCI_SYNCPIPE": str(sync_child.fileno()), "_OCI_STARTPIPE": str(start_child.fileno())}

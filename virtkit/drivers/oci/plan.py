@@ -5,25 +5,90 @@
 - Stopping: busybox init powers off on SIGUSR2, systemd halts on SIGRTMIN+3, an application gets
   SIGTERM (then, after the timeout, SIGKILL).
 - Limits: `cpus` is a CFS quota (1.5 = one and a half host CPUs); `memory` is the cgroup ceiling.
+- systemd as the init (systemd.py): a terminal for its console, its own name=systemd cgroup.
+- Ids: in a user namespace, the container's 0..65535 are its own range of host ids (idmap.py).
 """
 
 from __future__ import annotations
 
+import json
 import resource
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
+from virtkit.drivers.base import CGROUP_PARENT as PARENT
 from virtkit.drivers.base import InstancePaths
-from virtkit.drivers.cgroup import PARENT
+from virtkit.drivers.oci import systemd
 from virtkit.drivers.oci.spec import ContainerSpec
 from virtkit.errors import SpecError
 from virtkit.images.staged import ROOTFS
-from virtkit.model import ImageRecord, InstanceKind, InstanceRecord
+
+if TYPE_CHECKING:
+    from virtkit.drivers.oci.rootfs import Shift
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PERIOD = 100_000
 NOFILE_SOFT = 1024
 MAX_PROCESSES = 4_194_304  # the kernel's pid_max ceiling
+
+
+class InstanceLike(Protocol):
+    """What the plan reads of an instance: an InstanceRecord, or `virtkit run`'s unregistered one."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def uuid(self) -> str: ...
+    @property
+    def cpus(self) -> float: ...
+    @property
+    def memory(self) -> int: ...
+    @property
+    def config(self) -> Mapping[str, str]: ...
+
+
+class ImageLike(Protocol):
+    """What the plan reads of an image: an ImageRecord, or its stored JSON (`ImageFacts`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def kinds(self) -> Sequence[str]: ...
+    @property
+    def files(self) -> Mapping[str, str]: ...
+    @property
+    def container(self) -> Mapping[str, Any]: ...
+    @property
+    def properties(self) -> Mapping[str, str]: ...
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """An image's stored JSON as the plan reads it, for `virtkit run`, which does without pydantic."""
+
+    name: str
+    kinds: tuple[str, ...] = ()
+    files: dict[str, str] = field(default_factory=dict)
+    container: dict[str, Any] = field(default_factory=dict)
+    properties: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ImageFacts:
+        return cls(str(data.get("name", "")), tuple(data.get("kinds") or ()), dict(data.get("files") or {}),
+                   dict(data.get("container") or {}), dict(data.get("properties") or {}))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class OneShot:
+    """An instance that is not registered: `virtkit run --rm`'s. Its settings as a record's config."""
+
+    name: str
+    uuid: str
+    cpus: float
+    memory: int
+    config: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -53,7 +118,7 @@ class ContainerFiles:
         return self.paths.dir / "rootfs"
 
 
-def container_id(record: InstanceRecord) -> str:
+def container_id(record: InstanceLike) -> str:
     return f"{record.name}.{record.uuid.split('-')[0]}"
 
 
@@ -70,9 +135,15 @@ def _nofile() -> tuple[int, int]:
     return min(NOFILE_SOFT, hard), hard
 
 
-def _process(image: ImageRecord, rootfs: Path) -> tuple[tuple[str, ...], tuple[str, ...], str, bool, str]:
-    """(args, env, cwd, system, stop signal) from the image."""
+def _process(
+    image: ImageLike, rootfs: Path, wanted: Mapping[str, str]
+) -> tuple[tuple[str, ...], tuple[str, ...], str, bool, str]:
+    """(args, env, cwd, system, stop signal) from the image, or the command the user gave."""
     config = image.container or {}
+    if wanted.get("command"):  # `virtkit run IMAGE -- CMD`: an application container of CMD
+        env = tuple(config.get("env") or (DEFAULT_PATH,)) + tuple(_lines(wanted.get("env")))
+        cwd = wanted.get("workdir") or str(config.get("workdir") or "/")
+        return tuple(json.loads(wanted["command"])), env, cwd, False, "SIGTERM"
     entrypoint = list(config.get("entrypoint") or [])
     cmd = list(config.get("cmd") or [])
     if entrypoint or cmd:
@@ -88,12 +159,22 @@ def _process(image: ImageRecord, rootfs: Path) -> tuple[tuple[str, ...], tuple[s
     return (init,), (DEFAULT_PATH,), "/", True, signal
 
 
+def _lines(text: str | None) -> list[str]:
+    return [line for line in (text or "").splitlines() if line]
+
+
 def build_spec(
-    record: InstanceRecord, image: ImageRecord, image_dir: Path, paths: InstancePaths
+    record: InstanceLike, image: ImageLike, image_dir: Path, paths: InstancePaths, ids: Shift | None = None
 ) -> ContainerSpec:
-    if InstanceKind.CONTAINER not in image.kinds or ROOTFS not in image.files:
+    """The container's spec; `ids`: its own host ids (idmap.py), in a user namespace (None: none)."""
+    if "container" not in image.kinds or ROOTFS not in image.files:
         raise SpecError(f"image {image.name} cannot run as a container (it is for: {', '.join(image.kinds)})")
-    args, env, cwd, system, signal = _process(image, image_dir / image.files[ROOTFS])
+    rootfs = image_dir / image.files[ROOTFS]
+    args, env, cwd, system, signal = _process(image, rootfs, record.config)
+    # systemd makes its units' cgroups (in the host's name=systemd hierarchy, refused up front when
+    # absent) and, as PID 1, writes only to /dev/console, which runc makes for a terminal alone.
+    init_systemd = system and systemd.is_systemd(rootfs, args[0])
+    hierarchy = systemd.host_hierarchy() if init_systemd else ""
     files = ContainerFiles(paths)
     cid = container_id(record)
     return ContainerSpec(
@@ -104,10 +185,13 @@ def build_spec(
         memory=record.memory, memory_swap=record.memory,  # no swap beyond the memory limit
         pids=_processes(record),
         nofile=_nofile(),
+        terminal=record.config.get("tty") == "true" or init_systemd,
+        systemd_hierarchy=hierarchy,
+        uid_maps=ids.uid_maps() if ids else (), gid_maps=ids.gid_maps() if ids else (),
     )  # fmt: skip
 
 
-def _processes(record: InstanceRecord) -> int | None:
+def _processes(record: InstanceLike) -> int | None:
     text = record.config.get("processes")
     if not text:
         return None

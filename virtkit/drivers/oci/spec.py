@@ -9,7 +9,7 @@ files and how to stop it without the image logic.
 
 from __future__ import annotations
 
-import platform
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -63,9 +63,10 @@ class ContainerSpec:
     # when privileged. runc cannot grant one its caller lacks ("unable to apply caps"), so on a
     # host whose root lacks some (CAP_SYS_RESOURCE here) a privileged spec lists the caller's.
     caps: tuple[str, ...] | None = None
-    # The host's architecture (platform.machine()): the seccomp profile is per architecture.
+    # The host's architecture (uname's machine, as platform.machine()): the seccomp profile is per
+    # architecture.
     # Saved with the spec, so build_config needs no host access; older saved specs get the host's.
-    arch: str = field(default_factory=platform.machine)
+    arch: str = field(default_factory=lambda: os.uname().machine)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

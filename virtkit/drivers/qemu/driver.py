@@ -14,13 +14,14 @@ exec      through the in-guest agent's virtio-serial port (agent.py)
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from virtkit import cloudinit
-from virtkit.drivers.base import ExecResult, InstancePaths, Runtime, Status
+from virtkit.drivers.base import ByteSink, ByteSource, ExecResult, InstancePaths, Runtime, Status
 from virtkit.drivers.cgroup import Cgroup
 from virtkit.drivers.qemu import process
 from virtkit.drivers.qemu.argv import build_argv
@@ -218,17 +219,62 @@ class QemuDriver:
     def exec(
         self, record: InstanceRecord, paths: InstancePaths, argv: Sequence[str], timeout: float
     ) -> ExecResult:
+        from virtkit.drivers.qemu.agent import exec_on_port
+
+        # The port's name says which agent answers: the tiny image's or qemu-guest-agent.
+        return exec_on_port(*self._agent(record, paths, "exec"), list(argv), timeout)
+
+    def _agent(self, record: InstanceRecord, paths: InstancePaths, verb: str) -> tuple[str, Path]:
+        """The running guest's agent: its port name and socket."""
         self._running(record, paths)
         spec = self._boot(record, VmFiles(paths)).spec
         if spec.agent_socket is None:
             raise HostCapabilityError(
-                f"{record.name} has no command channel: exec needs virtio devices and an image with an agent",
+                f"{record.name} has no command channel: {verb} needs virtio devices and an image "
+                "with an agent",
                 hint="the tiny and Debian images have one; --devices emulated has no virtio-serial port",
             )
-        from virtkit.drivers.qemu.agent import exec_on_port
+        return spec.agent_port, Path(spec.agent_socket)
 
-        # The port's name says which agent answers: the tiny image's or qemu-guest-agent.
-        return exec_on_port(spec.agent_port, Path(spec.agent_socket), list(argv), timeout)
+    def push_file(
+        self, record: InstanceRecord, paths: InstancePaths, path: str, source: ByteSource, *,
+        size: int | None, uid: int, gid: int, mode: int,
+    ) -> int:
+        """Write a file in the guest through its agent, in chunks (guestfiles.py)."""
+        from virtkit.drivers.qemu import guestfiles
+
+        with guestfiles.open_link(*self._agent(record, paths, "file push")) as link:
+            return guestfiles.push(link, record.name, path, source, size=size, uid=uid, gid=gid, mode=mode)
+
+    def pull_file(self, record: InstanceRecord, paths: InstancePaths, path: str, sink: ByteSink) -> int:
+        from virtkit.drivers.qemu import guestfiles
+
+        with guestfiles.open_link(*self._agent(record, paths, "file pull")) as link:
+            return guestfiles.pull(link, record.name, path, sink)
+
+    def log_decoder(self) -> Callable[[bytes], bytes]:
+        return bytes  # QEMU's chardev logfile holds the serial output as it came
+
+    def exec_attached(
+        self, record: InstanceRecord, paths: InstancePaths, argv: Sequence[str], *, tty: bool, timeout: float
+    ) -> int:
+        """Through the guest agent: the output comes when the command ends; no terminal, no input."""
+        if tty:
+            hint = f"for a terminal, use its console: virtkit console {record.name}"
+            raise StateError(f"{record.name} is a VM: its agent runs commands without a terminal", hint=hint)
+        result = self.exec(record, paths, argv, timeout)
+        for fd, data in ((1, result.stdout), (2, result.stderr)):
+            while data:
+                data = data[os.write(fd, data) :]
+        return result.exit_code
+
+    def run_foreground(
+        self, record: InstanceRecord, runtime: Runtime, paths: InstancePaths
+    ) -> tuple[int, str]:
+        raise StateError(
+            f"{record.name} is a VM: `virtkit run` runs one command in a new container",
+            hint=f"start it and run the command inside: virtkit exec {record.name} -- COMMAND",
+        )
 
     def update(self, record: InstanceRecord, runtime: Runtime, paths: InstancePaths) -> None:
         """Bring the running VM to `runtime`'s limits: balloon, CPU quota, disk throttling."""

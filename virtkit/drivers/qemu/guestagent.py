@@ -201,7 +201,8 @@ def _result(argv: Sequence[str], status: dict[str, Any]) -> ExecResult:
     return ExecResult(code, _decode(status, "out-data"), _decode(status, "err-data"))
 
 
-def _run(qga: Qga, argv: Sequence[str], timeout: float, stdin: bytes) -> ExecResult:
+def run_program(qga: Qga, argv: Sequence[str], timeout: float, stdin: bytes) -> ExecResult:
+    """Run `argv` through an already synchronised `qga`: its exit code and output."""
     arguments: dict[str, Any] = {"path": argv[0], "arg": list(argv[1:]), "capture-output": True}
     if stdin:
         arguments["input-data"] = base64.b64encode(stdin).decode()
@@ -239,4 +240,4 @@ def guest_agent_exec(
         qga = Qga(Link(sock))
         with agent_errors(argv, begun, HINT):
             qga.sync(max(1.0, min(timeout, SYNC_TIMEOUT)))
-            return _run(qga, argv, timeout, stdin)
+            return run_program(qga, argv, timeout, stdin)

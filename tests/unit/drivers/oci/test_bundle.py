@@ -72,6 +72,15 @@ SPECS: dict[str, ContainerSpec] = {
     ),
     # Opted in: every capability, no seccomp, nothing masked.
     "privileged": _base(args=("/bin/sh",), privileged=True),
+    # The default now (idmap.py): an application as www-data in its own range, whose subordinate
+    # gids (/etc/subgid) start elsewhere than its uids; a terminal, so devpts needs the tty group.
+    "userns-app": _base(
+        uid=33,
+        gid=33,
+        terminal=True,
+        uid_maps=(IdMap(0, 1_000_000, 65536),),
+        gid_maps=(IdMap(0, 2_000_000, 65536),),
+    ),
 }
 
 

@@ -1,0 +1,84 @@
+"""`virtkit run`'s lean parser reads exactly what the click command reads, and hands the rest over."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+
+from virtkit.cli import fastrun
+from virtkit.cli.run import run_command
+from virtkit.ops.run import RunRequest
+
+SAME = [
+    ["run", "--rm", "tiny", "--", "true"],
+    ["run", "tiny", "true"],
+    ["--root", "/r", "run", "--rm", "--name", "x1", "tiny", "--", "sh", "-c", "exit 3"],
+    ["--root=/r", "run", "--name=x1", "--cpus", "0.5", "--memory", "64MiB", "tiny", "--", "ls", "-l"],
+    ["run", "-e", "A=1", "--env", "B=2", "--env=C=3", "-w", "/tmp", "--workdir=/etc", "tiny", "pwd"],
+    ["run", "--processes", "50", "-t", "--tty", "tiny", "--", "--", "x"],
+    ["run", "--rm", "tiny", "--", "sh", "--rm", "-e", "X"],  # options after IMAGE are the command's
+    ["run", "--memory", "1G", "--memory", "2G", "tiny", "true"],  # the last one wins, as click
+]
+CLICK_ONLY = [
+    ["run", "--help"],
+    ["run", "-h", "tiny", "true"],
+    ["--debug", "run", "tiny", "true"],
+    ["--json", "run", "tiny", "true"],
+    ["run", "--rm"],
+    ["run", "tiny"],
+    ["run", "tiny", "--"],
+    ["run", "--cpus", "lots", "tiny", "true"],
+    ["run", "--memory", "-5", "tiny", "true"],
+    ["run", "--name", "../x", "tiny", "true"],
+    ["run", "--rm=yes", "tiny", "true"],
+    ["run", "-it", "tiny", "sh"],
+    ["run", "--name"],
+    ["exec", "c1", "--", "run"],
+    ["list"],
+]
+
+
+def _clicked(argv: list[str]) -> RunRequest:
+    """What the click command would run for `argv` (global --root stripped)."""
+    seen: list[RunRequest] = []
+    args = argv[argv.index("run") + 1 :]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fastrun, "execute", lambda _root, request: seen.append(request) or 0)
+        with pytest.raises(SystemExit):
+            run_command.main(args=args, prog_name="virtkit run", standalone_mode=False)
+    return seen[0]
+
+
+@pytest.mark.parametrize("argv", SAME, ids=" ".join)
+def test_the_lean_parser_reads_what_click_reads(argv: list[str]) -> None:
+    parsed = fastrun.parse(argv)
+    assert parsed is not None
+    _root, request = parsed
+    assert request == _clicked(argv)
+
+
+def test_the_state_root_comes_from_the_option_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VIRTKIT_ROOT", "/from/env")
+    assert fastrun.parse(["run", "tiny", "true"])[0] == Path("/from/env")  # type: ignore[index]
+    assert fastrun.parse(["--root", "/opt", "run", "tiny", "true"])[0] == Path("/opt")  # type: ignore[index]
+
+
+@pytest.mark.parametrize("argv", CLICK_ONLY, ids=" ".join)
+def test_anything_else_goes_to_click(argv: list[str]) -> None:
+    assert fastrun.parse(argv) is None
+
+
+def test_click_reports_what_the_lean_parser_would_not_take() -> None:
+    with pytest.raises(click.BadParameter):
+        run_command.main(args=["--cpus", "lots", "tiny", "true"], standalone_mode=False)
+
+
+def test_the_lean_path_imports_neither_click_nor_pydantic_nor_rich() -> None:
+    code = ("import sys; import virtkit.cli.entry, virtkit.cli.fastrun, virtkit.ops.run; "
+            "print(sorted(m for m in ('click', 'pydantic', 'rich', 'virtkit.model') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
