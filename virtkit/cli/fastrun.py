@@ -18,9 +18,10 @@ from virtkit.ops.run import RunRequest
 from virtkit.units import parse_size, validate_name
 
 CANNOT_RUN = 125  # as podman and docker: virtkit itself could not run the container
-_FLAGS = {"--rm": "remove", "--tty": "tty", "-t": "tty"}
+_FLAGS = {"--rm": "remove", "--tty": "tty", "-t": "tty", "--privileged": "privileged"}
 _VALUES = {"--name": "name", "--cpus": "cpus", "--memory": "memory", "--processes": "processes",
-           "--env": "env", "-e": "env", "--workdir": "workdir", "-w": "workdir"}  # fmt: skip
+           "--env": "env", "-e": "env", "--workdir": "workdir", "-w": "workdir",
+           "--cpu-set": "cpu_set"}  # fmt: skip
 
 
 def parse(argv: list[str]) -> tuple[Path, RunRequest] | None:
@@ -40,9 +41,9 @@ def parse(argv: list[str]) -> tuple[Path, RunRequest] | None:
     if options is None:
         return None
     values, rest = options
-    if len(rest) < 2 or (rest[1] == "--" and len(rest) < 3):
+    if not rest:
         return None
-    command = rest[2:] if rest[1] == "--" else rest[1:]
+    command = rest[2:] if rest[1:2] == ["--"] else rest[1:]
     try:
         request = RunRequest(
             image=rest[0], command=tuple(command), remove="remove" in values, tty="tty" in values,
@@ -51,6 +52,7 @@ def parse(argv: list[str]) -> tuple[Path, RunRequest] | None:
             memory=parse_size(values["memory"][-1], what="memory size") if "memory" in values else 256 << 20,
             processes=values["processes"][-1] if "processes" in values else None,
             env=tuple(values.get("env", ())), workdir=values["workdir"][-1] if "workdir" in values else None,
+            cpu_set=values["cpu_set"][-1] if "cpu_set" in values else None, privileged="privileged" in values,
         )  # fmt: skip
     except (SpecError, ValueError):
         return None  # click says what is wrong with it, the same way as for every other command

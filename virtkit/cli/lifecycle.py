@@ -72,7 +72,8 @@ _config(
 )
 _config(
     "disk_iops", "--disk-iops", default=None, metavar="N",
-    help="Throttle the root disk to this many I/O operations per second (reads and writes together).",
+    help="Throttle the root disk to this many I/O operations per second (VMs: reads and writes together; "
+    "containers: each, direct I/O on cgroup v1).",
 )
 _config(
     "disk_bandwidth", "--disk-bandwidth", type=SizeType("disk bandwidth"), default=None, metavar="SIZE",
@@ -81,6 +82,15 @@ _config(
 _config(
     "processes", "--processes", default=None, metavar="N",
     help="Containers: at most N processes (the pids cgroup), against fork bombs.",
+)
+_config(
+    "cpu_set", "--cpu-set", default=None, metavar="CPUS",
+    help="Containers: run only on these host CPUs, e.g. 0 or 0-1 or 0,2 (the cpuset cgroup).",
+)
+_config(
+    "privileged", "--privileged", is_flag=True, flag_value="true", default=None,
+    help="Containers: turn off the isolation (all capabilities, no seccomp, no masked /proc, every "
+    "device, no user namespace). Root in it is root on the host.",
 )
 # cloud-init (NoCloud): the files are read and checked at create time (virtkit.cloudinit) and what
 # they hold is kept with the instance.

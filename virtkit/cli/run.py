@@ -33,13 +33,17 @@ from virtkit.cli.params import INSTANCE_NAME, SizeType
 @click.option("--env", "-e", multiple=True, metavar="NAME=VALUE", help="Set an environment variable.")
 @click.option("--workdir", "-w", default=None, metavar="DIR", help="Working directory of the command.")
 @click.option("--tty", "-t", is_flag=True, help="Give the command a terminal.")
+@click.option("--cpu-set", default=None, metavar="CPUS", help="Run only on these host CPUs, e.g. 0 or 0-1.")
+@click.option("--privileged", is_flag=True,
+              help="Turn off the isolation (all capabilities, no seccomp, no user namespace).")
 @click.argument("image")
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run_command(
     image: str, command: tuple[str, ...], remove: bool, name: str | None, cpus: float, memory: int,
-    processes: str | None, env: tuple[str, ...], workdir: str | None, tty: bool,
+    processes: str | None, env: tuple[str, ...], workdir: str | None, tty: bool, cpu_set: str | None,
+    privileged: bool,
 ) -> None:
-    """Run COMMAND in a new container from IMAGE, in the foreground.
+    """Run COMMAND in a new container from IMAGE, in the foreground (no COMMAND: the OCI image's own).
 
     \b
       virtkit run --rm tiny -- uname -a
@@ -51,5 +55,6 @@ def run_command(
     if command[:1] == ("--",):
         command = command[1:]
     request = RunRequest(image=image, command=command, name=name, remove=remove, cpus=cpus, memory=memory,
-                         processes=processes, env=env, workdir=workdir, tty=tty)  # fmt: skip
+                         processes=processes, env=env, workdir=workdir, tty=tty, cpu_set=cpu_set,
+                         privileged=privileged)  # fmt: skip
     sys.exit(execute(Path(get_context().root), request))

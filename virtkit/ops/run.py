@@ -48,17 +48,17 @@ class RunRequest:
     env: tuple[str, ...] = ()
     workdir: str | None = None
     tty: bool = False
+    cpu_set: str | None = None
+    privileged: bool = False
 
     def config(self) -> dict[str, str]:
         """The request's settings as an instance's config (what the container plan reads)."""
-        if not self.command:
-            raise SpecError("no command to run", hint="put it after the image: virtkit run tiny -- uname -a")
         for entry in self.env:
             if "=" not in entry or entry.startswith("="):
                 raise SpecError(f"invalid environment entry {entry!r}: expected NAME=VALUE")
         if self.workdir is not None and not self.workdir.startswith("/"):
             raise SpecError(f"invalid working directory {self.workdir!r}: it must be an absolute path")
-        config = {"command": json.dumps(list(self.command))}
+        config = {"command": json.dumps(list(self.command))} if self.command else {}  # none: the image's
         if self.env:
             config["env"] = "\n".join(self.env)
         if self.workdir:
@@ -67,6 +67,10 @@ class RunRequest:
             config["processes"] = self.processes
         if self.tty:
             config["tty"] = "true"
+        if self.cpu_set is not None:
+            config["cpu_set"] = self.cpu_set
+        if self.privileged:
+            config["privileged"] = "true"
         return config
 
 
@@ -112,6 +116,9 @@ def plan_oneshot(
     runs the same with raw runc)."""
     data = peek.image(root, request.image) or _full_image(root, request.image)
     image = ImageFacts.from_json(data)
+    if "command" not in config and not (image.container.get("entrypoint") or image.container.get("cmd")):
+        raise SpecError(f"image {request.image!r} has no command of its own to run",
+                        hint=f"give one: virtkit run {request.image} -- COMMAND")  # fmt: skip
     image_dir = root / "images" / str(data["fingerprint"])
     one = OneShot(paths.dir.name, _uuid4(), request.cpus, request.memory, config)
     shift = idmap.allocate(one, paths).shift  # its own ids, as any container's

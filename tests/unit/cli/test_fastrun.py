@@ -20,6 +20,9 @@ SAME = [
     ["--root=/r", "run", "--name=x1", "--cpus", "0.5", "--memory", "64MiB", "tiny", "--", "ls", "-l"],
     ["run", "-e", "A=1", "--env", "B=2", "--env=C=3", "-w", "/tmp", "--workdir=/etc", "tiny", "pwd"],
     ["run", "--processes", "50", "-t", "--tty", "tiny", "--", "--", "x"],
+    ["run", "--cpu-set", "0", "--privileged", "--cpu-set=1", "tiny", "true"],
+    ["run", "oci-app"],  # no command: the image's own
+    ["run", "--rm", "oci-app", "--"],
     ["run", "--rm", "tiny", "--", "sh", "--rm", "-e", "X"],  # options after IMAGE are the command's
     ["run", "--memory", "1G", "--memory", "2G", "tiny", "true"],  # the last one wins, as click
 ]
@@ -29,8 +32,6 @@ CLICK_ONLY = [
     ["--debug", "run", "tiny", "true"],
     ["--json", "run", "tiny", "true"],
     ["run", "--rm"],
-    ["run", "tiny"],
-    ["run", "tiny", "--"],
     ["run", "--cpus", "lots", "tiny", "true"],
     ["run", "--memory", "-5", "tiny", "true"],
     ["run", "--name", "../x", "tiny", "true"],

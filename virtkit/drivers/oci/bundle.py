@@ -24,6 +24,7 @@ seccomp, no masked paths, /sys and the cgroup tree writable, every device allowe
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from virtkit.drivers.oci.seccomp import default_profile
@@ -232,7 +233,19 @@ def _resources(spec: ContainerSpec) -> dict[str, Any]:
         resources["pids"] = {"limit": spec.pids}
     if spec.io_weight is not None:
         resources["blockIO"] = {"weight": spec.io_weight}
+    if spec.io_device:
+        resources.setdefault("blockIO", {}).update(_throttles(spec))
     return resources
+
+
+def _throttles(spec: ContainerSpec) -> dict[str, Any]:
+    major, minor = (int(part) for part in spec.io_device.split(":"))
+    throttles: dict[str, Any] = {}
+    for kind, rate in (("Bps", spec.io_bps), ("IOPS", spec.io_iops)):
+        if rate is not None:
+            for way in ("Read", "Write"):
+                throttles[f"throttle{way}{kind}Device"] = [{"major": major, "minor": minor, "rate": rate}]
+    return throttles
 
 
 def _device_rules(spec: ContainerSpec) -> list[dict[str, Any]]:
@@ -264,6 +277,8 @@ def _check(spec: ContainerSpec) -> None:
         problems.append("a swap limit without a memory limit")
     if spec.memory is not None and spec.memory_swap is not None and spec.memory_swap < spec.memory:
         problems.append("memory_swap (memory plus swap) is below the memory limit")
+    if spec.io_device and not re.fullmatch(r"[0-9]+:[0-9]+", spec.io_device):
+        problems.append(f"I/O device {spec.io_device!r} is not MAJOR:MINOR")
     if spec.io_weight is not None and not 10 <= spec.io_weight <= 1000:
         problems.append(f"I/O weight {spec.io_weight} is outside 10..1000")
     unknown = sorted(set(spec.caps or ()) - set(ALL_CAPS))

@@ -93,8 +93,14 @@ class OciDriver:
             "bundle": build_config(spec),
             CONFIG_KEY: _oci_runtime(paths),
         }
-        notice = ids.notice(record.name)
-        return Runtime(kind="container", config=config, notices=[notice] if notice else [])
+        notices = [ids.notice(record.name)] if ids.notice(record.name) else []
+        if spec.privileged:
+            notices.append(
+                f"{record.name} is privileged: all {len(spec.caps or ())} capabilities virtkit has, no "
+                "seccomp filter, no masked or read-only /proc and /sys paths, every device, no user "
+                "namespace: root in it is root on the host"
+            )
+        return Runtime(kind="container", config=config, notices=notices)
 
     def prepare(
         self, record: InstanceRecord, image: ImageRecord, image_dir: Path, paths: InstancePaths

@@ -17,6 +17,7 @@ from typing import Any
 
 from virtkit.drivers.base import InstancePaths
 from virtkit.drivers.oci import rootfs
+from virtkit.drivers.oci.inroot import resolve
 from virtkit.drivers.oci.plan import ContainerFiles
 from virtkit.drivers.oci.runtime import Runc
 from virtkit.errors import (
@@ -26,8 +27,6 @@ from virtkit.errors import (
     ToolError,
 )
 
-MAX_LINKS = 40  # symlinks followed while finding a command, as the kernel's own limit
-
 
 def run_bundle(
     config: dict[str, Any], lower: Path, paths: InstancePaths, runc: Runc, cid: str
@@ -35,10 +34,12 @@ def run_bundle(
     """Make the container's files in `paths.dir`, mount its rootfs over `lower`, run `config` (an
     OCI config.json) until its command ends and unmount: (exit status, runc's own error or "")."""
     files = ContainerFiles(paths)
-    for directory in (files.upper, files.work, files.bundle):
-        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    layers = rootfs.Layers(lower, files.upper, files.work, files.merged)
+    if not files.upper.exists():  # a one-shot container: made now (an instance's, at its create)
+        rootfs.prepare(layers)
+    files.bundle.mkdir(mode=0o755, exist_ok=True)
     files.config.write_text(json.dumps(config))  # a fresh directory: nobody reads it half-written
-    rootfs.mount(rootfs.Layers(lower, files.upper, files.work, files.merged))
+    rootfs.mount(layers)
     try:
         return run(runc, files.bundle, cid)
     finally:
@@ -118,7 +119,7 @@ def find_command(rootfs: Path, command: str, env: tuple[str, ...], where: str = 
         candidates = [f"{d.rstrip('/')}/{command}" for d in path.split(":") if d.startswith("/")]
     unusable = None
     for candidate in candidates:
-        found = _resolve(rootfs, candidate)
+        found = resolve(rootfs, candidate)
         if found is None or not found.exists():
             continue
         if found.is_file() and os.access(found, os.X_OK):
@@ -129,28 +130,3 @@ def find_command(rootfs: Path, command: str, env: tuple[str, ...], where: str = 
         raise CommandNotExecutableError(f"{command}: {why}", hint="give the path of an executable file")
     hint = "give the full path of a command it has, e.g. /bin/sh"
     raise CommandNotFoundError(f"{command}: command not found in {where}", hint=hint)
-
-
-def _resolve(rootfs: Path, path: str) -> Path | None:
-    """`path` inside `rootfs` with every symlink resolved inside it (None: a dangling link or a loop)."""
-    parts = [p for p in path.split("/") if p and p != "."]
-    done: list[str] = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        here = rootfs.joinpath(*done, part)
-        if here.is_symlink():
-            hops += 1
-            if hops > MAX_LINKS:
-                return None
-            target = os.readlink(here)
-            if target.startswith("/"):
-                done = []
-            parts = [p for p in target.split("/") if p and p != "."] + parts
-            continue
-        done.append(part)
-    return rootfs.joinpath(*done)

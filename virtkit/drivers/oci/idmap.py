@@ -222,7 +222,7 @@ def plan(record: InstanceLike, paths: InstancePaths) -> Choice:
         if shift is not None:
             return Choice(shift)
         return Choice(None, str(json.loads(saved.read_text()).get(OPT_OUT) or ""))
-    if paths.dir.exists() or record.config.get("idmap") == OPT_OUT:
+    if paths.dir.exists() or _opted_out(record):
         return Choice(None)  # or made before virtkit mapped ids: its upper layer is root's
     return _choose(paths, exclude=None)
 
@@ -230,7 +230,7 @@ def plan(record: InstanceLike, paths: InstancePaths) -> Choice:
 def allocate(record: InstanceLike, paths: InstancePaths) -> Choice:
     """Choose the new container's range under the state root's lock and save it in its
     directory (or save why it has none)."""
-    if record.config.get("idmap") == OPT_OUT:
+    if _opted_out(record):
         _save(paths, {OPT_OUT: ""})
         return Choice(None)
     root = _root_of(paths)
@@ -301,3 +301,10 @@ def check_host(directory: Path | None = None) -> tuple[bool, str]:
         f"each container gets its own {SIZE} uids/gids (room for {count}) from {source}; "
         f"its root filesystem by {how}"
     )
+
+
+def _opted_out(record: InstanceLike) -> bool:
+    """No user namespace asked for: `idmap=host`, or a privileged container (as LXD's
+    security.privileged and Docker's --privileged: root in it is root on the host)."""
+    return record.config.get("idmap") == OPT_OUT or record.config.get("privileged") == "true"
+

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from virtkit.drivers.base import CGROUP_PARENT as PARENT
 from virtkit.drivers.base import InstancePaths
-from virtkit.drivers.oci import systemd
+from virtkit.drivers.oci import limits, systemd
 from virtkit.drivers.oci.spec import ContainerSpec
 from virtkit.errors import SpecError
 from virtkit.images.staged import ROOTFS
@@ -177,6 +177,10 @@ def build_spec(
     hierarchy = systemd.host_hierarchy() if init_systemd else ""
     files = ContainerFiles(paths)
     cid = container_id(record)
+    io_device, io_iops, io_bps = limits.disk(record.config, files.upper)
+    wanted_privileged = limits.privileged(record.config)
+    user = "" if system else str((image.container or {}).get("user") or "")
+    uid, gid = limits.image_user(user, rootfs)
     return ContainerSpec(
         name=record.name, uuid=record.uuid, hostname=record.name, rootfs=str(files.merged),
         args=args, env=env, cwd=cwd, system=system, stop_signal=signal,
@@ -188,6 +192,9 @@ def build_spec(
         terminal=record.config.get("tty") == "true" or init_systemd,
         systemd_hierarchy=hierarchy,
         uid_maps=ids.uid_maps() if ids else (), gid_maps=ids.gid_maps() if ids else (),
+        cpuset=limits.cpu_set(record.config), io_device=io_device, io_iops=io_iops, io_bps=io_bps,
+        privileged=wanted_privileged, caps=limits.caller_caps() if wanted_privileged else None,
+        uid=uid, gid=gid,
     )  # fmt: skip
 
 

@@ -55,6 +55,11 @@ class ContainerSpec:
     memory_swap: int | None = None  # memory + swap, in bytes (the OCI meaning); None: as memory
     pids: int | None = None
     io_weight: int | None = None  # 10..1000
+    # Throttles on the disk holding the upper layer ("MAJOR:MINOR"): each of reads and writes gets
+    # the rate (cgroup v1 keeps them apart).
+    io_device: str = ""
+    io_iops: int | None = None
+    io_bps: int | None = None
     nofile: tuple[int, int] = (1024, 1024)  # RLIMIT_NOFILE (soft, hard), at most the caller's hard limit
     uid_maps: tuple[IdMap, ...] = ()  # empty: no user namespace
     gid_maps: tuple[IdMap, ...] = ()

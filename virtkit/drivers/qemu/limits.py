@@ -20,12 +20,13 @@ import os
 import re
 from pathlib import Path
 
+from virtkit.drivers import throttle
 from virtkit.drivers.cgroup import cgroup_name
 from virtkit.drivers.qemu import runas
 from virtkit.drivers.qemu.spec import VmSpec
 from virtkit.errors import SpecError
 from virtkit.host.qemuuser import KVM_ACCESS_HINT
-from virtkit.model import InstanceRecord, MiB, parse_size
+from virtkit.model import InstanceRecord, MiB
 
 MEMORY_OVERHEAD = 256 * MiB
 # QEMU 7.2's default TCG translation buffer (tb-size): 1 GiB, filled as the guest runs new code.
@@ -73,15 +74,7 @@ def memory_ceiling(memory: int, accel: str) -> int:
 
 def disk_throttle(record: InstanceRecord) -> tuple[int | None, int | None]:
     """(iops, bytes per second) for the root disk; None is unlimited."""
-    iops_text = record.config.get("disk_iops")
-    bps_text = record.config.get("disk_bandwidth")
-    iops = None
-    if iops_text:
-        if not iops_text.isdigit() or int(iops_text) < 1:
-            raise SpecError(f"invalid disk IOPS {iops_text!r}: expected a whole number, 1 or more")
-        iops = int(iops_text)
-    bps = parse_size(bps_text, what="disk bandwidth") if bps_text else None
-    return iops, bps
+    return throttle.disk_throttle(record.config)
 
 
 def run_as(files: list[Path], who: runas.RunAs | None, *, kvm: bool = False) -> tuple[str | None, list[str]]:
