@@ -47,13 +47,17 @@ def app(tiny: Cli, tmp_path: Path) -> Cli:  # noqa: F811
 def test_an_imported_oci_image_runs_its_entrypoint(app: Cli, state_root: Path) -> None:
     done = app("run", "--rm", "app")
     assert (done.returncode, done.stdout) == (3, "hello from /srv as 1000:50\n"), done.stderr
-    overridden = app("run", "--rm", "-e", "GREETING=hi", "app", "--", "/bin/sh", "-c", 'echo "$GREETING $(id -u)"')
+    overridden = app(
+        "run", "--rm", "-e", "GREETING=hi", "app", "--", "/bin/sh", "-c", 'echo "$GREETING $(id -u)"'
+    )
     assert (overridden.returncode, overridden.stdout) == (0, "hi 1000\n"), overridden.stderr
 
     # Detached, as an application container under conmon: its output is its log, its status the exit.
     assert app("launch", "app", "a1", "--container").returncode == 0
     deadline = time.monotonic() + 30
-    while json.loads(app("show", "a1", "--json").stdout)["state"] == "running" and time.monotonic() < deadline:
+    while (
+        json.loads(app("show", "a1", "--json").stdout)["state"] == "running" and time.monotonic() < deadline
+    ):
         time.sleep(0.2)
     shown = json.loads(app("show", "a1", "--json").stdout)
     assert shown["state"] == "error" and "status 3" in shown["reason"], shown
@@ -83,7 +87,9 @@ def test_disk_bandwidth_throttles_direct_writes(tiny: Cli) -> None:  # noqa: F81
     slow = time.monotonic() - began
     assert throttled.returncode == 0, throttled.stderr
     assert slow >= 3.0 > free, (slow, free)  # 8 MiB at 2 MiB/s: about 4 s
-    assert_clear_error(tiny("launch", "tiny", "c3", "--container", "--disk-iops", "0"), 2, "invalid disk IOPS")
+    assert_clear_error(
+        tiny("launch", "tiny", "c3", "--container", "--disk-iops", "0"), 2, "invalid disk IOPS"
+    )
 
 
 def test_privileged_is_opt_in_and_said(tiny: Cli) -> None:  # noqa: F811

@@ -34,7 +34,9 @@ def test_run_rm_streams_output_and_passes_the_exit_status(tiny: Cli, state_root:
     assert _leftovers(state_root) == []
     assert json.loads(tiny("list", "--json").stdout) == []
     # Its root (an unprivileged host uid) owns its copy-on-write layer: it can write anywhere in it.
-    written = tiny("run", "--rm", "tiny", "--", "sh", "-c", "echo x > /f && mkdir /d && cat /proc/self/uid_map")
+    written = tiny(
+        "run", "--rm", "tiny", "--", "sh", "-c", "echo x > /f && mkdir /d && cat /proc/self/uid_map"
+    )
     assert written.returncode == 0, written.stderr
     assert written.stdout.split()[:2] == ["0", written.stdout.split()[1]] and written.stdout.split()[1] != "0"
 
