@@ -96,7 +96,10 @@ def main() -> None:
     rows: list[tuple[str, float, float, float]] = []
     with tempfile.TemporaryDirectory(prefix="vk-bench-") as tmp:
         root = Path(tmp) / "root"
+        # As a user runs it: Python may cache bytecode (a PYTHONDONTWRITEBYTECODE=1 shell would
+        # have virtkit compile every module it imports at each run).
         env = {**os.environ, "VIRTKIT_ROOT": str(root)}
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         subprocess.run([str(VIRTKIT), "image", "build", "tiny"], check=True, capture_output=True, env=env)
         image = peek.image(root, "tiny")
         assert image is not None

@@ -95,7 +95,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="vk-bench-") as tmp:
         os.chmod(tmp, 0o711)  # as /var/lib: each container's root (its own host uid) must pass through
         root, work = Path(tmp) / "root", Path(tmp) / "work"
+        # As a user runs it: Python may cache bytecode (a PYTHONDONTWRITEBYTECODE=1 shell would
+        # have virtkit compile every module it imports at each run).
         env = {**os.environ, "VIRTKIT_ROOT": str(root)}
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         subprocess.run([str(VIRTKIT), "image", "build", "tiny"], check=True, capture_output=True, env=env)
         image = peek.image(root, "tiny")
         assert image is not None

@@ -6,17 +6,20 @@ from __future__ import annotations
 import contextlib
 import os
 import selectors
-import socket
+import signal
 import sys
 import termios
 import time
 import tty
 from collections.abc import Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from virtkit.cli.params import INSTANCE_NAME
+
+if TYPE_CHECKING:
+    from virtkit.drivers.console import Console
 from virtkit.errors import StateError
 
 DETACH = b"\x1d"  # Ctrl-]
@@ -37,16 +40,15 @@ def console_command(name: str, show_log: bool) -> None:
     if show_log:
         _write(lifecycle().logs(name))
         return
-    _log, sock_path = lifecycle().console(name)
-    if sock_path is None:
-        raise StateError(
-            f"instance {name!r} is not running", hint=f"see its log: virtkit console --log {name}"
-        )
+    console = lifecycle().open_console(name)
     interactive = sys.stdin.isatty()
     if interactive:
         click.echo(f"Connected to the console of {name}; Ctrl-] detaches.", err=True)
-    with _connected(sock_path, name) as conn, _raw_terminal(interactive):
-        _relay(conn, interactive)
+    try:
+        with _raw_terminal(interactive, console):
+            _relay(console, interactive)
+    finally:
+        console.close()
     if interactive:
         click.echo(f"\r\nDetached from {name}.", err=True)
 
@@ -68,36 +70,30 @@ def _write(chunks: Iterator[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def _connected(path: Path, name: str) -> Iterator[socket.socket]:
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        conn.settimeout(5)
-        conn.connect(str(path))
-    except OSError as error:
-        conn.close()
-        raise StateError(f"cannot attach to the console of {name!r}: {error.strerror or error}") from None
-    conn.setblocking(False)
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
-@contextlib.contextmanager
-def _raw_terminal(interactive: bool) -> Iterator[None]:
+def _raw_terminal(interactive: bool, console: Console) -> Iterator[None]:
+    """The user's terminal in raw mode (keys go to the console as typed), its size given to the
+    console's terminal now and whenever the window changes."""
     if not interactive:
         yield
         return
     fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd)
+
+    def resize(*_args: object) -> None:
+        size = os.get_terminal_size(fd)
+        console.resize(size.lines, size.columns)
+
+    resize()
+    previous = signal.signal(signal.SIGWINCH, resize)
     tty.setraw(fd)
     try:
         yield
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        signal.signal(signal.SIGWINCH, previous)
 
 
-def _relay(conn: socket.socket, interactive: bool) -> None:
+def _relay(conn: Console, interactive: bool) -> None:
     """Copy stdin to the console and the console to stdout until Ctrl-], the console closes, or
     (piped input) stdin ends and the console has gone quiet."""
     stdin, stdout = sys.stdin.fileno(), sys.stdout.buffer
@@ -112,10 +108,10 @@ def _relay(conn: socket.socket, interactive: bool) -> None:
             return
         for key, _ in selector.select(timeout=0.1):
             if key.fileobj is conn:
-                data = conn.recv(65536)
-                if not data:
+                said = conn.recv()
+                if said is None:
                     raise StateError("the console closed: the instance stopped")
-                stdout.write(data)
+                stdout.write(said)
                 stdout.flush()
                 last_output = time.monotonic()
                 continue

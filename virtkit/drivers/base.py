@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from virtkit.errors import SpecError
 
 if TYPE_CHECKING:  # not at run time: `virtkit run` reaches this module without pydantic
+    from virtkit.drivers.console import Console
     from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState
 
 INSTANCES_DIR = "instances"
@@ -140,6 +141,9 @@ class Driver(Protocol):
         self, record: InstanceRecord, paths: InstancePaths, argv: Sequence[str], timeout: float
     ) -> ExecResult:
         """Run a command inside and return its exit code and output."""
+
+    def open_console(self, record: InstanceRecord, paths: InstancePaths) -> Console:
+        """Connect to the running instance's console (StateError when it has none to attach to)."""
 
     def log_decoder(self) -> Callable[[bytes], bytes]:
         """A function turning successive pieces of the console log into what the instance wrote

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from virtkit.drivers.base import ByteSink, ByteSource, ExecResult, InstancePaths, Runtime, Status
+from virtkit.drivers.console import Console
 from virtkit.errors import ConflictError, NotFoundError, SpecError, StateError, ToolError
 from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState
 
@@ -75,6 +76,9 @@ class FakeDriver:
         if self.states.get(record.uuid) is not InstanceState.RUNNING:
             raise StateError("not running")
         return ExecResult(0, " ".join(argv).encode(), b"")
+
+    def open_console(self, record: InstanceRecord, paths: InstancePaths) -> Console:
+        raise StateError("the fake driver has no console")
 
     def log_decoder(self) -> Callable[[bytes], bytes]:
         return bytes

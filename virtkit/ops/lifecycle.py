@@ -18,6 +18,7 @@ from pathlib import Path
 
 from virtkit import cloudinit
 from virtkit.drivers.base import Driver, ExecResult, InstancePaths, Runtime, Status, get_driver
+from virtkit.drivers.console import Console
 from virtkit.errors import NotFoundError, SpecError, StateError, StoreError
 from virtkit.images.store import ImageStore
 from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState, MiB, validate_name
@@ -172,15 +173,17 @@ class Lifecycle:
                     return
             time.sleep(FOLLOW_POLL)
 
-    def console(self, name: str) -> tuple[Path, Path | None]:
-        """The console log of an instance, and the socket to attach to its console (None when the
-        instance is not running)."""
+    def open_console(self, name: str) -> Console:
+        """Attach to a running (or paused) instance's console."""
         record = self.store.get(InstanceRecord, validate_name(name))
+        driver = self.drivers(record.kind)
         paths = self.paths(record.name)
-        status = self._status(record)
-        socket = status.details.get("console_socket")
-        live = status.state in (InstanceState.RUNNING, InstanceState.PAUSED) and socket
-        return paths.console_log, Path(str(socket)) if live else None
+        state = driver.status(record, paths).state
+        if state not in (InstanceState.RUNNING, InstanceState.PAUSED):
+            hint = f"see what it wrote: virtkit logs {name}"
+            message = f"instance {name!r} is not running ({state.value}): its console is closed"
+            raise StateError(message, hint=hint)
+        return driver.open_console(record, paths)
 
     def launch(self, request: Request, *, wait: bool = False) -> tuple[InstanceRecord, Runtime]:
         """Create and start; if starting fails, the new instance is removed again."""

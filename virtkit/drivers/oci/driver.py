@@ -23,6 +23,7 @@ from pathlib import Path
 
 from virtkit.drivers.base import ByteSink, ByteSource, ExecResult, InstancePaths, Runtime, Status
 from virtkit.drivers.cgroup import Cgroup
+from virtkit.drivers.console import Console
 from virtkit.drivers.oci import foreground, idmap, monitor, rootfs, systemd
 from virtkit.drivers.oci.bundle import build_config
 from virtkit.drivers.oci.logfile import LogDecoder
@@ -220,6 +221,12 @@ class OciDriver:
     ) -> ExecResult:
         return _runc(paths).exec(container_id(record), argv, timeout)
 
+    def open_console(self, record: InstanceRecord, paths: InstancePaths) -> Console:
+        """conmon's attach socket: the pty of a system container (or a -t one); output only for
+        an application container, whose stdin is not kept."""
+        bundle = ContainerFiles(paths).bundle
+        return Console.connect(record.name, bundle / "attach", control=bundle / "ctl", framed=True)
+
     def log_decoder(self) -> Callable[[bytes], bytes]:
         return LogDecoder()
 
@@ -246,6 +253,13 @@ class OciDriver:
         return foreground.run_bundle(runtime.config["bundle"], lower, paths, runc, cid)
 
     def update(self, record: InstanceRecord, runtime: Runtime, paths: InstancePaths) -> None:
+        """CPU quota, memory and pids through `runc update`; what runc 1.1 would take silently and
+        not apply (disk throttles) is refused while the container runs."""
+        now, wanted = _spec(_saved_runtime(paths)), _spec(runtime)
+        fixed = ("io_device", "io_iops", "io_bps", "io_weight")
+        if any(getattr(now, key) != getattr(wanted, key) for key in fixed):
+            raise StateError(f"{record.name}'s disk throttles can change only while it is stopped",
+                             hint=f"virtkit stop {record.name}, then set them")  # fmt: skip
         resources = runtime.config["bundle"]["linux"].get("resources", {})
         _runc(paths).update(container_id(record), {k: v for k, v in resources.items() if k != "devices"})
 

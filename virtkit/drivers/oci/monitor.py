@@ -71,7 +71,8 @@ def conmon_argv(cid: str, name: str, files: MonitorFiles, runc: Runc, *, termina
         "--no-new-keyring",
         # A terminal: conmon holds the pty's master end and logs what the container writes to it
         # (a systemd init writes only to /dev/console, which runc makes for a terminal alone).
-        *(("--terminal",) if terminal else ()),
+        # and passes what `virtkit console` sends to it (--stdin), kept open between attachments.
+        *(("--terminal", "--stdin", "--leave-stdin-open") if terminal else ()),
     ]  # fmt: skip
 
 

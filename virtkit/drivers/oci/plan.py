@@ -189,7 +189,7 @@ def build_spec(
         memory=record.memory, memory_swap=record.memory,  # no swap beyond the memory limit
         pids=_processes(record),
         nofile=_nofile(),
-        terminal=record.config.get("tty") == "true" or init_systemd,
+        terminal=record.config.get("tty") == "true" or system,  # a system container's console: a pty
         systemd_hierarchy=hierarchy,
         uid_maps=ids.uid_maps() if ids else (), gid_maps=ids.gid_maps() if ids else (),
         cpuset=limits.cpu_set(record.config), io_device=io_device, io_iops=io_iops, io_bps=io_bps,

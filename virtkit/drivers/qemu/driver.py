@@ -23,6 +23,7 @@ from pathlib import Path
 from virtkit import cloudinit
 from virtkit.drivers.base import ByteSink, ByteSource, ExecResult, InstancePaths, Runtime, Status
 from virtkit.drivers.cgroup import Cgroup
+from virtkit.drivers.console import Console
 from virtkit.drivers.qemu import process
 from virtkit.drivers.qemu.argv import build_argv
 from virtkit.drivers.qemu.boot import BootRecord, watch_ready
@@ -251,6 +252,10 @@ class QemuDriver:
 
         with guestfiles.open_link(*self._agent(record, paths, "file pull")) as link:
             return guestfiles.pull(link, record.name, path, sink)
+
+    def open_console(self, record: InstanceRecord, paths: InstancePaths) -> Console:
+        """QEMU's serial console socket."""
+        return Console.connect(record.name, VmFiles(paths).console_socket)
 
     def log_decoder(self) -> Callable[[bytes], bytes]:
         return bytes  # QEMU's chardev logfile holds the serial output as it came

@@ -87,7 +87,8 @@ def test_the_plan_gives_systemd_its_hierarchy_and_a_console(
     (tiny / "sbin").mkdir(parents=True)
     (tiny / "sbin/init").write_text("")
     spec = build_spec(record, _image(tiny, "busybox"), tmp_path, paths)
-    assert (spec.systemd_hierarchy, spec.terminal, spec.stop_signal) == ("", False, "SIGUSR2")
+    # every system container's init has a terminal: its console (`virtkit console`)
+    assert (spec.systemd_hierarchy, spec.terminal, spec.stop_signal) == ("", True, "SIGUSR2")
     assert not systemd.exits_when_halted(spec)  # busybox init stays as the last process
 
 
