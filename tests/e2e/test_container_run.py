@@ -170,3 +170,27 @@ def test_run_without_rm_leaves_a_stopped_instance(tiny: Cli, state_root: Path) -
     missing = tiny("run", "--name", "gone", "tiny", "--", "nosuchcmd")
     assert_clear_error(missing, 127, "command not found")
     assert json.loads(tiny("list", "--json").stdout) == []
+
+
+def test_list_shows_a_running_one_shot_and_a_killed_one_is_reaped(tiny: Cli, state_root: Path) -> None:  # noqa: F811
+    env = {**os.environ, "VIRTKIT_ROOT": str(state_root)}
+    argv = [str(VIRTKIT), "run", "--rm", "--name", "job9", "--memory", "64MiB", "tiny", "--", "sh", "-c",
+            "echo ready; sleep 60"]  # fmt: skip
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
+    assert process.stdout is not None and process.stdout.readline() == "ready\n"
+    (listed,) = json.loads(tiny("list", "--json").stdout)
+    assert (listed["name"], listed["state"], listed["oneshot"], listed["memory"]) == (
+        "job9",
+        "running",
+        True,
+        64 << 20,
+    )
+    assert "running (run --rm)" in tiny("list").stdout
+    assert_clear_error(tiny("run", "--rm", "--name", "job9", "tiny", "--", "true"), 125, "is running")
+
+    process.kill()  # SIGKILL: virtkit cannot clean up; its container and mount are left behind
+    process.wait(timeout=10)
+    assert json.loads(tiny("list", "--json").stdout) == []  # no longer shown: its owner is gone
+    assert _leftovers(state_root) != []
+    assert tiny("run", "--rm", "tiny", "--", "true").returncode == 0  # the next run cleans up
+    assert _leftovers(state_root) == []

@@ -36,18 +36,27 @@ def _row(view: InstanceView) -> tuple[str, ...]:
 @json_option
 def list_command() -> None:
     """List instances: name, type, live state, CPUs, memory, image, age."""
+    from virtkit.ops import oneshots
     from virtkit.ops.lifecycle import Lifecycle
 
     ctx = get_context()
     views = Lifecycle(ctx.root, ctx.store()).views()
+    running = oneshots.live(ctx.root)  # `virtkit run --rm` containers: not registered, shown while they run
     if ctx.json:
-        print_json([view.to_dict() for view in views])
+        print_json([view.to_dict() for view in views] + [_oneshot(one) for one in running])
         return
-    print_table(
-        ["NAME", "TYPE", "STATE", "CPUS", "MEMORY", "IMAGE", "AGE"],
-        [_row(view) for view in views],
-        empty="No instances.",
-    )
+    rows = [_row(view) for view in views]
+    for one in running:
+        age = _duration(time.time() - float(one["created_at"]))
+        rows.append((one["name"], "container", "running (run --rm)", f"{one['cpus']:g}",
+                     format_size(int(one["memory"])), str(one["image"])[:12], age))  # fmt: skip
+    print_table(["NAME", "TYPE", "STATE", "CPUS", "MEMORY", "IMAGE", "AGE"], rows, empty="No instances.")
+
+
+def _oneshot(one: dict[str, object]) -> dict[str, object]:
+    keys = ("name", "image", "cpus", "memory", "pid")
+    return {**{key: one[key] for key in keys}, "kind": "container", "state": "running", "oneshot": True,
+            "container_id": one["cid"]}  # fmt: skip
 
 
 @click.command("show")

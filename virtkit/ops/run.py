@@ -27,6 +27,7 @@ from virtkit.drivers.oci.plan import ImageFacts, OneShot, build_spec, container_
 from virtkit.drivers.oci.spec import ContainerSpec
 from virtkit.errors import ConflictError, SpecError, ToolError
 from virtkit.images.staged import ROOTFS
+from virtkit.ops import oneshots
 from virtkit.ops.resources import check_resources
 from virtkit.store import peek
 from virtkit.units import MiB, validate_name
@@ -83,6 +84,7 @@ def run(root: Path, request: RunRequest) -> int:
     if not request.remove:
         return _run_registered(root, request, config)
     name = validate_name(request.name) if request.name else f"run-{os.urandom(4).hex()}"
+    oneshots.reap_stale(root)
     if request.name and peek.instance_exists(root, name) is not False:
         raise ConflictError(f"instance {name!r} already exists", hint="choose another --name")
     paths = InstancePaths(root / ONESHOT_DIR / name)
@@ -94,6 +96,8 @@ def run(root: Path, request: RunRequest) -> int:
         raise ConflictError(f"a `virtkit run` named {name!r} is running", hint=hint) from None
     try:
         plan = plan_oneshot(root, request, config, paths)
+        facts = {"cid": plan.cid, "image": request.image, "cpus": request.cpus, "memory": request.memory}
+        oneshots.claim(paths, facts)
         foreground.find_command(plan.lower, plan.spec.args[0], plan.spec.env)
         config_json = build_config(plan.spec)
         code, error = foreground.run_bundle(config_json, plan.lower, paths, runtime.chosen(root), plan.cid)
@@ -166,14 +170,6 @@ def _run_registered(root: Path, request: RunRequest, config: dict[str, str]) -> 
             raise
         code, error = lifecycle.run_foreground(name)
     return _answer(code, error)
-
-
-def oneshots(root: Path) -> list[str]:
-    """The names of the `virtkit run --rm` containers running now."""
-    try:
-        return sorted(os.listdir(root / ONESHOT_DIR))
-    except OSError:
-        return []
 
 
 def _uuid4() -> str:
