@@ -3,20 +3,28 @@
 
 It knows exactly the grammar of cli/run.py (the documented command): global `--root DIR`, then the
 run options, IMAGE, and the command (after an optional `--`). Whatever else it meets — --help, an
-option or a spelling it does not know, a value it cannot convert — it returns None for, and the
-click command takes over, so every error message about the command line is click's.
+option or a spelling it does not know, a --cpus that is not a number — it returns None for, and the
+click command takes over. Names and sizes are checked by the same functions click's parameter
+types use (units.py), with the same message and exit status 2, but later: by whoever runs the
+request (this process or the warm runner), so that handing a request over imports neither pathlib
+nor re nor typing (`runclient.py`).
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from virtkit.cli.basics import default_root, report_error
 from virtkit.errors import CommandNotExecutableError, CommandNotFoundError, SpecError, VirtkitError
-from virtkit.ops.run import RunRequest
-from virtkit.units import parse_size, validate_name
 
+TYPE_CHECKING = False  # typing itself is one import too many here; mypy takes the name as typing's
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
+
+    from virtkit.ops.run import RunRequest
+
+DEFAULT_MEMORY = 256 << 20  # as the click command's --memory default
 CANNOT_RUN = 125  # as podman and docker: virtkit itself could not run the container
 _FLAGS = {"--rm": "remove", "--tty": "tty", "-t": "tty", "--privileged": "privileged"}
 _VALUES = {"--name": "name", "--cpus": "cpus", "--memory": "memory", "--processes": "processes",
@@ -24,9 +32,10 @@ _VALUES = {"--name": "name", "--cpus": "cpus", "--memory": "memory", "--processe
            "--cpu-set": "cpu_set"}  # fmt: skip
 
 
-def parse(argv: list[str]) -> tuple[Path, RunRequest] | None:
-    """The state root and the request `argv` (without the program name) asks for, or None: not a
-    plain `virtkit run`, let click read it."""
+def parse(argv: list[str]) -> tuple[str, dict[str, Any]] | None:
+    """The state root and the run options `argv` (without the program name) asks for, as plain
+    values (they may travel to the warm runner; names and sizes still unchecked: `request_from`),
+    or None: not a plain `virtkit run`, let click read it."""
     root, args = default_root(), list(argv)
     while args and args[0] != "run":
         if args[0] == "--root" and len(args) > 1:
@@ -43,20 +52,32 @@ def parse(argv: list[str]) -> tuple[Path, RunRequest] | None:
     values, rest = options
     if not rest:
         return None
-    command = rest[2:] if rest[1:2] == ["--"] else rest[1:]
     try:
-        request = RunRequest(
-            image=rest[0], command=tuple(command), remove="remove" in values, tty="tty" in values,
-            name=validate_name(values["name"][-1]) if "name" in values else None,
-            cpus=float(values["cpus"][-1]) if "cpus" in values else 1.0,
-            memory=parse_size(values["memory"][-1], what="memory size") if "memory" in values else 256 << 20,
-            processes=values["processes"][-1] if "processes" in values else None,
-            env=tuple(values.get("env", ())), workdir=values["workdir"][-1] if "workdir" in values else None,
-            cpu_set=values["cpu_set"][-1] if "cpu_set" in values else None, privileged="privileged" in values,
-        )  # fmt: skip
-    except (SpecError, ValueError):
-        return None  # click says what is wrong with it, the same way as for every other command
-    return Path(root), request
+        cpus = float(values["cpus"][-1]) if "cpus" in values else 1.0
+    except ValueError:
+        return None  # click's message for a value that is not a number
+    last = {key: found[-1] for key, found in values.items() if found}
+    return root, {
+        "image": rest[0], "command": rest[2:] if rest[1:2] == ["--"] else rest[1:],
+        "remove": "remove" in values, "tty": "tty" in values, "privileged": "privileged" in values,
+        "name": last.get("name"), "cpus": cpus, "memory": last.get("memory"),
+        "processes": last.get("processes"), "env": values.get("env", []), "workdir": last.get("workdir"),
+        "cpu_set": last.get("cpu_set"),
+    }  # fmt: skip
+
+
+def request_from(options: dict[str, Any]) -> RunRequest:
+    """The op's request for parsed options: SpecError for a name or size click would refuse."""
+    from virtkit.ops.run import RunRequest
+    from virtkit.units import parse_size, validate_name
+
+    values = dict(options)
+    values["command"], values["env"] = tuple(values["command"]), tuple(values["env"])
+    if values["name"] is not None:
+        values["name"] = validate_name(values["name"])
+    memory = values["memory"]
+    values["memory"] = DEFAULT_MEMORY if memory is None else parse_size(memory, what="memory size")
+    return RunRequest(**values)
 
 
 def _options(args: list[str]) -> tuple[dict[str, list[str]], list[str]] | None:
@@ -74,6 +95,19 @@ def _options(args: list[str]) -> tuple[dict[str, list[str]], list[str]] | None:
         else:
             return None
     return values, args
+
+
+def run_options(root: str, options: dict[str, Any]) -> int:
+    """Check and run parsed options; the exit status `virtkit run` ends with (2: a bad name or
+    size, as click's parameter types would say)."""
+    try:
+        request = request_from(options)
+    except SpecError as error:
+        report_error(error)
+        return error.exit_code
+    from pathlib import Path
+
+    return execute(Path(root), request)
 
 
 def execute(root: Path, request: RunRequest) -> int:
@@ -94,8 +128,22 @@ def execute(root: Path, request: RunRequest) -> int:
 
 
 def main(argv: list[str]) -> int | None:
-    """`virtkit run` the lean way: its exit status, or None when click must read this command line."""
+    """`virtkit run` the lean way: its exit status, or None when click must read this command line.
+
+    With --rm, the state root's warm runner (ops/runner.py) runs it when there is one; else this
+    process does, and starts a runner for the next time."""
     parsed = parse(argv)
     if parsed is None:
         return None
-    return execute(*parsed)
+    root, options = parsed
+    if not options["remove"]:
+        return run_options(root, options)
+    from virtkit.cli import runclient
+
+    code = runclient.run(root, options)
+    if code is not None:
+        return code
+    code = run_options(root, options)
+    if runclient.can_serve(root):
+        runclient.start_runner(root)
+    return code

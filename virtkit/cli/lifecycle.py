@@ -284,7 +284,7 @@ def delete_command(name: str, force: bool) -> None:
     _say(record, f"Instance {name} deleted.")
 
 
-@click.command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.command("exec", context_settings={"ignore_unknown_options": True})
 @click.option("--tty", "-t", is_flag=True, help="Give the command a terminal (containers).")
 @click.option(
     "--timeout", type=click.FloatRange(0.1, 86400), default=60, show_default=True,

@@ -27,6 +27,9 @@ from virtkit.errors import (
     ToolError,
 )
 
+# Set by the warm runner: Ctrl-C and window changes come from the client, not from runc's terminal.
+FORWARD_ALL = False
+
 
 def run_bundle(
     config: dict[str, Any], lower: Path, paths: InstancePaths, runc: Runc, cid: str
@@ -81,8 +84,11 @@ def _attached(runc: Runc, log: Path, args: list[str]) -> tuple[int, str]:
     def forward(number: int, _frame: object) -> None:
         os.kill(pid, number)
 
-    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
-    previous.update({s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGHUP)})
+    forwarded = [signal.SIGTERM, signal.SIGHUP]
+    if FORWARD_ALL:  # the warm runner (ops/runner.py): the terminal's signals reach the client only
+        forwarded += [signal.SIGINT, signal.SIGWINCH]
+    previous = {} if FORWARD_ALL else {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
+    previous.update({s: signal.signal(s, forward) for s in forwarded})
     try:
         _pid, status = os.waitpid(pid, 0)  # retried by Python when a forwarded signal interrupts it
     finally:
