@@ -24,6 +24,14 @@ step virtkit exec demo -- grep MemTotal /proc/meminfo
 step virtkit show demo
 step virtkit stop demo
 step virtkit delete demo
+virtkit delete --force demo-c >/dev/null 2>&1
+step virtkit launch tiny demo-c --container --memory 64MiB --processes 100 --wait
+step virtkit exec demo-c -- sh -c 'id; cat /proc/self/uid_map; ps'   # root in it is not root on the host
+step virtkit set demo-c memory=32MiB
+step virtkit stop demo-c
+step virtkit delete demo-c
+step virtkit run --rm tiny -- sh -c 'echo "hello from a one-shot container: $(hostname)"; exit 3'
+echo "(its exit status: $?)"
 echo
 case $code in
     0) echo "host check: everything virtkit needs is here (exit 0)" ;;
