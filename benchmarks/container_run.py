@@ -105,7 +105,7 @@ def main() -> None:
         assert image is not None
         lower = root / "images" / image["fingerprint"] / image["files"]["rootfs"]
         raw_argv, merged = raw_bundle(root, work)
-        # The first `virtkit run --rm` on a root starts its warm runner (ops/runner.py); measured
+        # The first `virtkit run --rm` on a root starts its warm runner (cli/runner.py); measured
         # are the next ones, as a user's every run after the first.
         timed([str(VIRTKIT), "run", "--rm", "tiny", "--", "/bin/true"], env)
         deadline = time.monotonic() + 10

@@ -25,7 +25,7 @@ def _runner_pid(state_root: Path) -> int | None:
                 args = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"virtkit.ops.runner" in args and str(state_root).encode() in args:
+            if b"virtkit.cli.runner" in args and str(state_root).encode() in args:
                 return int(entry.name)
     return None
 
@@ -95,7 +95,7 @@ def test_a_terminal_through_the_runner(tiny: Cli, state_root: Path) -> None:  # 
 
 def test_the_runner_steps_aside_when_virtkit_changes(tiny: Cli, state_root: Path) -> None:  # noqa: F811
     pid = _warm(tiny, state_root)
-    module = Path(__file__).resolve().parents[2] / "virtkit" / "ops" / "runner.py"
+    module = Path(__file__).resolve().parents[2] / "virtkit" / "cli" / "runner.py"
     os.utime(module)  # as an upgrade or an edit would
     done = tiny("run", "--rm", "tiny", "--", "echo", "still works")
     assert (done.returncode, done.stdout) == (0, "still works\n"), done.stderr

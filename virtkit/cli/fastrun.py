@@ -12,6 +12,7 @@ nor re nor typing (`runclient.py`).
 
 from __future__ import annotations
 
+import os
 import sys
 
 from virtkit.cli.basics import default_root, report_error
@@ -46,6 +47,7 @@ def parse(argv: list[str]) -> tuple[str, dict[str, Any]] | None:
             return None
     if not args or not root:
         return None
+    root = os.path.abspath(root)  # runc takes the bundle's paths from its own directory
     options = _options(args[1:])
     if options is None:
         return None
@@ -125,12 +127,16 @@ def execute(root: Path, request: RunRequest) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("Interrupted.\n")
         return 130
+    except Exception as error:  # as cli/main.py: a bug, said in two lines, never a traceback
+        sys.stderr.write(f"Error: internal error: {type(error).__name__}: {error}\n"
+                         "Hint: rerun with --debug for the traceback, and report it as a bug\n")  # fmt: skip
+        return CANNOT_RUN
 
 
 def main(argv: list[str]) -> int | None:
     """`virtkit run` the lean way: its exit status, or None when click must read this command line.
 
-    With --rm, the state root's warm runner (ops/runner.py) runs it when there is one; else this
+    With --rm, the state root's warm runner (cli/runner.py) runs it when there is one; else this
     process does, and starts a runner for the next time."""
     parsed = parse(argv)
     if parsed is None:

@@ -1,4 +1,4 @@
-"""The client side of the warm runner (ops/runner.py): hand a parsed `virtkit run --rm` and this
+"""The client side of the warm runner (cli/runner.py): hand a parsed `virtkit run --rm` and this
 process's stdio to the state root's runner, pass on the signals the user sends, return the exit
 status.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import _signal  # type: ignore[import-not-found]  # signal.py loads enum
 import _socket
 import os
+import resource
 import sys
 
 TYPE_CHECKING = False  # typing is one import too many here; mypy takes the name as typing's
@@ -23,7 +24,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from types import FrameType
 
-SOCKET = "run/runner.sock"  # as ops.runner.SOCKET
+SOCKET = "run/runner.sock"  # as cli.runner.SOCKET
+CANNOT_RUN = 125  # as fastrun.CANNOT_RUN
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGWINCH)
 
 
@@ -36,7 +39,8 @@ def run(root: str, options: dict[str, object]) -> int | None:
         return None
     try:
         fds = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in (0, 1, 2))
-        conn.sendmsg([repr(options).encode() + b"\n"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+        request = {**options, "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)}
+        conn.sendmsg([repr(request).encode() + b"\n"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
         previous = {number: _signal.signal(number, _sender(conn)) for number in FORWARDED}
         try:
             answer = _answer(conn)
@@ -47,10 +51,14 @@ def run(root: str, options: dict[str, object]) -> int | None:
         return None
     finally:
         conn.close()
-    word, _, value = answer.partition(" ")
-    if word != "code" or not value.lstrip("-").isdigit():
-        return None  # refused (virtkit changed under it) or it failed before running anything
-    return int(value)
+    lines = answer.split("\n")
+    word, _, value = lines[-1].partition(" ")
+    if word == "code" and value.lstrip("-").isdigit():
+        return int(value)
+    if lines[0] != "started":
+        return None  # refused (virtkit changed under it) or gone before it ran anything: run it here
+    sys.stderr.write("Error: virtkit's runner ended before the command did; its outcome is unknown\n")
+    return CANNOT_RUN  # never run twice
 
 
 def _sender(conn: _socket.socket) -> Callable[[int, FrameType | None], None]:
@@ -64,11 +72,12 @@ def _sender(conn: _socket.socket) -> Callable[[int, FrameType | None], None]:
 
 
 def _answer(conn: _socket.socket) -> str:
+    """Everything the runner said ("started", then "code N"; or "retry"), up to its last line."""
     data = b""
-    while not data.endswith(b"\n"):
+    while not data.endswith(b"\n") or data == b"started\n":
         chunk = conn.recv(4096)  # retried by Python when a forwarded signal interrupts it
         if not chunk:
-            return ""
+            break
         data += chunk
     return data.decode(errors="replace").strip()
 
@@ -82,8 +91,11 @@ def start_runner(root: str) -> None:
     """Start the state root's runner in the background (its own session, no stdio), for next time."""
     devnull = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0), (os.POSIX_SPAWN_DUP2, 0, 1),
                (os.POSIX_SPAWN_DUP2, 0, 2)]  # fmt: skip
-    try:  # noqa: SIM105
-        os.posix_spawn(sys.executable, [sys.executable, "-m", "virtkit.ops.runner", root], os.environ,
-                       file_actions=devnull, setsid=True)  # fmt: skip
+    try:
+        # -I: no current directory on sys.path, no PYTHON* variables (root must not import a
+        # virtkit planted in the directory it happens to be in); a clean environment, as a service.
+        argv = [sys.executable, "-I", "-m", "virtkit.cli.runner", os.path.abspath(root)]
+        os.posix_spawn(sys.executable, argv, {"PATH": SAFE_PATH, "LANG": "C.UTF-8"}, file_actions=devnull,
+                       setsid=True)  # fmt: skip
     except OSError:
         pass  # no runner: every run stays the slow way, which works

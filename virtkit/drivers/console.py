@@ -15,6 +15,7 @@ from pathlib import Path
 from virtkit.errors import StateError
 
 CONNECT_TIMEOUT = 5.0
+SEND_TIMEOUT = 10.0  # a console that reads nothing for this long is given up on
 STREAMS = (2, 3)  # conmon's stdout and stderr markers
 RESIZE = 1  # conmon's control message: a new window size
 
@@ -45,7 +46,12 @@ class Console:
 
     def recv(self) -> bytes | None:
         """What the console said (b"": nothing for the user), or None once it closed."""
-        data = self.conn.recv(65536)
+        try:
+            data = self.conn.recv(65536)
+        except BlockingIOError:
+            return b""
+        except OSError:
+            return None  # reset: as closed
         if not data:
             return None
         if self.framed:
@@ -53,7 +59,14 @@ class Console:
         return data
 
     def sendall(self, data: bytes) -> None:
-        self.conn.sendall(data)
+        """Send it all, waiting (bounded) while the other side is not reading."""
+        self.conn.settimeout(SEND_TIMEOUT)
+        try:
+            self.conn.sendall(data)
+        except OSError as error:
+            raise StateError(f"the console does not take input: {error.strerror or error}") from None
+        finally:
+            self.conn.setblocking(False)
 
     def resize(self, rows: int, columns: int) -> None:
         """Tell the console's terminal its window size (nothing to do for a serial line)."""

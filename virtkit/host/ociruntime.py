@@ -144,3 +144,22 @@ def oci_runtime_check(verdict: OciRuntimeVerdict | None) -> Check:
     if verdict.refused:
         summary += f"; {verdict.refusals()}"
     return Check(CHECK_ID, Status.PASS, summary, details=details)
+
+
+IdmapProbe = Callable[[], tuple[bool, str]]
+IDMAP_CHECK_ID = "containers.userns"
+
+
+def idmap_check(probe: IdmapProbe | None) -> Check:
+    """containers.userns: whether containers get their own user namespace and ids here, and how their
+    root filesystem shows the image's files as theirs (drivers/oci/idmap.py probes it for real)."""
+    if probe is None:
+        return Check(IDMAP_CHECK_ID, Status.INFO, "user namespaces for containers not tested (no probe)")
+    try:
+        ok, detail = probe()
+    except Exception as error:  # a probe's own failure is a finding, not a crash of the report
+        ok, detail = False, f"the probe failed: {type(error).__name__}: {error}"
+    if ok:
+        return Check(IDMAP_CHECK_ID, Status.PASS, f"root in a container is not root on the host: {detail}")
+    remedy = "see docs/containers.md (User namespace); containers still run, with a Note"
+    return Check(IDMAP_CHECK_ID, Status.WARN, detail, remedy=remedy)

@@ -41,7 +41,14 @@ from virtkit.host.kernel import (
 )
 from virtkit.host.kvm import FunctionalProbe, KvmIoctlProber, KvmState, probe_kvm, probe_kvm_ioctl
 from virtkit.host.kvmchecks import kvm_checks
-from virtkit.host.ociruntime import OciProbe, OciRuntimeVerdict, oci_runtime_check, run_oci_probe
+from virtkit.host.ociruntime import (
+    IdmapProbe,
+    OciProbe,
+    OciRuntimeVerdict,
+    idmap_check,
+    oci_runtime_check,
+    run_oci_probe,
+)
 from virtkit.host.qemuuser import probe_qemu_user, qemu_user_check
 from virtkit.host.space import DEFAULT_MIN_FREE, DEFAULT_STATE_ROOT, probe_space, space_check
 from virtkit.host.tools import (
@@ -89,6 +96,7 @@ def run_checks(
     kvm_ioctl: KvmIoctlProber = probe_kvm_ioctl,
     kvm_probe: FunctionalProbe | None = None,
     oci_probe: OciProbe | None = None,
+    idmap_probe: IdmapProbe | None = None,
 ) -> Report:
     """Probe the host. `state_root` is a real path (not under `sysroot`); `arch` and `system` default
     to this machine's ``platform.machine()`` and ``platform.system()``. `kvm_probe` boots a real guest
@@ -114,7 +122,7 @@ def run_checks(
         oci_future = pool.submit(run_oci_probe, oci_probe) if oci_probe is not None else None
         report = _assemble(
             sysroot, arch, cpuinfo_text, state_root, min_free, kvm_ioctl, kvm_probe, tools_future.result,
-            oci_future.result if oci_future is not None else lambda: None,
+            oci_future.result if oci_future is not None else lambda: None, idmap_probe,
         )  # fmt: skip
     return report
 
@@ -129,6 +137,7 @@ def _assemble(
     kvm_probe: FunctionalProbe | None,
     tool_results: Callable[[], list[ToolResult]],
     oci_verdict: Callable[[], OciRuntimeVerdict | None] = lambda: None,
+    idmap_probe: IdmapProbe | None = None,
 ) -> Report:
     cpu = parse_cpuinfo(cpuinfo_text, arch)
     release = kernel_release(sysroot)
@@ -152,6 +161,7 @@ def _assemble(
         space_check(probe_space(state_root), min_free),
         *tool_checks(caps.tools),
         oci_runtime_check(caps.oci),
+        idmap_check(idmap_probe),
         usable_check(verdict, caps),
     ]
     return Report(_host_info(cpu, release, os_pretty), tuple(checks), verdict, exit_code(checks))

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from virtkit.host import DEFAULT_MIN_FREE, FunctionalProbe, FunctionalProbeResult, Report, run_checks
-from virtkit.host.ociruntime import OciProbe, OciRuntimeVerdict
+from virtkit.host.ociruntime import IdmapProbe, OciProbe, OciRuntimeVerdict
 
 
 def _cached_kvm_probe() -> FunctionalProbeResult:
@@ -47,4 +47,17 @@ def check_host(
     guest boot); `probe_kvm=False` runs none. `probe_oci=False` runs no test container."""
     probe = (kvm_probe or _cached_kvm_probe) if probe_kvm else None
     oci_probe = _cached_oci_probe(state_root) if probe_oci else None
-    return run_checks(state_root=state_root, min_free=min_free, kvm_probe=probe, oci_probe=oci_probe)
+    idmap_probe = _idmap_probe(state_root) if probe_oci else None
+    return run_checks(
+        state_root=state_root, min_free=min_free, kvm_probe=probe, oci_probe=oci_probe,
+        idmap_probe=idmap_probe,
+    )  # fmt: skip
+
+
+def _idmap_probe(state_root: Path) -> IdmapProbe:
+    def probe() -> tuple[bool, str]:
+        from virtkit.drivers.oci.idmap import check_host as idmap_check_host
+
+        return idmap_check_host(state_root)
+
+    return probe

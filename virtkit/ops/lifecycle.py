@@ -295,9 +295,10 @@ class Lifecycle:
             return driver.run_foreground(record, runtime, paths)
         finally:
             with self.store.lock("instance", record.name):
-                record = self.store.get(InstanceRecord, record.name)
-                record.state = InstanceState.STOPPED
-                self.store.put(record)
+                found = self.store.find(InstanceRecord, record.name)
+                if found is not None:  # deleted (--force) while it ran: nothing to record
+                    found.state = InstanceState.STOPPED
+                    self.store.put(found)
 
     def stop(self, name: str, *, force: bool = False, timeout: float = STOP_TIMEOUT) -> InstanceRecord:
         def act(record: InstanceRecord, driver: Driver, paths: InstancePaths, state: InstanceState) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 from virtkit.drivers.base import ONESHOTS_DIR, InstancePaths
 from virtkit.drivers.oci import rootfs
 from virtkit.drivers.oci.plan import ContainerFiles
+from virtkit.errors import VirtkitError
 from virtkit.logs import get_logger
 
 log = get_logger(__name__)
@@ -65,16 +66,31 @@ def live(root: Path) -> list[dict[str, Any]]:
 
 def reap_stale(root: Path) -> None:
     """Clean up the one-shot containers whose virtkit process is gone (a directory just made, with
-    no owner yet, is left alone for a minute)."""
+    no owner yet, is left alone for a minute). One that cannot be cleaned up is left, said in the
+    log, for the next time: it never stops this run."""
     parent = root / ONESHOTS_DIR
-    for directory in sorted(parent.iterdir()) if parent.is_dir() else ():
-        owner = _owner(directory)
-        if _alive(owner) or (owner is None and time.time() - directory.stat().st_mtime < 60):
-            continue
-        log.warning("cleaning up %s, a `virtkit run --rm` whose virtkit process is gone", directory.name)
-        if owner is not None and owner.get("cid"):
-            from virtkit.drivers.oci import runtime
+    try:
+        entries = sorted(parent.iterdir()) if parent.is_dir() else []
+    except OSError:
+        return
+    for directory in entries:
+        try:
+            _reap(root, directory)
+        except (OSError, VirtkitError) as error:
+            log.warning("cannot clean up the stale `virtkit run` %s yet: %s", directory.name, error)
 
-            runtime.chosen(root).delete(str(owner["cid"]))
-        rootfs.unmount(ContainerFiles(InstancePaths(directory)).merged)
-        shutil.rmtree(directory, ignore_errors=True)
+
+def _reap(root: Path, directory: Path) -> None:
+    owner = _owner(directory)
+    if _alive(owner) or (owner is None and time.time() - directory.stat().st_mtime < 60):
+        return
+    log.warning("cleaning up %s, a `virtkit run --rm` whose virtkit process is gone", directory.name)
+    if owner is not None and owner.get("cid"):
+        from virtkit.drivers.oci.runtime import OciRuntime
+
+        runtime = OciRuntime.under(root, str(owner.get("runtime") or "runc"))
+        runtime.delete(str(owner["cid"]))
+        if runtime.state(str(owner["cid"])) is not None:  # still there: its ids stay taken
+            raise VirtkitError(f"its container {owner['cid']} could not be deleted")
+    rootfs.unmount(ContainerFiles(InstancePaths(directory)).merged)
+    shutil.rmtree(directory, ignore_errors=True)

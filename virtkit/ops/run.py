@@ -1,7 +1,8 @@
 """`virtkit run`: one command in a new container, in the foreground; its exit status is the answer.
 
-With `--rm` the container is never registered: it lives in ROOT/run/oneshot/NAME while the command
-runs (where `virtkit list` finds it) and is gone, files and mounts, when it ends — however it ends.
+With `--rm` the container is never registered: it lives in ROOT/oneshots/NAME while the command
+runs (where `virtkit list` finds it) and is gone, files and mounts, when it ends; if virtkit itself
+is killed first, the next `virtkit run` cleans up after it (ops/oneshots.py).
 That path is timed against a raw `runc run` (benchmarks/container_run.py), so it and everything it
 imports stay free of pydantic, click and rich (tests/unit/test_lean_imports.py holds it to that):
 the image is found with a read-only look-up of the state database (store.peek), and anything
@@ -85,10 +86,12 @@ def run(root: Path, request: RunRequest) -> int:
         return _run_registered(root, request, config)
     name = validate_name(request.name) if request.name else f"run-{os.urandom(4).hex()}"
     oneshots.reap_stale(root)
-    if request.name and peek.instance_exists(root, name) is not False:
+    if request.name and _registered(root, name):
         raise ConflictError(f"instance {name!r} already exists", hint="choose another --name")
     paths = InstancePaths(root / ONESHOT_DIR / name)
-    paths.dir.parent.mkdir(mode=0o711, parents=True, exist_ok=True)  # each container's root enters its own
+    if not root.is_dir():  # the quick look found no store; the full one says why (and makes the root)
+        _full_image(root, request.image)
+    paths.dir.parent.mkdir(mode=0o711, exist_ok=True)  # each container's root enters its own
     try:
         paths.dir.mkdir(mode=0o750)
     except FileExistsError:
@@ -97,10 +100,11 @@ def run(root: Path, request: RunRequest) -> int:
     try:
         plan = plan_oneshot(root, request, config, paths)
         facts = {"cid": plan.cid, "image": request.image, "cpus": request.cpus, "memory": request.memory}
-        oneshots.claim(paths, facts)
+        chosen = runtime.chosen(root)
+        oneshots.claim(paths, {**facts, "runtime": chosen.binary})
         foreground.find_command(plan.lower, plan.spec.args[0], plan.spec.env)
         config_json = build_config(plan.spec)
-        code, error = foreground.run_bundle(config_json, plan.lower, paths, runtime.chosen(root), plan.cid)
+        code, error = foreground.run_bundle(config_json, plan.lower, paths, chosen, plan.cid)
     finally:
         shutil.rmtree(paths.dir, ignore_errors=True)
     return _answer(code, error)
@@ -137,6 +141,18 @@ def _answer(code: int, error: str) -> int:
     if error and code != 0:
         raise ToolError(f"the container could not start: {error}")
     return code
+
+
+def _registered(root: Path, name: str) -> bool:
+    """Whether an instance named `name` exists (the store itself when the quick look cannot tell)."""
+    found = peek.instance_exists(root, name)
+    if found is not None:
+        return found
+    from virtkit.model import InstanceRecord
+    from virtkit.store import open_store
+
+    with open_store(root) as store:
+        return store.find(InstanceRecord, name) is not None
 
 
 def _full_image(root: Path, ref: str) -> dict[str, Any]:

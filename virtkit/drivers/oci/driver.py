@@ -236,7 +236,7 @@ class OciDriver:
         """`runc exec` with the caller's stdio: output streams, input flows (no time limit)."""
         files = ContainerFiles(paths)
         env = tuple(_spec(_saved_runtime(paths)).env)
-        foreground.find_command(files.merged, argv[0], env, where=f"instance {record.name}")
+        foreground.find_command(files.merged, argv[0], env, where=f"instance {record.name}", live=True)
         log = files.bundle / f"exec-{os.getpid()}.log"
         try:
             return foreground.exec_in(_runc(paths), container_id(record), list(argv), tty=tty, log=log)
@@ -249,6 +249,8 @@ class OciDriver:
         """Run the container with the caller's stdio until its command ends (`virtkit run`)."""
         runc, cid = _runc(paths), container_id(record)
         runc.delete(cid)
+        idmap.require_entry(paths)
+        systemd.delegate(_spec(runtime))  # as start does: systemd as the command makes its cgroups
         lower = Path(runtime.config["lower"])
         return foreground.run_bundle(runtime.config["bundle"], lower, paths, runc, cid)
 

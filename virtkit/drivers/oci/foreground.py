@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,7 @@ def _attached(runc: Runc, log: Path, args: list[str]) -> tuple[int, str]:
         os.kill(pid, number)
 
     forwarded = [signal.SIGTERM, signal.SIGHUP]
-    if FORWARD_ALL:  # the warm runner (ops/runner.py): the terminal's signals reach the client only
+    if FORWARD_ALL:  # the warm runner (cli/runner.py): the terminal's signals reach the client only
         forwarded += [signal.SIGINT, signal.SIGWINCH]
     previous = {} if FORWARD_ALL else {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
     previous.update({s: signal.signal(s, forward) for s in forwarded})
@@ -114,7 +115,9 @@ def _error(log: Path) -> str:
     return ""
 
 
-def find_command(rootfs: Path, command: str, env: tuple[str, ...], where: str = "the image") -> None:
+def find_command(
+    rootfs: Path, command: str, env: tuple[str, ...], where: str = "the image", *, live: bool = False
+) -> None:
     """CommandNotFoundError unless `command` names a file in `rootfs` (by PATH when it has no slash),
     CommandNotExecutableError when what it names cannot be executed; symlinks are followed inside
     `rootfs`, never on the host. A clear answer before anything runs, as a shell would give it."""
@@ -125,14 +128,44 @@ def find_command(rootfs: Path, command: str, env: tuple[str, ...], where: str = 
         candidates = [f"{d.rstrip('/')}/{command}" for d in path.split(":") if d.startswith("/")]
     unusable = None
     for candidate in candidates:
-        found = resolve(rootfs, candidate)
-        if found is None or not found.exists():
+        mode = _live_mode(rootfs, candidate) if live else _mode(rootfs, candidate)
+        if mode is None:
             continue
-        if found.is_file() and os.access(found, os.X_OK):
+        if stat.S_ISREG(mode) and mode & 0o111:
             return
-        unusable = unusable or found
+        unusable = unusable or mode
     if unusable is not None:
-        why = "is a directory" if unusable.is_dir() else "is not executable"
+        why = "is a directory" if stat.S_ISDIR(unusable) else "is not executable"
         raise CommandNotExecutableError(f"{command}: {why}", hint="give the path of an executable file")
     hint = "give the full path of a command it has, e.g. /bin/sh"
     raise CommandNotFoundError(f"{command}: command not found in {where}", hint=hint)
+
+
+def _mode(rootfs: Path, path: str) -> int | None:
+    """The mode of `path` in an image's tree (static: nobody changes it while we look)."""
+    found = resolve(rootfs, path)
+    try:
+        return os.stat(found).st_mode if found is not None else None
+    except OSError:
+        return None
+
+
+def _live_mode(rootfs: Path, path: str) -> int | None:
+    """The mode of `path` in a running container's tree, resolved by the kernel inside it (the
+    container may change its links while we look: openat2 RESOLVE_IN_ROOT leaves it no window)."""
+    from virtkit.storage.openat2 import openat2
+
+    try:
+        root = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fd = openat2(root, path, os.O_PATH)
+    except OSError:
+        return None
+    finally:
+        os.close(root)
+    try:
+        return os.fstat(fd).st_mode
+    finally:
+        os.close(fd)

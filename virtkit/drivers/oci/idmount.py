@@ -146,4 +146,4 @@ def attach_idmapped(source: Path, target: Path, uid: int, gid: int, size: int) -
 
 def detach(target: Path) -> None:
     """Unmount `target` (what attach_idmapped attached there)."""
-    _check(_umount2(os.fsencode(target), 0), "umount2", target)
+    unmount(target)

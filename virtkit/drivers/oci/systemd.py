@@ -33,8 +33,10 @@ log = get_logger(__name__)
 
 STOP_SIGNAL = "SIGRTMIN+3"
 # What a delegated v1 cgroup's owner may write, as LXC hands them over: making sub-cgroups (the
-# directory) and moving processes into them. Never notify_on_release: that would let the
-# container have the host's release agent run.
+# directory) and moving processes into them. Not notify_on_release of its own cgroup; the
+# sub-cgroups it makes are its own, theirs included, so it can have the hierarchy's release agent
+# (set at the hierarchy's root, which it cannot write) run when one empties: on a systemd host that
+# agent is systemd's own cgroups-agent.
 DELEGATED = ("cgroup.procs", "tasks", "cgroup.clone_children")
 MAX_LINKS = 40  # as the kernel's own limit on symlinks followed in one lookup
 

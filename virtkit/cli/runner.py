@@ -10,9 +10,10 @@ forks a worker that takes those as its own stdio and runs exactly what `virtkit 
 `virtkit run` (Ctrl-C, SIGTERM, SIGHUP, a window resize) come over the socket and are passed on
 to runc, which passes them to the command.
 
-It is one process per state root, not per container: it serves root's requests only (the peer's
-uid, SO_PEERCRED), exits after IDLE seconds without one, when its socket or its root goes away, and
-when virtkit's code changes under it (an upgrade: the request is then refused and run the slow way).
+It is one process per state root, not per container: it serves only the user it runs as (root:
+the peer's uid, SO_PEERCRED; the socket is 0600), exits after IDLE seconds without a request, when
+its socket or its root goes away, and when virtkit's code changes under it (an upgrade: that
+request is then refused, and run the slow way).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 SOCKET = Path("run") / "runner.sock"
 IDLE = 120.0  # seconds without a request before the runner exits
@@ -110,17 +112,29 @@ def _serve_one(listener: socket.socket, conn: socket.socket, root: Path) -> None
     if os.fork() != 0:
         conn.close()
         return
-    try:  # the worker
+    # The worker. Until it says "started" the client may run the command itself instead; after,
+    # never: a command must not run twice, so a failure then is reported, not retried.
+    started = False
+    try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # runc is waited for by foreground.py, not reaped
         listener.close()
-        code = _work(conn, root)
+        options = _receive(conn)
+        conn.sendall(b"started\n")
+        started = True
+        code = _work(conn, root, options)
+    except BaseException as error:
+        if not started:
+            os._exit(70)
+        os.write(2, f"Error: internal error in virtkit's runner: {type(error).__name__}: {error}\n".encode())
+        code = 125
+    try:
         conn.sendall(f"code {code}\n".encode())
-    except BaseException:  # the client then runs the command the slow way, saying why if it can
-        os._exit(70)
-    os._exit(0)
+    finally:
+        os._exit(0)
 
 
-def _work(conn: socket.socket, root: Path) -> int:
+def _receive(conn: socket.socket) -> dict[str, Any]:
+    """The request: its options, with the client's stdin, stdout and stderr made this worker's."""
     message, fds, _flags, _addr = socket.recv_fds(conn, MAX_REQUEST, 3)
     if len(fds) != 3:
         raise ValueError("a request comes with stdin, stdout and stderr")
@@ -130,12 +144,29 @@ def _work(conn: socket.socket, root: Path) -> int:
     options = ast.literal_eval(message.split(b"\n", 1)[0].decode())  # plain values only: no code runs
     if not isinstance(options, dict):
         raise ValueError("a request is a dict of run options")
+    return options
+
+
+def _work(conn: socket.socket, root: Path, options: dict[str, Any]) -> int:
+    import resource
+
     from virtkit.cli import fastrun
     from virtkit.drivers.oci import foreground
 
+    # The caller's open-file limit, not the first caller's: containers get the lower of their soft
+    # limit and the caller's hard one (plan.py), so each run gets what it would get in-process.
+    soft, hard = (int(n) for n in options.pop("nofile", resource.getrlimit(resource.RLIMIT_NOFILE)))
+    _soft, mine = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, hard, mine), min(hard, mine)))
+    for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):  # outside runc's wait: clean up, end
+        signal.signal(number, _interrupted)
     foreground.FORWARD_ALL = True  # the terminal's signals reach the client, not runc: it sends them on
     threading.Thread(target=_signals, args=(conn,), daemon=True).start()
     return fastrun.run_options(str(root), options)
+
+
+def _interrupted(_number: int, _frame: object) -> None:
+    raise KeyboardInterrupt  # fastrun.execute: the op's own clean-up runs, the exit status is 130
 
 
 def _signals(conn: socket.socket) -> None:
@@ -150,6 +181,7 @@ def _signals(conn: socket.socket) -> None:
 def main() -> None:
     root = Path(sys.argv[1])
     os.umask(0o022)
+    os.chdir("/")  # not the first caller's directory: it would pin that filesystem
     serve(root)
 
 
