@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from virtkit.drivers.oci.inroot import resolve
 from virtkit.drivers.oci.spec import ContainerSpec
 from virtkit.errors import HostCapabilityError
 from virtkit.logs import get_logger
@@ -38,38 +39,16 @@ STOP_SIGNAL = "SIGRTMIN+3"
 # (set at the hierarchy's root, which it cannot write) run when one empties: on a systemd host that
 # agent is systemd's own cgroups-agent.
 DELEGATED = ("cgroup.procs", "tasks", "cgroup.clone_children")
-MAX_LINKS = 40  # as the kernel's own limit on symlinks followed in one lookup
 
 
 def resolve_in(rootfs: Path, path: str) -> str | None:
-    """`path` with every symlink followed as the container would see it (absolute targets taken
-    from `rootfs`, never from the host), as an absolute path inside the tree; None when it does
-    not exist or the links loop."""
-    parts = [p for p in path.split("/") if p]
-    done: list[str] = []
-    links = 0
-    while parts:
-        part = parts.pop(0)
-        if part == ".":
-            continue
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        here = rootfs.joinpath(*done, part)
-        if here.is_symlink():
-            links += 1
-            if links > MAX_LINKS:
-                return None
-            target = os.readlink(here)
-            if target.startswith("/"):
-                done = []
-            parts = [p for p in target.split("/") if p] + parts
-            continue
-        if not here.exists():
-            return None
-        done.append(part)
-    return "/" + "/".join(done)
+    """`path` with every symlink followed as the container would see it (inroot.py: absolute
+    targets taken from `rootfs`, never from the host), as an absolute path inside the tree; None
+    when it does not exist or the links loop."""
+    found = resolve(rootfs, path)
+    if found is None or not found.exists():
+        return None
+    return "/" + str(found.relative_to(rootfs)).lstrip(".")
 
 
 def is_systemd(rootfs: Path, init: str) -> bool:
