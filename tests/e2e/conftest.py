@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -36,3 +37,25 @@ def virtkit(state_root: Path) -> Cli:
         )
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A state root holding the tiny image, built once per test session (3 s a build)."""
+    root = reachable(tmp_path_factory.mktemp("tiny-template") / "root")
+    env = {**os.environ, "VIRTKIT_ROOT": str(root)}
+    built = subprocess.run([str(VIRTKIT), "image", "build", "tiny"], capture_output=True, text=True,
+                           timeout=300, env=env, check=False)  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    return root
+
+
+def seed_root(template: Path, root: Path) -> None:
+    """Make `root` a state root holding what `template` holds: its database copied, its images
+    hard-linked (an image's files are never written; deleting one unlinks the test's links only)."""
+    root.mkdir(mode=0o711)
+    os.chmod(root, 0o711)
+    with sqlite3.connect(template / "virtkit.db") as source, sqlite3.connect(root / "virtkit.db") as copy:
+        source.backup(copy)
+    os.chmod(root / "virtkit.db", 0o600)
+    subprocess.run(["cp", "-al", str(template / "images"), str(root / "images")], check=True)

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import VIRTKIT, Cli
+from tests.e2e.conftest import VIRTKIT, Cli, seed_root
 from tests.e2e.test_cli import assert_clear_error
 
 
 @pytest.fixture
-def tiny(virtkit: Cli, state_root: Path) -> Iterator[Cli]:
-    """A root with the tiny image; every VM left running at the end is killed and deleted."""
-    built = virtkit("image", "build", "tiny", "--json", timeout=300)
-    assert built.returncode == 0, built.stderr
+def tiny(virtkit: Cli, state_root: Path, tiny_template: Path) -> Iterator[Cli]:
+    """A root with the tiny image (the session's one, `tiny_template`); every instance left at the
+    end is deleted."""
+    seed_root(tiny_template, state_root)
     yield virtkit
     listed = virtkit("list", "--json")
     for instance in json.loads(listed.stdout or "[]"):
