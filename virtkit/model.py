@@ -36,9 +36,11 @@ __all__ = [
     "InstanceRecord",
     "InstanceState",
     "KiB",
+    "Forward",
     "MiB",
     "Name",
     "NetworkRecord",
+    "Nic",
     "OperationRecord",
     "OperationStatus",
     "PiB",
@@ -92,6 +94,27 @@ class InstanceState(StrEnum):
     ERROR = "error"
 
 
+MAC_PATTERN = r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$"
+IPV4_PATTERN = r"^[0-9]{1,3}(\.[0-9]{1,3}){3}$"
+
+
+class Nic(BaseModel):
+    """One network interface of an instance: its network, its fixed MAC and IPv4 address (dnsmasq
+    hands out exactly these; the firewall lets nothing else out), and its host-side device (the tap
+    of a VM, the host end of a container's veth)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    network: Name
+    mac: str = Field(pattern=MAC_PATTERN)
+    ip: str = Field(pattern=IPV4_PATTERN)
+    device: str = Field(pattern=r"^vk[0-9a-f]{8}n[0-9]{1,2}$")
+    inner: str = Field(default="eth0", pattern=r"^eth[0-9]{1,2}$")  # its name inside a container
+    model: str | None = Field(default=None, pattern=r"^(virtio|e1000)$")  # a VM's NIC model; None: as --devices
+    limit: int | None = Field(default=None, gt=0)  # bits per second, each direction
+    allow_host: bool = False  # may reach the host's own services, not only DHCP/DNS on its gateway
+
+
 class InstanceRecord(Record):
     TABLE: ClassVar[str] = "instances"
     KEY: ClassVar[tuple[str, ...]] = ("name",)
@@ -108,6 +131,7 @@ class InstanceRecord(Record):
     labels: dict[str, str] = Field(default_factory=dict)
     started_at: float | None = None
     boot: dict[str, float] = Field(default_factory=dict)  # boot phases of the last start, in seconds
+    nics: list[Nic] = Field(default_factory=list)
 
 
 class ImageRecord(Record):
@@ -128,6 +152,20 @@ class ImageRecord(Record):
     properties: dict[str, str] = Field(default_factory=dict)
 
 
+class Forward(BaseModel):
+    """A published port: HOST_PORT/PROTO on every host address, DNAT to an instance's NIC on the network."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    proto: str = Field(default="tcp", pattern=r"^(tcp|udp)$")
+    host_port: int = Field(ge=1, le=65535)
+    instance: Name
+    port: int = Field(ge=1, le=65535)
+
+    def label(self) -> str:
+        return f"{self.host_port}/{self.proto}"
+
+
 class NetworkRecord(Record):
     TABLE: ClassVar[str] = "networks"
     KEY: ClassVar[tuple[str, ...]] = ("name",)
@@ -136,6 +174,9 @@ class NetworkRecord(Record):
     type: str = Field(default="nat", pattern=r"^(nat|isolated)$")
     bridge: str = ""
     subnet: str = ""
+    gateway: str = ""
+    domain: str = "virtkit"
+    forwards: list[Forward] = Field(default_factory=list)
     config: dict[str, str] = Field(default_factory=dict)
 
 

@@ -29,13 +29,15 @@ def _row(view: InstanceView) -> tuple[str, ...]:
     state = view.status.state.value
     memory = format_size(r.memory)
     image = (r.image or "-")[:12]
-    return (r.name, r.kind.value, state, f"{r.cpus:g}", memory, image, _duration(time.time() - r.created_at))
+    ipv4 = " ".join(f"{nic.ip} ({nic.inner})" for nic in r.nics) or "-"
+    age = _duration(time.time() - r.created_at)
+    return (r.name, r.kind.value, state, ipv4, f"{r.cpus:g}", memory, image, age)
 
 
 @click.command("list")
 @json_option
 def list_command() -> None:
-    """List instances: name, type, live state, CPUs, memory, image, age."""
+    """List instances: name, type, live state, IPv4 addresses, CPUs, memory, image, age."""
     from virtkit.ops import oneshots
     from virtkit.ops.lifecycle import Lifecycle
 
@@ -48,9 +50,10 @@ def list_command() -> None:
     rows = [_row(view) for view in views]
     for one in running:
         age = _duration(time.time() - float(one["created_at"]))
-        rows.append((one["name"], "container", "running (run --rm)", f"{one['cpus']:g}",
+        rows.append((one["name"], "container", "running (run --rm)", "-", f"{one['cpus']:g}",
                      format_size(int(one["memory"])), str(one["image"])[:12], age))  # fmt: skip
-    print_table(["NAME", "TYPE", "STATE", "CPUS", "MEMORY", "IMAGE", "AGE"], rows, empty="No instances.")
+    columns = ["NAME", "TYPE", "STATE", "IPV4", "CPUS", "MEMORY", "IMAGE", "AGE"]
+    print_table(columns, rows, empty="No instances.")
 
 
 def _oneshot(one: dict[str, object]) -> dict[str, object]:
@@ -152,6 +155,13 @@ def _fields(view: InstanceView) -> list[tuple[str, str]]:
         for key, value in sorted(status.details.items())
         if key not in _SHOWN
     ]
+    if record.nics:
+        from virtkit.network.shaping import format_rate
+    for nic in record.nics:
+        limit = f", limit {format_rate(nic.limit)}" if nic.limit else ""
+        host = ", may reach the host" if nic.allow_host else ""
+        fields.append((f"NIC {nic.inner}", f"{nic.ip} on {nic.network}, MAC {nic.mac}, host device "
+                       f"{nic.device}{limit}{host}"))  # fmt: skip
     fields += [(f"Config {key}", value) for key, value in sorted(record.config.items())]
     fields += [(f"Label {key}", value) for key, value in sorted(record.labels.items())]
     return fields

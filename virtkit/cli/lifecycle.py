@@ -125,6 +125,25 @@ def _define_options(func: F) -> F:
             default=None,
             help="Guest architecture (a foreign one runs emulated); `tiny` then means tiny-ARCH.",
         ),
+        click.option(
+            "--network", "networks", multiple=True, metavar="NAME[,ip=A][,mac=M][,limit=R][,model=M]",
+            help="A NIC on network NAME (repeatable: eth0, eth1, ...); `default` is made on first use. "
+            "Options: a fixed ip=, mac=, limit= (rate, e.g. 10mbit), model=virtio|e1000 (VMs).",
+        ),
+        click.option("--ip", default=None, metavar="ADDR", help="The first NIC's IPv4 address."),
+        click.option("--mac", default=None, metavar="MAC", help="The first NIC's MAC address."),
+        click.option(
+            "--network-limit", default=None, metavar="RATE",
+            help="Rate limit of every NIC without its own, each direction, e.g. 10mbit.",
+        ),
+        click.option(
+            "--publish", "-p", multiple=True, metavar="HOSTPORT:PORT[/tcp|udp]",
+            help="Forward a host port to the first NIC (repeatable), from outside and from the host.",
+        ),
+        click.option(
+            "--allow-host", is_flag=True,
+            help="Let the instance reach the host's own services (not only DHCP/DNS on its gateway).",
+        ),
         click.option("--dry-run", is_flag=True, help="Print what would run, and do nothing."),
     ]
     # click lists decorator parameters in reverse order of application: these come after the above.
@@ -152,6 +171,7 @@ def _as_request(func: Callable[..., None]) -> Callable[..., None]:
             if value is not None:
                 config[key] = str(value)
         kind = options.pop("kind")
+        network = _network_request(options)
         request = Request(
             image=options.pop("image"),
             name=options.pop("name"),
@@ -161,10 +181,36 @@ def _as_request(func: Callable[..., None]) -> Callable[..., None]:
             disk=options.pop("disk"),
             config=config,
             arch=options.pop("arch"),
+            **network,
         )
         func(request, **options)
 
     return wrapper
+
+
+def _network_request(options: dict[str, Any]) -> dict[str, Any]:
+    """The NIC and forward parts of a Request, from --network, --ip, --mac, --network-limit, --publish."""
+    import dataclasses
+
+    from virtkit.errors import SpecError
+    from virtkit.network.addressing import parse_mac
+    from virtkit.network.shaping import parse_rate
+    from virtkit.ops.nics import parse_nic, parse_publish
+
+    nics = [parse_nic(text) for text in options.pop("networks")]
+    ip, mac, limit = options.pop("ip"), options.pop("mac"), options.pop("network_limit")
+    if (ip or mac) and not nics:
+        raise SpecError("--ip and --mac set the first NIC's addresses: add --network NAME")
+    if nics and (ip or mac):
+        first = nics[0]
+        nics[0] = dataclasses.replace(first, ip=ip or first.ip, mac=parse_mac(mac) if mac else first.mac)
+    if limit is not None:
+        if not nics:
+            raise SpecError("--network-limit limits NICs: add --network NAME")
+        rate = parse_rate(limit)
+        nics = [nic if nic.limit else dataclasses.replace(nic, limit=rate) for nic in nics]
+    publish = tuple(parse_publish(text, options["name"]) for text in options.pop("publish"))
+    return {"nics": tuple(nics), "publish": publish, "allow_host": options.pop("allow_host")}
 
 
 def _notices(notices: list[str]) -> None:

@@ -49,6 +49,10 @@ COMMANDS = [
         "set", "virtkit.cli.settings:set_command", "Change an instance's CPUs, memory, limits.", "Instances"
     ),
     LazyCommand("file", "virtkit.cli.file:file_group", "Copy files into and out of instances.", "Instances"),
+    LazyCommand(
+        "network", "virtkit.cli.network:network_group", "Networks: bridges, DHCP/DNS, NAT, forwards.",
+        "Networks",
+    ),
     LazyCommand("image", "virtkit.cli.image:image_group", "Build, import, list and export images.", "Images"),
     LazyCommand("host", "virtkit.cli.host:host_group", "Check and describe this host.", "Host"),
     LazyCommand(

@@ -21,6 +21,8 @@ if TYPE_CHECKING:  # not at run time: `virtkit run` reaches this module without 
     from virtkit.drivers.console import Console
     from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState
 
+Plugged = Callable[[], None] | None  # see Driver.start
+
 INSTANCES_DIR = "instances"
 CGROUP_PARENT = "virtkit"  # every instance's cgroup is /virtkit/ID in each hierarchy (drivers/cgroup.py)
 ONESHOTS_DIR = "oneshots"  # `virtkit run --rm` containers: never registered, gone when they end
@@ -121,8 +123,12 @@ class Driver(Protocol):
     ) -> None:
         """Make the instance's own files (its disk overlay, its rootfs upper layer)."""
 
-    def start(self, record: InstanceRecord, runtime: Runtime, paths: InstancePaths) -> None:
-        """Execute the saved runtime; returns once the process runs (not once the guest is ready)."""
+    def start(
+        self, record: InstanceRecord, runtime: Runtime, paths: InstancePaths, plugged: Plugged = None
+    ) -> None:
+        """Execute the saved runtime; returns once the process runs (not once the guest is ready).
+        `plugged` is called once the instance's host-side network devices exist and before the
+        guest runs (its firewall rules and rate limits go on then); a failure in it fails the start."""
 
     def wait_ready(self, record: InstanceRecord, paths: InstancePaths, timeout: float) -> dict[str, float]:
         """Wait (bounded) for the guest to announce readiness; returns the boot phases in seconds."""

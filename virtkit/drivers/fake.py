@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from virtkit.drivers.base import ByteSink, ByteSource, ExecResult, InstancePaths, Runtime, Status
+from virtkit.drivers.base import ByteSink, ByteSource, ExecResult, InstancePaths, Plugged, Runtime, Status
 from virtkit.drivers.console import Console
 from virtkit.errors import ConflictError, NotFoundError, SpecError, StateError, ToolError
 from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState
@@ -45,8 +45,12 @@ class FakeDriver:
         self._step("prepare")
         (paths.dir / "disk").write_text("overlay")
 
-    def start(self, record: InstanceRecord, runtime: Runtime, paths: InstancePaths) -> None:
+    def start(
+        self, record: InstanceRecord, runtime: Runtime, paths: InstancePaths, plugged: Plugged = None
+    ) -> None:
         self._step("start")
+        if plugged is not None:
+            plugged()
         self.states[record.uuid] = InstanceState.RUNNING
 
     def wait_ready(self, record: InstanceRecord, paths: InstancePaths, timeout: float) -> dict[str, float]:

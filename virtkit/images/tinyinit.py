@@ -230,11 +230,11 @@ if [ "$mode" = other ]; then
 	exit 0
 fi
 
-# DHCP on the NICs nobody configured: all of a VM's; in a container only eth0 (should a runtime
-# share the host's network namespace, the host's other interfaces stay untouched).
+# DHCP on the NICs nobody configured: all of a VM's; in a container only eth0, eth1, ... (should a
+# runtime share the host's network namespace, the host's other interfaces stay untouched).
 ip link set lo up 2>/dev/null
 nics=/sys/class/net/*
-[ "$mode" = container ] && nics=/sys/class/net/eth0
+[ "$mode" = container ] && nics=/sys/class/net/eth[0-9]*
 for dev in $nics; do
 	ifname=${dev##*/}
 	{ [ "$ifname" = lo ] || [ ! -e "$dev" ]; } && continue

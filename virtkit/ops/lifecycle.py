@@ -21,7 +21,9 @@ from virtkit.drivers.base import Driver, ExecResult, InstancePaths, Runtime, Sta
 from virtkit.drivers.console import Console
 from virtkit.errors import NotFoundError, SpecError, StateError, StoreError
 from virtkit.images.store import ImageStore
-from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState, MiB, validate_name
+from virtkit.model import Forward, ImageRecord, InstanceKind, InstanceRecord, InstanceState, MiB, validate_name
+from virtkit.ops.networks import Networks
+from virtkit.ops.nics import NicRequest, Nics
 from virtkit.ops.resources import check_resources
 from virtkit.store import Store, atomic_write
 
@@ -63,6 +65,9 @@ class Request:
     disk: int | None = None
     config: dict[str, str] | None = None
     arch: str | None = None
+    nics: tuple[NicRequest, ...] = ()
+    publish: tuple[Forward, ...] = ()
+    allow_host: bool = False
 
 
 class Lifecycle:
@@ -72,6 +77,7 @@ class Lifecycle:
         self.root = root
         self.store = store
         self.drivers = drivers
+        self.nics = Nics(Networks(root, store))
 
     def paths(self, name: str) -> InstancePaths:
         return InstancePaths.of(self.root, name)
@@ -107,8 +113,9 @@ class Lifecycle:
         driver = self.drivers(kind)
         paths = self.paths(name)
         with self.store.lock("instance", name):
-            record = self.store.create(record)
+            record = self._store_new(record, request)
             try:
+                self.nics.published(record, request.publish)
                 if paths.dir.exists():  # left by a crash: no record owns it, since ours is new
                     log.warning("removing leftover files of a previous %s at %s", name, paths.dir)
                     shutil.rmtree(paths.dir)
@@ -121,6 +128,19 @@ class Lifecycle:
                 self._remove(record, paths)
                 raise
         return record, runtime
+
+    def _store_new(self, record: InstanceRecord, request: Request) -> InstanceRecord:
+        """Store the new record, with the NICs it asks for (their addresses taken in the same step)."""
+        if not request.nics:
+            if request.publish:
+                raise SpecError("--publish needs a NIC: add --network NAME")
+            return self.store.create(record)
+        with self.nics.networks.lock():
+            record.nics = self.nics.allocate(record, request.nics, allow_host=request.allow_host)
+            record = self.store.create(record)
+        for name in sorted({nic.network for nic in record.nics}):
+            self.nics.networks.reload(name)
+        return record
 
     def preview(self, request: Request) -> Runtime:
         """The runtime `create` would save for `request`, made and checked the same way; nothing is
@@ -264,7 +284,12 @@ class Lifecycle:
             driver.cleanup(record, paths)  # sockets and pidfile of a previous run
             runtime = self._load_runtime(record)
             started = time.time()
-            driver.start(record, runtime, paths)
+            self.nics.before_start(record)
+            try:
+                driver.start(record, runtime, paths, plugged=lambda: self.nics.ports_ready(record))
+            except BaseException:
+                self.nics.after_stop(record)
+                raise
             boot: dict[str, float] = {}
             try:
                 if wait:
@@ -272,6 +297,7 @@ class Lifecycle:
             except BaseException:
                 driver.stop(record, paths, force=True, timeout=STOP_TIMEOUT)
                 driver.cleanup(record, paths)
+                self.nics.after_stop(record)
                 raise
             record.state, record.started_at, record.boot = InstanceState.RUNNING, started, boot
             return self.store.put(record)
@@ -306,6 +332,7 @@ class Lifecycle:
                 raise StateError(f"instance {name!r} is already stopped")
             driver.stop(record, paths, force=force, timeout=timeout)
             driver.cleanup(record, paths)
+            self.nics.after_stop(record)
 
         return self._change(name, act, InstanceState.STOPPED)
 
@@ -377,11 +404,12 @@ class Lifecycle:
             ) from exc
 
     def _remove(self, record: InstanceRecord, paths: InstancePaths) -> None:
-        """Remove an instance's files, then its record."""
+        """Remove an instance's files, then its record, then what its networks held of it."""
         if paths.dir.exists():
             shutil.rmtree(paths.dir)
         if self.store.find(InstanceRecord, record.name) is not None:
             self.store.delete(InstanceRecord, record.name)
+        self.nics.forget(record)
         with_root = self.root / "instances"
         if with_root.exists() and not os.listdir(with_root):
             with_root.rmdir()

@@ -128,7 +128,14 @@ def _process(spec: ContainerSpec) -> dict[str, Any]:
 def _caps(spec: ContainerSpec) -> tuple[str, ...]:
     if spec.caps is not None:
         return spec.caps
-    return ALL_CAPS if spec.privileged else DEFAULT_CAPS
+    if spec.privileged:
+        return ALL_CAPS
+    if spec.nics and spec.uid_maps:
+        # Its network namespace belongs to its user namespace: CAP_NET_ADMIN there configures its
+        # own NICs (a DHCP client, `ip addr`) and nothing of the host's. What it may send is
+        # enforced on the host side (virtkit's firewall), which it cannot reach.
+        return (*DEFAULT_CAPS, "CAP_NET_ADMIN")
+    return DEFAULT_CAPS
 
 
 def _env(spec: ContainerSpec) -> list[str]:

@@ -21,10 +21,11 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from virtkit.drivers.base import ByteSink, ByteSource, ExecResult, InstancePaths, Runtime, Status
+from virtkit.drivers.base import ByteSink, ByteSource, ExecResult, InstancePaths, Plugged, Runtime, Status
 from virtkit.drivers.cgroup import Cgroup
 from virtkit.drivers.console import Console
-from virtkit.drivers.oci import foreground, idmap, monitor, rootfs, systemd
+from virtkit.drivers.nics import remove_ports
+from virtkit.drivers.oci import foreground, idmap, monitor, ports, rootfs, systemd
 from virtkit.drivers.oci.bundle import build_config
 from virtkit.drivers.oci.logfile import LogDecoder
 from virtkit.drivers.oci.plan import ContainerFiles, build_spec, cgroup_of, container_id
@@ -118,7 +119,9 @@ class OciDriver:
     def _layers(self, runtime: Runtime, files: ContainerFiles) -> rootfs.Layers:
         return rootfs.Layers(Path(runtime.config["lower"]), files.upper, files.work, files.merged)
 
-    def start(self, record: InstanceRecord, runtime: Runtime, paths: InstancePaths) -> None:
+    def start(
+        self, record: InstanceRecord, runtime: Runtime, paths: InstancePaths, plugged: Plugged = None
+    ) -> None:
         files = ContainerFiles(paths)
         spec = _spec(runtime)
         runc, cid = _runc(paths, runtime), container_id(record)
@@ -133,7 +136,9 @@ class OciDriver:
             # conmon appends to the log: readiness is looked for in what this boot writes only
             offset = mon.log.stat().st_size if mon.log.exists() else 0
             systemd.delegate(spec)
-            monitor.launch(cid, spec.name, mon, runc, terminal=spec.terminal)
+            monitor.launch(
+                cid, spec.name, mon, runc, terminal=spec.terminal, created=ports.plugger(spec, plugged)
+            )
             boot = {"spawn": time.monotonic() - began, "log": offset}
             atomic_write(paths.dir / "boot.json", json.dumps(boot))
         except BaseException:
@@ -271,6 +276,7 @@ class OciDriver:
         if state is not None and state.get("status") in ("running", "paused"):
             raise StateError(f"{record.name} is still running", hint=f"virtkit stop {record.name}")
         runc.delete(cid)
+        remove_ports(record)
         files = ContainerFiles(paths)
         rootfs.unmount(files.merged)
         (_monitor_files(paths).exits / cid).unlink(missing_ok=True)

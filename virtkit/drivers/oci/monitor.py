@@ -18,6 +18,7 @@ import os
 import shutil
 import socket
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,8 +85,11 @@ def launch(
     timeout: float = START_TIMEOUT,
     *,
     terminal: bool = False,
+    created: Callable[[int], None] | None = None,
 ) -> int:
-    """Create the container under a new conmon and start it; the container's PID (as the host sees it)."""
+    """Create the container under a new conmon and start it; the container's PID (as the host sees it).
+    `created` is called with that PID between create and start: its namespaces exist, its process
+    has not run yet."""
     files.exits.mkdir(exist_ok=True)
     argv = conmon_argv(cid, name, files, runc, terminal=terminal)
     sync_parent, sync_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -110,6 +114,8 @@ def launch(
         for end in (sync_parent, sync_child, start_parent, start_child):
             end.close()
     pid = _container_pid(message, name, err.decode(errors="replace"))
+    if created is not None:
+        created(pid)
     runc.start(cid)
     log.info("%s: container pid %d under conmon", name, pid)
     return pid

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from virtkit.drivers.base import CGROUP_PARENT as PARENT
 from virtkit.drivers.base import InstancePaths
 from virtkit.drivers.oci import limits, systemd
-from virtkit.drivers.oci.spec import ContainerSpec
+from virtkit.drivers.oci.spec import ContainerSpec, PortSpec
 from virtkit.errors import SpecError
 from virtkit.images.staged import ROOTFS
 
@@ -194,8 +194,15 @@ def build_spec(
         uid_maps=ids.uid_maps() if ids else (), gid_maps=ids.gid_maps() if ids else (),
         cpuset=limits.cpu_set(record.config), io_device=io_device, io_iops=io_iops, io_bps=io_bps,
         privileged=wanted_privileged, caps=limits.caller_caps() if wanted_privileged else None,
-        uid=uid, gid=gid,
+        uid=uid, gid=gid, nics=_ports(record),
     )  # fmt: skip
+
+
+def _ports(record: InstanceLike) -> tuple[PortSpec, ...]:
+    from virtkit.network.addressing import bridge_of
+
+    nics = getattr(record, "nics", ())  # `virtkit run`'s containers have none
+    return tuple(PortSpec(nic.device, nic.mac, bridge_of(nic.network), nic.inner) for nic in nics)
 
 
 def _processes(record: InstanceLike) -> int | None:

@@ -24,6 +24,16 @@ class IdMap:
 
 
 @dataclass(frozen=True)
+class PortSpec:
+    """One NIC: a veth pair, `device` on the host enslaved to `bridge`, `inner` in the container."""
+
+    device: str
+    mac: str
+    bridge: str
+    inner: str = "eth0"
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     """One container as the OCI runtime will run it. Sizes in bytes; paths absolute."""
 
@@ -72,6 +82,7 @@ class ContainerSpec:
     # architecture.
     # Saved with the spec, so build_config needs no host access; older saved specs get the host's.
     arch: str = field(default_factory=lambda: os.uname().machine)
+    nics: tuple[PortSpec, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,4 +97,5 @@ class ContainerSpec:
         values["gid_maps"] = tuple(IdMap(**m) for m in values.get("gid_maps", ()))
         if values.get("caps") is not None:
             values["caps"] = tuple(values["caps"])
+        values["nics"] = tuple(PortSpec(**nic) for nic in values.get("nics", ()))
         return cls(**values)

@@ -11,6 +11,8 @@ terminal, output to the runtime log); QEMU still writes and locks its own pidfil
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from virtkit.drivers.qemu.spec import DiskSpec, VmSpec
 
 MiB = 1024 * 1024
@@ -227,8 +229,28 @@ def _virtio_extras(spec: VmSpec) -> list[str]:
 
 
 def _network(spec: VmSpec) -> list[str]:
-    """NICs: none yet. The network issue adds them here, one `-netdev tap,...` plus one `-device`
-    each: virtio-net-device (microvm, virt) or virtio-net-pci with virtio devices, e1000 with
-    emulated ones."""
-    del spec
-    return []
+    """NICs: a `-netdev tap` on the tap `start` made (QEMU opens it by name; no script runs) and
+    the guest's device: virtio-net-device (microvm, virt), virtio-net-pci, or an emulated e1000."""
+    args: list[str] = []
+    for index, nic in enumerate(spec.nics):
+        args += ["-netdev", f"tap,id=net{index},ifname={esc(nic.device)},script=no,downscript=no"]
+        if nic.model == "e1000":
+            device = "e1000"
+        else:
+            device = "virtio-net-device" if spec.mmio else "virtio-net-pci"
+        args += ["-device", f"{device},id=nic{index},netdev=net{index},mac={esc(nic.mac)}"]
+    return args
+
+
+def with_tap_fds(argv: Sequence[str], fds: Mapping[str, int]) -> list[str]:
+    """`argv` with each `-netdev tap,...,ifname=DEV,...` naming the open descriptor of DEV instead
+    (`start` opens the taps; the saved argv names them, which is what people read)."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if i and out[i - 1] == "-netdev" and arg.startswith("tap,"):
+            options = arg.split(",")
+            device = next((o[len("ifname="):] for o in options if o.startswith("ifname=")), None)
+            if device is not None and device in fds:
+                kept = [o for o in options if not o.startswith(("ifname=", "script=", "downscript="))]
+                out[i] = ",".join([*kept, f"fd={fds[device]}"])
+    return out

@@ -21,11 +21,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from virtkit import cloudinit
-from virtkit.drivers.base import ByteSink, ByteSource, ExecResult, InstancePaths, Runtime, Status
+from virtkit.drivers.base import ByteSink, ByteSource, ExecResult, InstancePaths, Plugged, Runtime, Status
 from virtkit.drivers.cgroup import Cgroup
 from virtkit.drivers.console import Console
+from virtkit.drivers.nics import remove_ports
 from virtkit.drivers.qemu import process
-from virtkit.drivers.qemu.argv import build_argv
+from virtkit.drivers.qemu.argv import build_argv, with_tap_fds
 from virtkit.drivers.qemu.boot import BootRecord, watch_ready
 from virtkit.drivers.qemu.confinement import apply_live, confined, live_changes, oom_reason, usage
 from virtkit.drivers.qemu.disk import make_root_disk, remove_quietly
@@ -33,6 +34,7 @@ from virtkit.drivers.qemu.monitor import Monitor
 from virtkit.drivers.qemu.plan import UEFI_FILES, VmFiles, build_spec, firmware_for, iso_for, seed_for
 from virtkit.drivers.qemu.seed import make_seed
 from virtkit.drivers.qemu.spec import VmSpec
+from virtkit.drivers.qemu.taps import taps
 from virtkit.errors import HostCapabilityError, StateError, ToolError, VirtkitError
 from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState
 
@@ -80,7 +82,9 @@ class QemuDriver:
             remove_quietly(files.seed)
             raise
 
-    def start(self, record: InstanceRecord, runtime: Runtime, paths: InstancePaths) -> None:
+    def start(
+        self, record: InstanceRecord, runtime: Runtime, paths: InstancePaths, plugged: Plugged = None
+    ) -> None:
         spec = VmSpec.from_dict(runtime.config)
         if process.running_pid(paths.pidfile, spec.uuid) is not None:
             raise StateError(f"{spec.name} is already running")
@@ -91,8 +95,11 @@ class QemuDriver:
         with paths.log.open("a") as runtime_log:
             runtime_log.write(f"virtkit: starting {spec.name} ({spec.accel}) at {time.ctime(started_at)}\n")
         boot = BootRecord(spec, started_at, process.size(Path(spec.console_log)), process.size(paths.log))
-        with confined(spec, paths) as (cgroup_fds, user):
-            pid = process.spawn(runtime.argv, paths.log, cgroup_fds=cgroup_fds, user=user)
+        with confined(spec, paths) as (cgroup_fds, user), taps(spec, user) as tap_fds:
+            if plugged is not None:
+                plugged()
+            argv = with_tap_fds(runtime.argv, tap_fds)
+            pid = process.spawn(argv, paths.log, cgroup_fds=cgroup_fds, user=user, pass_fds=tap_fds.values())
             self._wait_up(spec, pid, paths, boot, runtime.argv)
         boot.phases["spawn"] = time.monotonic() - began
         boot.save(files.boot)
@@ -303,6 +310,7 @@ class QemuDriver:
         boot = BootRecord.load(files.boot)
         if boot is not None and boot.spec.cgroup:
             Cgroup(boot.spec.cgroup).remove()
+        remove_ports(record)
 
 
 def _make_seed(record: InstanceRecord, image: ImageRecord, files: VmFiles) -> None:

@@ -45,6 +45,8 @@ from virtkit.drivers.qemu.spec import (
     DiskSpec,
     Firmware,
     Machine,
+    NicModel,
+    NicSpec,
     UefiSpec,
     VmSpec,
 )
@@ -320,10 +322,27 @@ def build_spec(
         tsc_khz=tsc_khz() if machine == "microvm" and accel == "tcg" else None,
         ready_agent=bool(agent) and agent_port == QGA_PORT and not properties.get("ready_marker"),
         seed=str(seed) if seed else None,
+        nics=_nics(record, devices, machine),
     )  # fmt: skip
     opened = [paths.dir, image_dir, *(image_dir / name for name in image.files.values())]
     spec, confined = confine(spec, record, opened + ([Path(iso)] if iso else []), who())
     return spec, notices + confined
+
+
+def _nics(record: InstanceRecord, devices: Devices, machine: Machine) -> tuple[NicSpec, ...]:
+    """The record's NICs: virtio with virtio devices, e1000 with emulated ones, unless a NIC says."""
+    from virtkit.network.addressing import bridge_of
+
+    nics = []
+    for nic in record.nics:
+        model = cast(NicModel, nic.model or ("virtio" if devices == "virtio" else "e1000"))
+        if model == "e1000" and machine != "q35":
+            raise SpecError(
+                f"an e1000 NIC needs a PCI machine, and {record.name} runs on {machine}",
+                hint="use --machine q35, or a virtio NIC",
+            )
+        nics.append(NicSpec(device=nic.device, mac=nic.mac, bridge=bridge_of(nic.network), model=model))
+    return tuple(nics)
 
 
 def _cpu_model(arch: str, accel: Accel) -> str:

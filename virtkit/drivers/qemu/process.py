@@ -18,7 +18,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from virtkit.drivers.cgroup import join
@@ -37,13 +37,19 @@ _children: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def spawn(
-    argv: Sequence[str], log_path: Path, *, cgroup_fds: Sequence[int] = (), user: RunAs | None = None
+    argv: Sequence[str],
+    log_path: Path,
+    *,
+    cgroup_fds: Sequence[int] = (),
+    user: RunAs | None = None,
+    pass_fds: Iterable[int] = (),
 ) -> int:
     """Start `argv` detached (own session, stdin from /dev/null, output appended to `log_path`).
 
     Between fork and exec the child joins its cgroup (through `cgroup_fds`, files of cgroup.procs
     the caller opened) and then becomes `user`, so QEMU never runs a single instruction unconfined.
-    Files it creates are private to it (umask 077).
+    Files it creates are private to it (umask 077). `pass_fds` stay open in it, at their numbers
+    (the tap descriptors its argv names).
     """
     fds = list(cgroup_fds)
 
@@ -62,6 +68,7 @@ def spawn(
                 start_new_session=True,
                 close_fds=True,
                 umask=0o077,
+                pass_fds=tuple(pass_fds),
                 preexec_fn=confine if fds or user is not None else None,
             )
         except FileNotFoundError:

@@ -42,6 +42,19 @@ class DiskSpec:
             raise ValueError(f"a read-only disk needs the virtio bus, not {self.bus}")
 
 
+NicModel = Literal["virtio", "e1000"]
+
+
+@dataclass(frozen=True)
+class NicSpec:
+    """One NIC: a tap on the host (made by `start`, enslaved to `bridge`) and the guest's device."""
+
+    device: str  # the tap's name on the host
+    mac: str
+    bridge: str
+    model: NicModel = "virtio"
+
+
 @dataclass(frozen=True)
 class UefiSpec:
     """The UEFI firmware: read-only code and the instance's own copy of the variable store."""
@@ -84,6 +97,7 @@ class VmSpec:
     tsc_khz: int | None = None  # microvm under TCG: tell the guest its TSC rate (tsc_early_khz=)
     ready_agent: bool = False  # ready once the agent on agent_socket (qemu-guest-agent) answers a sync
     seed: str | None = None  # cloud-init's NoCloud seed (ISO9660 labelled cidata), attached read-only
+    nics: tuple[NicSpec, ...] = ()
     # Host-side confinement, applied by `start` around the argv (not part of it).
     run_as: str | None = None  # the unprivileged user QEMU becomes (None: root)
     cgroup: str | None = None  # the VM's cgroup, relative to each hierarchy's root
@@ -103,12 +117,14 @@ class VmSpec:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["disks"] = [asdict(disk) for disk in self.disks]
+        data["nics"] = [asdict(nic) for nic in self.nics]
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VmSpec:
         values = dict(data)
         values["disks"] = tuple(DiskSpec(**disk) for disk in values.get("disks", ()))
+        values["nics"] = tuple(NicSpec(**nic) for nic in values.get("nics", ()))
         uefi = values.get("uefi")
         values["uefi"] = UefiSpec(**uefi) if uefi else None
         return cls(**values)

@@ -1,0 +1,675 @@
+"""One dnsmasq per virtkit network: DHCP with fixed addresses only, and DNS for the network's names.
+
+virtkit allocates every address itself; dnsmasq only hands them out (to the MACs it was told about,
+nobody else) and answers names: each instance as NAME and NAME.DOMAIN, the host as ``gateway``.
+It serves the network's bridge alone, so several networks, a system dnsmasq and systemd-resolved
+share one host without colliding. A nat network forwards other names to the host's resolvers; an
+isolated one answers NXDOMAIN for them at once.
+
+No Python process stays behind: dnsmasq daemonizes and writes a pidfile in the network's directory
+(ROOT/networks/NAME/), which also holds its config, hosts files, lease file and log. Any later
+virtkit process finds it again through that pidfile, trusting the PID only while /proc/PID/cmdline
+still names our config file.
+
+Privileges: dnsmasq binds as root, then becomes Debian's ``dnsmasq`` system user (else ``nobody``)
+in that user's group. It keeps CAP_NET_ADMIN, CAP_NET_RAW and CAP_NET_BIND_SERVICE and writes
+only through files it opened as root (lease file, log, pidfile), so nothing in the directory is
+writable by that user; it can only read the two hosts files (group-readable), which it re-reads
+on SIGHUP. A directory that user cannot reach makes dnsmasq stay root, logged as a warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import ipaddress
+import logging
+import os
+import pwd
+import re
+import select
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from virtkit.errors import HostCapabilityError, SpecError, ToolError
+from virtkit.units import validate_name
+
+__all__ = ["Config", "DaemonUser", "Dnsmasq", "Host", "Lease", "Rendered", "parse_leases", "render"]
+
+log = logging.getLogger(__name__)
+
+LEASE_TIME = "1h"
+START_TIMEOUT = 10.0  # dnsmasq's parent exits once its daemon is serving (or has failed)
+PIDFILE_TIMEOUT = 2.0
+STOP_TIMEOUT = 5.0
+KILL_TIMEOUT = 2.0
+LOG_ROTATE_SIZE = 1 << 20
+USERS = ("dnsmasq", "nobody")  # Debian's dnsmasq-base makes the first; dnsmasq's own default is the second
+GATEWAY_NAME = "gateway"
+RESOLV_CONF = "/etc/resolv.conf"
+# LC_ALL=C: its error messages are quoted to users and matched below, so they must not be translated.
+ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+
+CONF = "dnsmasq.conf"
+DHCP_HOSTS = "dhcp-hosts"
+DNS_HOSTS = "dns-hosts"
+LEASES = "leases"
+PIDFILE = "dnsmasq.pid"
+LOGFILE = "dnsmasq.log"
+BRIDGE_STATE = "dnsmasq.bridge"  # "BRIDGE IFINDEX" it was started on: a recreated bridge needs a restart
+
+# Linux allows more, but a name dnsmasq's config reads as one token, never an option, is enough here.
+_IFNAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}", re.ASCII)
+_MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", re.ASCII | re.IGNORECASE)
+_LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
+_PATH_RE = re.compile(r"/[A-Za-z0-9_./+@:~\[\]-]*", re.ASCII)
+_LEASE_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,253}", re.ASCII)
+
+
+@dataclass(frozen=True)
+class Host:
+    """One instance NIC on the network: its fixed address, and the instance name it answers to."""
+
+    mac: str
+    ip: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Config:
+    """What one network's dnsmasq serves. `upstream`: forward other names to the host's resolvers
+    (nat networks); without it only the network's own names are answered (isolated networks)."""
+
+    network: str
+    bridge: str
+    gateway: str
+    subnet: str
+    domain: str
+    upstream: bool
+    hosts: tuple[Host, ...]
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One line of dnsmasq's lease file. `expiry` is seconds since the epoch, None for an infinite
+    lease; `hostname` is None when the lease has none."""
+
+    expiry: int | None
+    mac: str
+    ip: str
+    hostname: str | None
+
+
+@dataclass(frozen=True)
+class DaemonUser:
+    """The user and group dnsmasq becomes after binding its sockets."""
+
+    user: str
+    group: str
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """The three files a config becomes: dnsmasq.conf and the two hosts files it re-reads on SIGHUP."""
+
+    conf: str
+    dhcp_hosts: str
+    dns_hosts: str
+
+
+# --- validation: every value below ends up in a config file dnsmasq parses line by line ---
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _ipv4(value: object, what: str) -> ipaddress.IPv4Address:
+    try:
+        address = ipaddress.IPv4Address(value) if isinstance(value, str) else None
+    except ValueError:
+        address = None
+    if address is None or str(address) != value:
+        raise SpecError(f"invalid {what} {_shown(value)}: not an IPv4 address such as 10.20.30.1")
+    return address
+
+
+def _subnet(value: object) -> ipaddress.IPv4Network:
+    try:
+        network = ipaddress.IPv4Network(value, strict=True) if isinstance(value, str) else None
+    except ValueError:
+        network = None
+    if network is None or str(network) != value:
+        raise SpecError(f"invalid subnet {_shown(value)}: not an IPv4 network such as 10.20.30.0/24")
+    if not 8 <= network.prefixlen <= 30:
+        raise SpecError(f"invalid subnet {value}: the prefix length must be between /8 and /30")
+    return network
+
+
+def _in_subnet(address: ipaddress.IPv4Address, network: ipaddress.IPv4Network, what: str) -> None:
+    if address not in network or address in (network.network_address, network.broadcast_address):
+        raise SpecError(f"{what} {address} is not a host address of the subnet {network}")
+
+
+def _mac(value: object) -> str:
+    if not isinstance(value, str) or not _MAC_RE.fullmatch(value):
+        raise SpecError(f"invalid MAC address {_shown(value)}: use six hex pairs such as 52:54:00:12:34:56")
+    mac = value.lower()
+    if int(mac[:2], 16) & 1:
+        raise SpecError(f"invalid MAC address {mac}: a multicast address cannot be a NIC's")
+    if mac == "00:00:00:00:00:00":
+        raise SpecError("invalid MAC address 00:00:00:00:00:00")
+    return mac
+
+
+def _domain(value: object) -> str:
+    rule = "dot-separated labels of a-z, 0-9 and '-', such as virtkit or lab.example"
+    if not isinstance(value, str) or not value:
+        raise SpecError(f"invalid DNS domain {_shown(value)}", hint=f"use {rule}")
+    # 63 for the host's own label and its dot, so that every NAME.DOMAIN stays within 253.
+    if len(value) > 253 - 64:
+        raise SpecError(f"invalid DNS domain {_shown(value)}: longer than {253 - 64} characters")
+    labels = value.split(".")
+    if not all(_LABEL_RE.fullmatch(label) for label in labels):
+        raise SpecError(f"invalid DNS domain {_shown(value)}", hint=f"use {rule}")
+    if labels[-1].isdigit():
+        raise SpecError(f"invalid DNS domain {value}: its last label must not be all digits")
+    return value
+
+
+def _bridge(value: object) -> str:
+    if not isinstance(value, str) or not _IFNAME_RE.fullmatch(value) or value == "lo":
+        raise SpecError(f"invalid bridge name {_shown(value)}: use 1-15 letters, digits, '_', '.' or '-'")
+    return value
+
+
+def validate(config: Config) -> list[tuple[str, str, str]]:
+    """Check every value of `config` (SpecError on the first bad one); the hosts as (mac, ip, name)."""
+    if not isinstance(config, Config):
+        raise SpecError(f"not a dnsmasq Config: {_shown(config)}")
+    validate_name(config.network, what="network name")
+    _bridge(config.bridge)
+    network = _subnet(config.subnet)
+    gateway = _ipv4(config.gateway, "gateway address")
+    _in_subnet(gateway, network, "the gateway")
+    _domain(config.domain)
+    if not isinstance(config.upstream, bool):
+        raise SpecError(f"invalid upstream setting {_shown(config.upstream)}: must be True or False")
+    if not isinstance(config.hosts, tuple) or not all(isinstance(host, Host) for host in config.hosts):
+        raise SpecError("invalid hosts: a tuple of Host")
+    hosts: list[tuple[str, str, str]] = []
+    seen: dict[str, str] = {}
+    for host in config.hosts:
+        mac = _mac(host.mac)
+        address = _ipv4(host.ip, f"address of {_shown(host.name)}")
+        _in_subnet(address, network, f"the address of {_shown(host.name)}")
+        name = validate_name(host.name, what="instance name")
+        if address == gateway:
+            raise SpecError(f"instance {name} cannot have the gateway's address {gateway}")
+        if name == GATEWAY_NAME:
+            raise SpecError(f"an instance cannot be named {GATEWAY_NAME!r}: on its network the host is")
+        for key, what in ((mac, "MAC address"), (str(address), "address"), (name, "name")):
+            if key in seen:
+                raise SpecError(f"{seen[key]} and {name} have the same {what} {key} "
+                                f"on network {config.network}")
+            seen[key] = name
+        hosts.append((mac, str(address), name))
+    return hosts
+
+
+def _reverse_zones(network: ipaddress.IPv4Network) -> list[str]:
+    """The in-addr.arpa zones covering `network`, so lookups of its addresses are never forwarded."""
+    octets = -(-network.prefixlen // 8)  # zones are cut on octet boundaries: at most 128 for a /17
+    zones = []
+    for part in network.subnets(new_prefix=octets * 8):
+        head = str(part.network_address).split(".")[:octets]
+        zones.append(".".join(reversed(head)) + ".in-addr.arpa")
+    return zones
+
+
+def render(config: Config, directory: Path, user: DaemonUser | None) -> Rendered:
+    """The files for `config` with their paths under `directory` (pure; SpecError on bad values).
+
+    `user`: whom dnsmasq becomes after binding; None keeps it root."""
+    hosts = validate(config)
+    where = str(directory)
+    if not _PATH_RE.fullmatch(where) or "//" in where:
+        raise SpecError(f"the directory {_shown(where)} holds characters a dnsmasq config cannot carry",
+                        hint="use a state root made of letters, digits and . _ - / only")
+    network = ipaddress.IPv4Network(config.subnet)
+    domain, gateway, bridge = config.domain, config.gateway, config.bridge
+    lines = [
+        f"# dnsmasq of virtkit network {config.network}: written by virtkit, rewritten at each start",
+        "# Serve this bridge's gateway address alone, bound to it: other networks' dnsmasqs and any",
+        "# resolver on the host (systemd-resolved, a system dnsmasq) keep their own sockets.",
+        f"interface={bridge}",
+        f"listen-address={gateway}",
+        "except-interface=lo",
+        "bind-interfaces",
+        f"user={user.user}" if user else "user=root",
+        *([f"group={user.group}"] if user else []),
+        f"pid-file={where}/{PIDFILE}",
+        f"log-facility={where}/{LOGFILE}",
+        "# DNS: the network's names from our hosts file only, never the host's /etc/hosts.",
+        "no-hosts",
+        f"addn-hosts={where}/{DNS_HOSTS}",
+        f"domain={domain}",
+        "expand-hosts",
+        f"local=/{domain}/",
+        *(f"local=/{zone}/" for zone in _reverse_zones(network)),
+        "domain-needed",  # a name without a dot is the network's or nobody's: never asked upstream
+        "bogus-priv",
+        "strict-order",
+    ]
+    if config.upstream:
+        lines += [f"resolv-file={RESOLV_CONF}"]
+    else:
+        lines += ["# Isolated: nothing is forwarded; unknown names are NXDOMAIN at once.",
+                  "no-resolv", "no-poll", "local=/#/"]
+    lines += [
+        "# DHCP: the listed MACs get their fixed address; any other client gets no answer at all.",
+        f"dhcp-range={network.network_address},static,{network.netmask},{LEASE_TIME}",
+        f"dhcp-hostsfile={where}/{DHCP_HOSTS}",
+        "dhcp-ignore=tag:!known",
+        "dhcp-ignore-names",  # names come from virtkit, never from what a guest claims
+        "dhcp-authoritative",
+        f"dhcp-leasefile={where}/{LEASES}",
+        f"dhcp-option=option:dns-server,{gateway}",
+        # An isolated network gives no default route, so its guests do not try to route off the bridge.
+        f"dhcp-option=option:router,{gateway}" if config.upstream else "dhcp-option=option:router",
+    ]
+    # NAME.DOMAIN, not NAME: a bare "ignore" or "infinite" would be read as a keyword. dnsmasq still
+    # sends the client NAME as its hostname and DOMAIN as its domain.
+    dhcp = "".join(f"{mac},{ip},{name}.{domain}\n" for mac, ip, name in hosts)
+    dns = f"{gateway} {GATEWAY_NAME}.{domain} {GATEWAY_NAME}\n"
+    dns += "".join(f"{ip} {name}.{domain} {name}\n" for _, ip, name in hosts)
+    return Rendered("\n".join(lines) + "\n", dhcp, dns)
+
+
+def parse_leases(text: str) -> list[Lease]:
+    """dnsmasq's lease file ("EXPIRY MAC IP HOSTNAME CLIENT-ID" lines); any other line is skipped."""
+    leases = []
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if len(fields) < 4 or fields[0] == "duid":  # "duid": DHCPv6's server id, not a lease
+            if fields:
+                log.debug("lease file line %d skipped: %r", number, line[:200])
+            continue
+        expiry, mac, ip, hostname = fields[:4]
+        try:
+            address = ipaddress.IPv4Address(ip)
+        except ValueError:
+            address = None
+        if not expiry.isdigit() or not _MAC_RE.fullmatch(mac) or address is None or str(address) != ip:
+            log.debug("lease file line %d skipped: %r", number, line[:200])
+            continue
+        seconds = int(expiry)
+        name = hostname if hostname != "*" and _LEASE_NAME_RE.fullmatch(hostname) else None
+        leases.append(Lease(seconds or None, mac.lower(), ip, name))
+    return leases
+
+
+# --- the process ---
+
+
+def daemon_user() -> DaemonUser | None:
+    """The first of USERS this host has, in its primary group; None when none exists."""
+    for name in USERS:
+        try:
+            entry = pwd.getpwnam(name)
+            group = grp.getgrgid(entry.pw_gid).gr_name
+        except KeyError:
+            continue
+        if entry.pw_uid != 0:
+            return DaemonUser(name, group, entry.pw_uid, entry.pw_gid)
+    return None
+
+
+def _unreachable(directory: Path, who: DaemonUser) -> Path | None:
+    """The first directory above `directory` that `who` cannot enter (or that is missing). Only its
+    uid and gid count: dnsmasq drops every supplementary group."""
+    for parent in reversed(directory.parents):
+        try:
+            info = parent.stat()
+        except OSError:
+            return parent
+        if info.st_uid == who.uid:
+            bit = stat.S_IXUSR
+        elif info.st_gid == who.gid:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not info.st_mode & bit:
+            return parent
+    return None
+
+
+def _wanted(lease: Lease, hosts: list[tuple[str, str, str]]) -> bool:
+    """Whether `lease` is one the hosts (mac, ip, name) still account for."""
+    return any((lease.mac, lease.ip) == (mac, ip) and lease.hostname in (None, name)
+               for mac, ip, name in hosts)
+
+
+def _ifindex(name: str) -> int | None:
+    """The interface's index in the calling thread's network namespace, None when it does not exist."""
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return None
+
+
+def _wait_exit(pidfd: int, timeout: float) -> bool:
+    """Whether the process behind `pidfd` exited within `timeout` (a pidfd polls readable on exit)."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(int(timeout * 1000)))
+
+
+class Dnsmasq:
+    """The dnsmasq of one network, kept in `directory` (ROOT/networks/NAME/, this module's own:
+    it is made mode 0750, group of dnsmasq's user). Needs root, and the network namespace in
+    which the bridge lives (the calling thread's)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(os.path.abspath(directory))
+
+    @property
+    def config_file(self) -> Path:
+        return self.directory / CONF
+
+    @property
+    def log_file(self) -> Path:
+        return self.directory / LOGFILE
+
+    @property
+    def pid_file(self) -> Path:
+        return self.directory / PIDFILE
+
+    @property
+    def leases_file(self) -> Path:
+        return self.directory / LEASES
+
+    def start(self, config: Config) -> None:
+        """Make dnsmasq run with `config`: a no-op when it already does, a SIGHUP when only hosts were
+        added or changed, a restart when anything else did (or the bridge was made anew). ToolError,
+        with dnsmasq's own words, when it cannot start."""
+        self._apply(config, reread=False)
+
+    def reload(self, config: Config) -> None:
+        """Rewrite the hosts files and have dnsmasq re-read them (SIGHUP, same process); starts it
+        when it is not running, and restarts it as `start` does."""
+        self._apply(config, reread=True)
+
+    def stop(self) -> None:
+        """End dnsmasq (SIGTERM, then SIGKILL after STOP_TIMEOUT) and remove its pidfile; idempotent."""
+        pid = self.pid()
+        if pid is not None:
+            self._terminate(pid)
+            log.info("dnsmasq in %s (pid %d) stopped", self.directory, pid)
+        for name in (PIDFILE, BRIDGE_STATE):
+            with contextlib.suppress(FileNotFoundError):
+                (self.directory / name).unlink()
+
+    def pid(self) -> int | None:
+        """The PID of the dnsmasq running with this directory's config, None when there is none.
+
+        The pidfile is believed only while /proc/PID/cmdline names our config file; should the pidfile
+        be lost or stale, /proc is searched for such a process, so none is ever left unmanaged."""
+        try:
+            text = self.pid_file.read_text(errors="replace").strip()
+        except OSError:
+            text = ""
+        if text.isdigit() and self._ours(int(text)):
+            return int(text)
+        with os.scandir("/proc") as entries:
+            for entry in entries:
+                if entry.name.isdigit() and self._ours(int(entry.name)):
+                    return int(entry.name)
+        return None
+
+    def leases(self) -> list[Lease]:
+        """The leases dnsmasq has handed out, as its lease file says (empty before its first start)."""
+        try:
+            return parse_leases(self.leases_file.read_text(errors="replace"))
+        except FileNotFoundError:
+            return []
+
+    # --- internals ---
+
+    def _apply(self, config: Config, *, reread: bool) -> None:
+        user, files, hosts = self._prepare(config)
+        pid = self.pid()
+        # A lease outlives its dhcp-host line, SIGHUP or not: dnsmasq would keep answering its name
+        # and refuse its address to the next instance given it ("is leased to"). Leases are only
+        # read at start, so an instance gone from the network costs a restart with its lease pruned.
+        if pid is not None and self._same(config, files) and not self._stale_leases(hosts):
+            if self._write_hosts(files, user) or reread:
+                self._signal(pid, signal.SIGHUP)
+                log.info("dnsmasq of network %s (pid %d) re-reads its hosts", config.network, pid)
+            return
+        if pid is not None:
+            log.info("dnsmasq of network %s (pid %d) restarts: its config, bridge or hosts changed",
+                     config.network, pid)
+            self.stop()
+        self._launch(config, user, files, hosts)
+
+    def _stale_leases(self, hosts: list[tuple[str, str, str]]) -> bool:
+        return any(not _wanted(lease, hosts) for lease in self.leases())
+
+    def _prune_leases(self, hosts: list[tuple[str, str, str]]) -> None:
+        try:
+            text = self.leases_file.read_text(errors="replace")
+        except FileNotFoundError:
+            text = ""
+        kept = []
+        for line in text.splitlines():
+            lease = parse_leases(line)
+            if line.startswith("duid ") or (lease and _wanted(lease[0], hosts)):
+                kept.append(line)
+        self._write(LEASES, "".join(line + "\n" for line in kept), 0o640)  # opened by dnsmasq as root
+
+    def _prepare(self, config: Config) -> tuple[DaemonUser | None, Rendered, list[tuple[str, str, str]]]:
+        """Validate `config`, make the directory, choose whom dnsmasq becomes, render the files."""
+        hosts = validate(config)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        user = daemon_user()
+        if user is not None:
+            blocked = _unreachable(self.directory, user)
+            if blocked is not None:
+                log.warning("dnsmasq of network %s runs as root: its user %s cannot enter %s "
+                            "(make that directory o+x to let it drop privileges)",
+                            config.network, user.user, blocked)
+                user = None
+        elif os.geteuid() == 0:
+            log.warning("dnsmasq of network %s runs as root: this host has none of the users %s",
+                        config.network, ", ".join(USERS))
+        if os.geteuid() == 0:
+            os.chown(self.directory, 0, user.gid if user else 0)
+        self.directory.chmod(0o750)
+        return user, render(config, self.directory, user), hosts
+
+    def _ours(self, pid: int) -> bool:
+        """Whether `pid` is a dnsmasq started with our config file (a zombie's cmdline is empty: not ours)."""
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        wanted = f"--conf-file={self.config_file}".encode()
+        return os.path.basename(argv[0]) == b"dnsmasq" and wanted in argv[1:]
+
+    def _same(self, config: Config, files: Rendered) -> bool:
+        """Whether the running dnsmasq was started from `files`' config on the bridge as it is now."""
+        try:
+            running = self.config_file.read_text()
+            bridge = (self.directory / BRIDGE_STATE).read_text().split()
+        except OSError:
+            return False
+        index = _ifindex(config.bridge)
+        return running == files.conf and bridge == [config.bridge, str(index)]
+
+    def _write(self, name: str, text: str, mode: int, gid: int = 0) -> bool:
+        """Replace the file `name` atomically (dnsmasq never reads half of it); whether it changed."""
+        path = self.directory / name
+        with contextlib.suppress(OSError):
+            info = path.lstat()
+            if stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) == mode and info.st_gid == gid \
+                    and path.read_text() == text:
+                return False
+        temporary = self.directory / f".{name}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            if os.geteuid() == 0:
+                os.fchown(fd, 0, gid)
+            os.fchmod(fd, mode)
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+        return True
+
+    def _write_hosts(self, files: Rendered, user: DaemonUser | None) -> bool:
+        # dnsmasq re-reads these after dropping privileges: readable by its group, writable by root only.
+        gid = user.gid if user else 0
+        changed = self._write(DHCP_HOSTS, files.dhcp_hosts, 0o640, gid)
+        return self._write(DNS_HOSTS, files.dns_hosts, 0o640, gid) or changed
+
+    def _launch(self, config: Config, user: DaemonUser | None, files: Rendered,
+                hosts: list[tuple[str, str, str]]) -> None:
+        binary = shutil.which("dnsmasq", path=ENV["PATH"])
+        if binary is None:
+            raise HostCapabilityError("dnsmasq is not installed: virtkit networks need it for DHCP and DNS",
+                                      hint="install it: apt-get install dnsmasq-base")
+        self._rotate_log()
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_file.unlink()  # not ours (pid() said so): dnsmasq must write a fresh one
+        self._write(CONF, files.conf, 0o600)  # read once, as root, before dnsmasq drops privileges
+        self._write_hosts(files, user)
+        self._prune_leases(hosts)
+        argv = [binary, f"--conf-file={self.config_file}"]  # and nothing else: not /etc/dnsmasq.conf
+        offset = self._log_size()
+        try:
+            result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                    errors="replace", env=ENV, timeout=START_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise ToolError(f"dnsmasq of network {config.network} did not start within {START_TIMEOUT:g} s",
+                            argv=argv) from None
+        except OSError as error:
+            raise ToolError(f"dnsmasq of network {config.network} could not be run: {error}",
+                            argv=argv) from None
+        if result.returncode != 0:
+            raise self._failure(config, argv, result, offset)
+        pid = self._await_pidfile(config, argv)
+        self._settle(pid, config)
+
+    def _await_pidfile(self, config: Config, argv: list[str]) -> int:
+        # dnsmasq writes its pidfile before its first process exits; the wait only covers slow disks.
+        deadline = time.monotonic() + PIDFILE_TIMEOUT
+        while True:
+            pid = self.pid()
+            if pid is not None:
+                return pid
+            if time.monotonic() > deadline:
+                raise ToolError(f"dnsmasq of network {config.network} started but is not running: "
+                                f"{self._log_tail(0) or 'its log is empty'}", argv=argv)
+            time.sleep(0.02)
+
+    def _settle(self, pid: int, config: Config) -> None:
+        # dnsmasq gives its pidfile and log to its user so that it could unlink or reopen them; it needs
+        # neither (they are ours to remove, and its open descriptor keeps logging), so take them back.
+        if os.geteuid() == 0:
+            for path in (self.pid_file, self.log_file):
+                with contextlib.suppress(FileNotFoundError):
+                    os.chown(path, 0, 0)
+                    path.chmod(0o644 if path == self.pid_file else 0o640)
+        index = _ifindex(config.bridge)
+        self._write(BRIDGE_STATE, f"{config.bridge} {index}\n", 0o644)
+        log.info("dnsmasq of network %s started (pid %d) on %s, %s", config.network, pid, config.bridge,
+                 config.gateway)
+
+    def _failure(self, config: Config, argv: list[str], result: subprocess.CompletedProcess[str],
+                 offset: int) -> ToolError:
+        said = result.stderr.strip() or self._log_tail(offset) or f"exit status {result.returncode}"
+        said = said.removeprefix("dnsmasq: ")
+        message = f"dnsmasq of network {config.network} did not start: {said}"
+        hint = None
+        if _ifindex(config.bridge) is None:
+            message = (f"dnsmasq of network {config.network} did not start: bridge {config.bridge} "
+                       f"does not exist ({said})")
+            hint = "create the network's bridge first (virtkit network reconcile makes it again)"
+        elif "Address already in use" in said:
+            hint = f"something else serves DNS or DHCP on {config.gateway}; stop it or use another subnet"
+        elif "Cannot assign requested address" in said:
+            hint = f"give the bridge {config.bridge} the address {config.gateway} first"
+        return ToolError(message, argv=argv, returncode=result.returncode, stderr=result.stderr[-4000:],
+                         hint=hint)
+
+    def _log_size(self) -> int:
+        try:
+            return self.log_file.stat().st_size
+        except OSError:
+            return 0
+
+    def _log_tail(self, offset: int) -> str:
+        """What dnsmasq logged since `offset`: its last lines, without syslog-style prefixes."""
+        try:
+            with self.log_file.open("rb") as stream:
+                stream.seek(offset)
+                text = stream.read(64 * 1024).decode(errors="replace")
+        except OSError:
+            return ""
+        lines = [line.split("]: ", 1)[-1] for line in text.splitlines() if line.strip()]
+        return "; ".join(lines[-3:])
+
+    def _rotate_log(self) -> None:
+        if self._log_size() > LOG_ROTATE_SIZE:
+            os.replace(self.log_file, self.log_file.with_name(LOGFILE + ".1"))
+
+    def _signal(self, pid: int, signum: int) -> bool:
+        """Send `signum` to `pid` if it is still our dnsmasq; whether it was."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return False
+        try:
+            # Checked after opening the pidfd: from here on the PID cannot name another process.
+            if not self._ours(pid):
+                return False
+            signal.pidfd_send_signal(pidfd, signum)
+            return True
+        except ProcessLookupError:
+            return False
+        finally:
+            os.close(pidfd)
+
+    def _terminate(self, pid: int) -> None:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return
+        try:
+            if not self._ours(pid):
+                return
+            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+            if _wait_exit(pidfd, STOP_TIMEOUT):
+                return
+            log.warning("dnsmasq in %s (pid %d) ignored SIGTERM for %g s: killing it", self.directory, pid,
+                        STOP_TIMEOUT)
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            if not _wait_exit(pidfd, KILL_TIMEOUT):
+                raise ToolError(f"dnsmasq in {self.directory} (pid {pid}) did not exit, even on SIGKILL")
+        except ProcessLookupError:
+            return
+        finally:
+            os.close(pidfd)
