@@ -116,9 +116,9 @@ def test_a_published_port_answers_from_outside_and_from_the_host(lab: Lab) -> No
     lab.ok("launch", "tiny", "w1", "--network", "web", "--publish", "8080:80", "--wait")
     ip = lab.wait_address("w1")
     lab.exec("w1", "nc -ll -p 80 -e echo served-by-w1 </dev/null >/dev/null 2>&1 & sleep 0.3")
-    outside = lab.internet.run(["sh", "-c", f"echo | timeout 5 nc {UPLINK_HOST} 8080"])
+    outside = lab.internet.run(["sh", "-c", f"echo | timeout 5 busybox nc {UPLINK_HOST} 8080"])
     assert "served-by-w1" in outside.stdout, outside
-    on_host = lab.host.run(["sh", "-c", "echo | timeout 5 nc 10.20.30.1 8080"])
+    on_host = lab.host.run(["sh", "-c", "echo | timeout 5 busybox nc 10.20.30.1 8080"])
     assert "served-by-w1" in on_host.stdout, on_host
     listed = lab.ok("network", "forward", "list", "web").stdout
     assert "8080/tcp" in listed and "w1" in listed
@@ -126,7 +126,7 @@ def test_a_published_port_answers_from_outside_and_from_the_host(lab: Lab) -> No
     refused = lab.virtkit("network", "forward", "add", "web", "8080", "w1:81")
     assert refused.returncode == 1 and "already forwarded" in refused.stderr
     lab.ok("network", "forward", "remove", "web", "8080")
-    gone = lab.internet.run(["sh", "-c", f"echo | timeout 3 nc {UPLINK_HOST} 8080"])
+    gone = lab.internet.run(["sh", "-c", f"echo | timeout 3 busybox nc {UPLINK_HOST} 8080"])
     assert "served-by-w1" not in gone.stdout
     assert ip
 

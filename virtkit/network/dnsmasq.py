@@ -11,11 +11,16 @@ No Python process stays behind: dnsmasq daemonizes and writes a pidfile in the n
 virtkit process finds it again through that pidfile, trusting the PID only while /proc/PID/cmdline
 still names our config file.
 
+Hosts added to a running network take a SIGHUP (same process). A host removed, re-addressed or
+renamed while it holds a lease takes a restart: dnsmasq reads its lease file only at start, and a
+lease it keeps would go on answering the old name and refuse the address to its next owner.
+
 Privileges: dnsmasq binds as root, then becomes Debian's ``dnsmasq`` system user (else ``nobody``)
-in that user's group. It keeps CAP_NET_ADMIN, CAP_NET_RAW and CAP_NET_BIND_SERVICE and writes
-only through files it opened as root (lease file, log, pidfile), so nothing in the directory is
-writable by that user; it can only read the two hosts files (group-readable), which it re-reads
-on SIGHUP. A directory that user cannot reach makes dnsmasq stay root, logged as a warning.
+in that user's group, keeping only CAP_NET_ADMIN and CAP_NET_RAW (and CAP_NET_BIND_SERVICE while
+an IPv6 address of the bridge is still tentative). It writes only through files it opened as root
+(lease file, log, pidfile), so nothing in the directory is writable by that user; it can only read
+the two hosts files (group-readable), which it re-reads on SIGHUP. A directory that user cannot
+reach makes dnsmasq stay root, logged as a warning.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", re.ASCII | re.IGNORECASE)
 _LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
 _PATH_RE = re.compile(r"/[A-Za-z0-9_./+@:~\[\]-]*", re.ASCII)
 _LEASE_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,253}", re.ASCII)
+_DIGITS_RE = re.compile(r"[0-9]{1,18}", re.ASCII)  # str.isdigit() takes "²", which int() refuses
 
 
 @dataclass(frozen=True)
@@ -306,10 +312,10 @@ def parse_leases(text: str) -> list[Lease]:
             continue
         expiry, mac, ip, hostname = fields[:4]
         try:
-            address = ipaddress.IPv4Address(ip)
+            good_ip = str(ipaddress.IPv4Address(ip)) == ip
         except ValueError:
-            address = None
-        if not expiry.isdigit() or not _MAC_RE.fullmatch(mac) or address is None or str(address) != ip:
+            good_ip = False
+        if not (_DIGITS_RE.fullmatch(expiry) and _MAC_RE.fullmatch(mac) and good_ip):
             log.debug("lease file line %d skipped: %r", number, line[:200])
             continue
         seconds = int(expiry)
@@ -399,14 +405,14 @@ class Dnsmasq:
         return self.directory / LEASES
 
     def start(self, config: Config) -> None:
-        """Make dnsmasq run with `config`: a no-op when it already does, a SIGHUP when only hosts were
-        added or changed, a restart when anything else did (or the bridge was made anew). ToolError,
-        with dnsmasq's own words, when it cannot start."""
+        """Make dnsmasq run with `config`: a no-op when it already does, a SIGHUP when only the hosts
+        changed, a restart when anything else did, when the bridge was made anew, or when a lease
+        names a host no longer there as it was. ToolError, with dnsmasq's own words, when it cannot
+        start (HostCapabilityError when dnsmasq is not installed, SpecError for a bad config)."""
         self._apply(config, reread=False)
 
     def reload(self, config: Config) -> None:
-        """Rewrite the hosts files and have dnsmasq re-read them (SIGHUP, same process); starts it
-        when it is not running, and restarts it as `start` does."""
+        """As `start`, but always has a running dnsmasq re-read its hosts files (SIGHUP)."""
         self._apply(config, reread=True)
 
     def stop(self) -> None:
@@ -428,7 +434,7 @@ class Dnsmasq:
             text = self.pid_file.read_text(errors="replace").strip()
         except OSError:
             text = ""
-        if text.isdigit() and self._ours(int(text)):
+        if _DIGITS_RE.fullmatch(text) and self._ours(int(text)):
             return int(text)
         with os.scandir("/proc") as entries:
             for entry in entries:
@@ -452,10 +458,12 @@ class Dnsmasq:
         # and refuse its address to the next instance given it ("is leased to"). Leases are only
         # read at start, so an instance gone from the network costs a restart with its lease pruned.
         if pid is not None and self._same(config, files) and not self._stale_leases(hosts):
-            if self._write_hosts(files, user) or reread:
-                self._signal(pid, signal.SIGHUP)
+            if not (self._write_hosts(files, user) or reread):
+                return
+            if self._signal(pid, signal.SIGHUP):
                 log.info("dnsmasq of network %s (pid %d) re-reads its hosts", config.network, pid)
-            return
+                return
+            pid = None  # it ended meanwhile
         if pid is not None:
             log.info("dnsmasq of network %s (pid %d) restarts: its config, bridge or hosts changed",
                      config.network, pid)

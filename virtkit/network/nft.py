@@ -293,9 +293,8 @@ def render(networks: Sequence[NetRules], ports: Sequence[PortRules], forwards: S
 def _table(family: str, blocks: Sequence[Sequence[str]]) -> str:
     """Our table of this family, replaced whole: created if missing so that the delete cannot fail."""
     body = "\n\n".join("\n".join("    " + line for line in block) for block in blocks)
-    return (
-        f"table {family} {TABLE} {{}}\ndelete table {family} {TABLE}\ntable {family} {TABLE} {{\n{body}\n}}\n"
-    )
+    table = f"{family} {TABLE}"
+    return f"table {table} {{}}\ndelete table {table}\ntable {table} {{\n{body}\n}}\n"
 
 
 def _chain(name: str, head: Sequence[str], rules: Sequence[str]) -> list[str]:

@@ -38,8 +38,8 @@ _ARP_ETHER_IPV4 = "arp htype 1 arp ptype ip arp hlen 6 arp plen 4"
 
 def blocks(ports: Sequence[PortRules]) -> list[list[str]]:
     """The chains of the bridge table for these (validated) ports, one list of lines per chain."""
-    jumps = ", ".join(f'"{p.device}" : jump port_{p.device}' for p in ports)
-    dispatch = [f"iifname vmap {{ {jumps} }}"] if ports else []
+    jumps = [f'    "{p.device}" : jump port_{p.device},' for p in ports]  # one a line: diffs stay readable
+    dispatch = ["iifname vmap {", *jumps, "}"] if ports else []
     head = [f"type filter hook prerouting priority {PRIORITY}; policy accept;"]
     return [_chain("prerouting", head, dispatch), *(_port_chain(p) for p in ports)]
 
@@ -56,7 +56,7 @@ def _port_chain(port: PortRules) -> list[str]:
         [
             f"{mac} ether type ip ip saddr {port.ip} accept",
             f"{mac} ether type ip {DHCP_FROM_NOBODY} accept",
-            f"{mac} ether type arp {_ARP_ETHER_IPV4}"
+            f"{mac} ether type arp {_ARP_ETHER_IPV4} arp saddr ether {port.mac}"
             f" arp saddr ip {{ {port.ip}, 0.0.0.0 }} accept",
             "counter drop",
         ],

@@ -76,7 +76,10 @@ class Lab:
     veths: int = 0
 
     def bridge(self, name: str = "vk-t", address: str = f"{GATEWAY}/24") -> None:
-        ip("link", "add", name, "type", "bridge")
+        # A fixed MAC: left to itself a bridge takes its lowest port's, so a guest joining later could
+        # change the gateway's MAC under the others' ARP caches (DNS then stalls for seconds).
+        mac = "02:00:00:00:%02x:01" % (sum(name.encode()) % 256)
+        ip("link", "add", name, "address", mac, "type", "bridge")
         ip("addr", "add", address, "dev", name)
         ip("link", "set", name, "up")
 

@@ -243,6 +243,8 @@ duid 00:01:00:01:2c:00:00:00:52:54:00:00:00:01
 this is not a lease
 1796210760 52:54:00:00:00:0d
 x796210760 52:54:00:00:00:0e 10.20.30.14 bad-expiry *
+² 52:54:00:00:00:0e 10.20.30.14 superscript-expiry *
+-5 52:54:00:00:00:0e 10.20.30.14 negative-expiry *
 1796210760 not-a-mac 10.20.30.15 bad-mac *
 1796210760 52:54:00:00:00:0f 10.20.30.300 bad-ip *
 1796210760 52:54:00:00:00:10 fe80::1 ipv6 *
@@ -278,8 +280,9 @@ def test_pidfile_naming_another_process_is_not_trusted(tmp_path: Path) -> None:
             dnsmasq.pid_file.write_text(f"{other.pid}\n")
             assert dnsmasq.pid() is None
             (tmp_path / "garbage").write_text("x")
-            dnsmasq.pid_file.write_text("not a pid\n")
-            assert dnsmasq.pid() is None
+            for text in ("not a pid\n", "\u00b2\n", "", "-1\n", "99999999999999999999999\n"):
+                dnsmasq.pid_file.write_text(text)
+                assert dnsmasq.pid() is None
             assert other.poll() is None
         finally:
             other.kill()

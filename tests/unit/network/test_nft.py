@@ -95,8 +95,8 @@ def test_every_port_is_judged_in_the_bridge_table_and_none_in_the_inet_table() -
     text = nft.render(*CASES["three_networks"])
     bridge = _bridge_table(text)
     ports = sorted(p.device for p in CASES["three_networks"][1])
-    jumps = ", ".join(f'"{d}" : jump port_{d}' for d in ports)
-    assert f"iifname vmap {{ {jumps} }}" in bridge
+    jumps = "".join(f'            "{d}" : jump port_{d},\n' for d in ports)
+    assert f"        iifname vmap {{\n{jumps}        }}\n" in bridge
     assert [line.split()[1] for line in bridge.splitlines() if line.startswith("    chain ")] == [
         "prerouting",
         *(f"port_{d}" for d in ports),
