@@ -19,7 +19,7 @@ from virtkit.errors import SpecError
 
 if TYPE_CHECKING:  # not at run time: `virtkit run` reaches this module without pydantic
     from virtkit.drivers.console import Console
-    from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState
+    from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState, Nic
 
 Plugged = Callable[[], None] | None  # see Driver.start
 
@@ -170,6 +170,14 @@ class Driver(Protocol):
     def update(self, record: InstanceRecord, runtime: Runtime, paths: InstancePaths) -> None:
         """Apply the limits of a regenerated `runtime` to the running instance (StateError for what
         can only change at its next start; nothing is changed then)."""
+
+    def plug_nic(self, record: InstanceRecord, paths: InstancePaths, nic: Nic, bridge: str) -> None:
+        """Hot-plug `nic` (its host device enslaved to `bridge`) into the running instance; StateError
+        where the kind or machine cannot. Nothing is left plugged when it fails."""
+
+    def unplug_nic(self, record: InstanceRecord, paths: InstancePaths, nic: Nic) -> None:
+        """Hot-unplug `nic` from the running instance (a bounded wait for the guest to let it go)
+        and remove its host device."""
 
     def cleanup(self, record: InstanceRecord, paths: InstancePaths) -> None:
         """Remove what the runtime left (sockets, pidfile) after the instance stopped."""

@@ -492,8 +492,8 @@ def create_tap(
     name: str, *, bridge: str, owner: int, group: int | None = None, mac: str | None = None
 ) -> None:
     """A persistent tap `name` (one queue, vnet headers on, so QEMU can use offloads) owned by uid
-    `owner` (and gid `group`), so an unprivileged QEMU opens it with `-netdev tap,ifname=NAME,
-    script=no,downscript=no`; enslaved to `bridge`, up. A failure leaves nothing behind."""
+    `owner` (and gid `group`): only that user's processes may attach to it (virtkit opens it and
+    passes QEMU the descriptor: `open_tap`); enslaved to `bridge`, up. A failure leaves nothing."""
     check_name(name)
     check_name(bridge, "bridge name")
     _check_id(owner, "tap owner uid")
@@ -512,7 +512,6 @@ def create_tap(
             _remove_quietly(nl, name)
             raise
     log.info("created tap %s on %s for uid %d", name, bridge, owner)
-    _warn_if_unopenable(name, owner, group)
 
 
 def open_tap(name: str) -> int:
@@ -525,33 +524,12 @@ def open_tap(name: str) -> int:
     except OSError as exc:
         raise _error(exc.errno or 0, f"open tap {name} (open /dev/net/tun)") from exc
     try:
-        fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH22x", name.encode("ascii"), _IFF_TAP | _IFF_NO_PI | _IFF_VNET_HDR))
+        flags = _IFF_TAP | _IFF_NO_PI | _IFF_VNET_HDR
+        fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH22x", name.encode("ascii"), flags))
     except OSError as exc:
         os.close(fd)
         raise _error(exc.errno or 0, f"open tap {name}") from exc
     return fd
-
-
-def _warn_if_unopenable(name: str, owner: int, group: int | None) -> None:
-    """Owning the tap is not enough: QEMU opens /dev/net/tun first, which udev makes 0666 but a
-    host without udev may leave 0600. The tap is fine; the warning says why QEMU will fail."""
-    try:
-        node = os.stat(_TUN)
-    except OSError:
-        return
-    mode = node.st_mode
-    if (
-        owner == 0
-        or mode & 0o006 == 0o006
-        or (node.st_uid == owner and mode & 0o600 == 0o600)
-        or (group is not None and node.st_gid == group and mode & 0o060 == 0o060)
-    ):
-        return
-    log.warning(
-        "tap %s is uid %d's, but %s (mode %o) does not let that uid open it: QEMU will fail to "
-        "attach; make it 0666 as udev does (chmod 0666 %s)",
-        name, owner, _TUN, mode & 0o777, _TUN,
-    )  # fmt: skip
 
 
 # --- veth pairs -------------------------------------------------------------------------------

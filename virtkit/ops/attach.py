@@ -1,8 +1,8 @@
-"""`virtkit network attach|detach NETWORK INSTANCE`: give a defined instance a NIC, or take one away.
+"""`virtkit network attach|detach NETWORK INSTANCE`: give an instance a NIC, or take one away.
 
 The instance's saved runtime is made again with its new NICs (as `virtkit set` does), so its next
-start has them. A running instance is refused for now: hot-plugging (QMP netdev_add/device_add on
-a q35 VM, a veth into a running container) is not done yet.
+start has them. A running instance gets it at once where its kind allows: a container a veth (its
+address set from the host), a q35 VM a hot-plugged PCIe NIC (QMP); microvm VMs cannot.
 """
 
 from __future__ import annotations
@@ -21,21 +21,37 @@ from virtkit.store import Store, atomic_write
 
 log = logging.getLogger(__name__)
 
+LIVE = (InstanceState.RUNNING, InstanceState.PAUSED)
+
 
 class Attach:
     def __init__(self, root: Path, store: Store, drivers: DriverFor = get_driver) -> None:
         self.life = Lifecycle(root, store, drivers)
         self.store = store
+        self.networks = self.life.nics.networks
 
     def attach(self, request: NicRequest, instance: str, *, allow_host: bool = False) -> Nic:
         record = self.store.get(InstanceRecord, validate_name(instance))
         with self.store.lock("instance", record.name):
-            record = self._stopped(record.name, "attach a NIC to")
-            networks = self.life.nics.networks
-            with networks.lock():
+            record = self.store.get(InstanceRecord, record.name)
+            driver, paths = self.life.drivers(record.kind), self.life.paths(record.name)
+            live = driver.status(record, paths).state in LIVE
+            with self.networks.lock():
                 (nic,) = self.life.nics.allocate(record, [request], allow_host=allow_host)
-                self._save(record, [*record.nics, nic])
-            networks.reload(nic.network)
+                new = self._save(record, [*record.nics, nic])
+            try:
+                self.networks.reload(nic.network)
+                if live:
+                    self.life.nics.before_start(new)  # its network up, its port's rules in place
+                    driver.plug_nic(new, paths, nic, addressing.bridge_of(nic.network))
+                    self.life.nics.ports_ready(new)
+            except BaseException:
+                if live:
+                    driver.unplug_nic(new, paths, nic)
+                self._save(new, record.nics)
+                self.networks.reload(nic.network)
+                self.networks.refresh_firewall()
+                raise
             log.info("%s: %s attached to %s as %s", record.name, nic.ip, nic.network, nic.inner)
             return nic
 
@@ -43,34 +59,26 @@ class Attach:
         network = addressing.network_name(network)
         record = self.store.get(InstanceRecord, validate_name(instance))
         with self.store.lock("instance", record.name):
-            record = self._stopped(record.name, "detach a NIC from")
+            record = self.store.get(InstanceRecord, record.name)
             gone = [nic for nic in record.nics if nic.network == network]
             if not gone:
                 raise NotFoundError(f"instance {record.name!r} has no NIC on network {network!r}")
-            networks = self.life.nics.networks
-            with networks.lock():
-                held = networks.get(network)
+            driver, paths = self.life.drivers(record.kind), self.life.paths(record.name)
+            with self.networks.lock():
+                held = self.networks.get(network)
                 if any(f.instance == record.name for f in held.forwards):
                     raise StateError(
                         f"network {network!r} forwards ports to {record.name}",
                         hint=f"remove them first: virtkit network forward list {network}",
                     )
+                if driver.status(record, paths).state in LIVE:
+                    driver.unplug_nic(record, paths, gone[0])
                 self._save(record, [nic for nic in record.nics if nic.network != network])
-            networks.reload(network)
+                self.networks.refresh_firewall()
+            self.networks.reload(network)
             return gone[0]
 
-    def _stopped(self, name: str, verb: str) -> InstanceRecord:
-        record = self.store.get(InstanceRecord, name)
-        driver = self.life.drivers(record.kind)
-        state = driver.status(record, self.life.paths(name)).state
-        if state not in (InstanceState.STOPPED, InstanceState.ERROR):
-            raise StateError(
-                f"instance {name!r} is {state.value}: virtkit cannot {verb} a running instance yet",
-                hint=f"stop it first: virtkit stop {name}",
-            )
-        return record
-
-    def _save(self, record: InstanceRecord, nics: list[Nic]) -> None:
+    def _save(self, record: InstanceRecord, nics: list[Nic]) -> InstanceRecord:
         """The record with `nics`, and its runtime made again from it; neither changes on failure."""
         from virtkit.ops.images import image_store
 
@@ -81,4 +89,4 @@ class Attach:
         paths = self.life.paths(new.name)
         runtime = self.life.drivers(new.kind).generate(new, image, images.path(image), paths)
         atomic_write(paths.runtime, json.dumps(runtime.to_dict(), indent=2))
-        self.store.put(new)
+        return self.store.put(new)

@@ -285,11 +285,7 @@ class Lifecycle:
             runtime = self._load_runtime(record)
             started = time.time()
             self.nics.before_start(record)
-            try:
-                driver.start(record, runtime, paths, plugged=lambda: self.nics.ports_ready(record))
-            except BaseException:
-                self.nics.after_stop(record)
-                raise
+            driver.start(record, runtime, paths, plugged=lambda: self.nics.ports_ready(record))
             boot: dict[str, float] = {}
             try:
                 if wait:
@@ -297,7 +293,6 @@ class Lifecycle:
             except BaseException:
                 driver.stop(record, paths, force=True, timeout=STOP_TIMEOUT)
                 driver.cleanup(record, paths)
-                self.nics.after_stop(record)
                 raise
             record.state, record.started_at, record.boot = InstanceState.RUNNING, started, boot
             return self.store.put(record)
@@ -332,7 +327,6 @@ class Lifecycle:
                 raise StateError(f"instance {name!r} is already stopped")
             driver.stop(record, paths, force=force, timeout=timeout)
             driver.cleanup(record, paths)
-            self.nics.after_stop(record)
 
         return self._change(name, act, InstanceState.STOPPED)
 

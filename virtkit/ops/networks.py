@@ -1,11 +1,12 @@
 """Networks: create, list, show, delete and reconcile virtkit networks, and keep the host in step.
 
 A network is a record in the store; on the host it is a bridge `vk-NAME` carrying the gateway
-address, a dnsmasq serving DHCP and DNS on it (ROOT/networks/NAME/), and its share of the one
-`inet virtkit` nftables table. The host side is always re-derived from the store: `up` makes a
-network's bridge and dnsmasq what the record says (idempotent), `refresh_firewall` renders the
-whole table from every network, instance port and forward and swaps it in one transaction. After a
-host reboot `reconcile` (or any instance start) brings everything back.
+address, a dnsmasq serving DHCP and DNS on it (ROOT/networks/NAME/), and its share of virtkit's
+firewall (nftables: `inet virtkit` for isolation, host access and NAT, `bridge virtkit` for each
+instance port's anti-spoofing; see network/nft.py). The host side is always re-derived from the
+store: `up` makes a network's bridge and dnsmasq what the record says (idempotent),
+`refresh_firewall` renders both tables from every network, instance NIC and forward and swaps them
+in one transaction. After a host reboot `reconcile` (or any instance start) brings everything back.
 
 Every change holds the `host/networks` lock, taken after an instance's lock, never before.
 """
@@ -251,13 +252,13 @@ class Networks:
             had_table = nft.present()
             self.refresh_firewall()
             if not had_table and self.store.list(NetworkRecord):
-                repaired.append("firewall table inet virtkit restored")
+                repaired.append("firewall tables inet virtkit and bridge virtkit restored")
         return repaired
 
     def refresh_firewall(self) -> None:
-        """Render the whole `inet virtkit` table from the store and the ports that exist now, and swap
-        it in (or remove it when there is no network)."""
-        from virtkit.network import links, nft
+        """Render virtkit's tables from the store and swap them in (remove them when there is no
+        network)."""
+        from virtkit.network import nft
 
         with self.lock():
             networks = self.store.list(NetworkRecord)
@@ -269,18 +270,17 @@ class Networks:
             net_rules = [
                 nft.NetRules(r.name, r.bridge, r.subnet, r.gateway, r.type == "nat") for r in networks
             ]
+            # Every NIC, running or not: a port's rules match its device by name, so they guard
+            # it from the moment its device joins the bridge.
             ports = [
                 nft.PortRules(a.nic.device, by_name[a.nic.network].bridge, a.nic.mac, a.nic.ip, a.nic.allow_host)
                 for a in self.attachments()
-                if a.nic.network in by_name and links.exists(a.nic.device)
+                if a.nic.network in by_name
             ]
             nft.apply(nft.render(net_rules, ports, self._forward_rules(networks)))
             # A foreign forward chain with policy drop (Docker's) would drop what ours accepts:
-            # our bridges are let through there (replacing what we put there before, atomically).
-            if nft.foreign_forward_drops():
-                nft.open_foreign([r.bridge for r in networks])
-            else:
-                nft.close_foreign()
+            # our bridges are let through there (what we put there before replaced, atomically).
+            nft.open_foreign([r.bridge for r in networks])
 
     def _forward_rules(self, networks: list[NetworkRecord]) -> list[ForwardRules]:
         from virtkit.network import nft

@@ -4,8 +4,8 @@ handed out for them, and the network steps around an instance's start, stop and 
 A NIC is allocated once, when the instance is defined: its MAC and IPv4 address are stored with the
 instance (stable across restarts; dnsmasq hands out exactly them, the firewall lets nothing else
 out). Its host-side device exists only while the instance runs: the driver makes it, and calls
-back (`ports_ready`) before the guest runs, so its anti-spoofing rules and rate limit are in place
-before it sends its first packet.
+back (`ports_ready`) before the guest runs, so its rate limit is in place before it sends its first packet (its
+anti-spoofing rules are there even before its device: they match the device by name).
 """
 
 from __future__ import annotations
@@ -119,27 +119,22 @@ class Nics:
         return nics
 
     def before_start(self, record: InstanceRecord) -> None:
-        """The networks of the instance's NICs up (bridges, dnsmasq), as after a host reboot."""
+        """The networks of the instance's NICs up (bridges, dnsmasq) and the firewall in step, as
+        after a host reboot: its ports' rules are there before its devices are."""
         if not record.nics:
             return
         with self.networks.lock():
             for name in sorted({nic.network for nic in record.nics}):
                 self.networks.up(self.networks.get(name))
+            self.networks.refresh_firewall()
 
     def ports_ready(self, record: InstanceRecord) -> None:
-        """The instance's host-side devices exist: rate limits on them, their rules in the firewall."""
+        """The instance's host-side devices exist: their rate limits go on."""
         from virtkit.network import shaping
 
         for nic in record.nics:
             if nic.limit is not None:
                 shaping.limit(nic.device, nic.limit)
-        if record.nics:
-            self.networks.refresh_firewall()
-
-    def after_stop(self, record: InstanceRecord) -> None:
-        """The instance's ports are gone: their rules go too."""
-        if record.nics:
-            self.networks.refresh_firewall()
 
     def published(self, record: InstanceRecord, forwards: Sequence[Forward]) -> None:
         """Publish `forwards` on the instance's first NIC's network; all or none."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -294,6 +295,11 @@ def test_pidfile_of_another_networks_dnsmasq_is_not_trusted(tmp_path: Path) -> N
     argv = ["dnsmasq", "-c", "import time; time.sleep(30)", f"--conf-file={other / 'dnsmasq.conf'}"]
     with subprocess.Popen(argv, executable=sys.executable) as fake:
         try:
+            # Popen returns at close-on-exec, a moment before the kernel sets the new cmdline.
+            deadline = time.monotonic() + 5
+            while not Path(f"/proc/{fake.pid}/cmdline").read_bytes().startswith(b"dnsmasq\0"):
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
             mine = tmp_path / "mine"
             mine.mkdir()
             dnsmasq = Dnsmasq(mine)

@@ -267,22 +267,3 @@ def test_links_are_read_from_their_messages(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_companions_are_marked_by_their_alias() -> None:
     assert links.companion_alias("vkp0") == "virtkit:companion vkp0"
-
-
-def test_a_tun_node_the_owner_cannot_open_is_warned_about(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    node = tmp_path / "tun"
-    node.write_bytes(b"")
-    monkeypatch.setattr(links, "_TUN", str(node))
-    node.chmod(0o600)
-    links._warn_if_unopenable("vkt0", 65534, None)
-    assert "vkt0" in caplog.text and "chmod 0666" in caplog.text
-    caplog.clear()
-    links._warn_if_unopenable("vkt0", 0, None)  # root opens anything
-    links._warn_if_unopenable("vkt0", os.stat(node).st_uid, None)
-    node.chmod(0o660)
-    links._warn_if_unopenable("vkt0", 65534, os.stat(node).st_gid)
-    node.chmod(0o666)
-    links._warn_if_unopenable("vkt0", 65534, None)
-    assert caplog.text == ""

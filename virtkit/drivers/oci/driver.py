@@ -33,7 +33,7 @@ from virtkit.drivers.oci.runtime import CONFIG_KEY, DEFAULT_RUNTIME, OciRuntime,
 from virtkit.drivers.oci.spec import ContainerSpec
 from virtkit.errors import StateError, VirtkitError
 from virtkit.images.staged import ROOTFS
-from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState
+from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState, Nic
 from virtkit.store import atomic_write
 
 log = logging.getLogger(__name__)
@@ -269,6 +269,17 @@ class OciDriver:
                              hint=f"virtkit stop {record.name}, then set them")  # fmt: skip
         resources = runtime.config["bundle"]["linux"].get("resources", {})
         _runc(paths).update(container_id(record), {k: v for k, v in resources.items() if k != "devices"})
+
+    def plug_nic(self, record: InstanceRecord, paths: InstancePaths, nic: Nic, bridge: str) -> None:
+        status = self.status(record, paths)
+        if status.pid is None or status.state is not InstanceState.RUNNING:
+            raise StateError(f"{record.name} is {status.state.value}: a NIC is plugged into a running container")
+        ports.plug(status.pid, nic, bridge)
+
+    def unplug_nic(self, record: InstanceRecord, paths: InstancePaths, nic: Nic) -> None:
+        from virtkit.network import links
+
+        links.delete(nic.device)  # its peer in the container goes with it
 
     def cleanup(self, record: InstanceRecord, paths: InstancePaths) -> None:
         runc, cid = _runc(paths), container_id(record)

@@ -232,14 +232,18 @@ def _network(spec: VmSpec) -> list[str]:
     """NICs: a `-netdev tap` on the tap `start` made (QEMU opens it by name; no script runs) and
     the guest's device: virtio-net-device (microvm, virt), virtio-net-pci, or an emulated e1000."""
     args: list[str] = []
-    for index, nic in enumerate(spec.nics):
-        args += ["-netdev", f"tap,id=net{index},ifname={esc(nic.device)},script=no,downscript=no"]
-        if nic.model == "e1000":
-            device = "e1000"
-        else:
-            device = "virtio-net-device" if spec.mmio else "virtio-net-pci"
-        args += ["-device", f"{device},id=nic{index},netdev=net{index},mac={esc(nic.mac)}"]
+    for nic in spec.nics:
+        # ids from the host device's name, so a NIC is found again to unplug whenever it came
+        args += ["-netdev", f"tap,id=net-{nic.device},ifname={nic.device},script=no,downscript=no"]
+        args += ["-device", f"{nic_driver(spec, nic.model)},id=nic-{nic.device},netdev=net-{nic.device},mac={nic.mac}"]
     return args
+
+
+def nic_driver(spec: VmSpec, model: str) -> str:
+    """QEMU's device for a NIC model on the spec's machine."""
+    if model == "e1000":
+        return "e1000"
+    return "virtio-net-device" if spec.mmio else "virtio-net-pci"
 
 
 def with_tap_fds(argv: Sequence[str], fds: Mapping[str, int]) -> list[str]:
