@@ -30,13 +30,13 @@ from virtkit.units import (
 __all__ = [
     "MAX_SIZE",
     "EiB",
+    "Forward",
     "GiB",
     "ImageRecord",
     "InstanceKind",
     "InstanceRecord",
     "InstanceState",
     "KiB",
-    "Forward",
     "MiB",
     "Name",
     "NetworkRecord",
@@ -110,7 +110,8 @@ class Nic(BaseModel):
     ip: str = Field(pattern=IPV4_PATTERN)
     device: str = Field(pattern=r"^vk[0-9a-f]{8}n[0-9]{1,2}$")
     inner: str = Field(default="eth0", pattern=r"^eth[0-9]{1,2}$")  # its name inside a container
-    model: str | None = Field(default=None, pattern=r"^(virtio|e1000)$")  # a VM's NIC model; None: as --devices
+    # a VM's NIC model; None: as its --devices
+    model: str | None = Field(default=None, pattern=r"^(virtio|e1000)$")
     limit: int | None = Field(default=None, gt=0)  # bits per second, each direction
     allow_host: bool = False  # may reach the host's own services, not only DHCP/DNS on its gateway
 

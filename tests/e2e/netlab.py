@@ -11,6 +11,7 @@ The internet namespace has no route to any virtkit subnet: only a masqueraded pa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -121,10 +122,8 @@ def _teardown(lab: Lab) -> None:
 
 
 def _kill_pidfile(pidfile: Path) -> None:
-    try:
+    with contextlib.suppress(OSError, ValueError):
         os.kill(int(pidfile.read_text().strip()), 9)
-    except (OSError, ValueError):
-        pass
 
 
 Server = Callable[..., subprocess.Popen[bytes]]

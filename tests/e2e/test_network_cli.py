@@ -22,7 +22,9 @@ def test_create_list_show_delete(lab: Lab) -> None:  # noqa: F811
     assert "vk-web" in table and "10.161.0.1" in table
 
     shown = lab.ok("network", "show", "web").stdout
-    assert "Bridge:" in shown and "vk-web (up)" in shown and "dnsmasq pid" in shown and "lab.internal" in shown
+    assert (
+        "Bridge:" in shown and "vk-web (up)" in shown and "dnsmasq pid" in shown and "lab.internal" in shown
+    )
     addr = lab.host.run(["ip", "-j", "addr", "show", "dev", "vk-web"], check=True).stdout
     assert '"local":"10.20.30.1","prefixlen":24' in addr.replace(" ", "")
     ruleset = lab.host.run(["nft", "list", "table", "inet", "virtkit"], check=True).stdout
@@ -36,12 +38,12 @@ def test_create_list_show_delete(lab: Lab) -> None:  # noqa: F811
     assert not _our_dnsmasq(lab)
 
 
-def _our_dnsmasq(lab: Lab) -> list[str]:
+def _our_dnsmasq(lab: Lab) -> list[str]:  # noqa: F811
     ps = lab.host.run(["ps", "-eo", "args"], check=True).stdout.splitlines()
     return [line for line in ps if "dnsmasq" in line and str(lab.root) in line]
 
 
-def assert_refused(lab: Lab, args: list[str], code: int, *words: str) -> None:
+def assert_refused(lab: Lab, args: list[str], code: int, *words: str) -> None:  # noqa: F811
     before = lab.snapshot()
     done = lab.virtkit(*args)
     assert done.returncode == code, (args, done.returncode, done.stdout, done.stderr)
@@ -55,7 +57,9 @@ def assert_refused(lab: Lab, args: list[str], code: int, *words: str) -> None:
 def test_bad_input_is_refused_and_changes_nothing(lab: Lab) -> None:  # noqa: F811
     lab.ok("network", "create", "web", "--subnet", "10.20.30.0/24")
     lab.host.run(["ip", "addr", "add", "192.168.77.1/24", "dev", "lo"], check=True)  # the host's own route
-    assert_refused(lab, ["network", "create", "web2", "--subnet", "10.20.0.0/16"], 1, "overlaps 10.20.30.0/24")
+    assert_refused(
+        lab, ["network", "create", "web2", "--subnet", "10.20.0.0/16"], 1, "overlaps 10.20.30.0/24"
+    )
     assert_refused(lab, ["network", "create", "web3", "--subnet", "192.168.77.0/24"], 1, "already routes")
     assert_refused(lab, ["network", "create", "web4", "--subnet", "172.31.250.0/25"], 1, "already routes")
     assert_refused(lab, ["network", "create", "bad", "--subnet", "10.1.2.300/24"], 2, "invalid subnet")
@@ -68,7 +72,9 @@ def test_bad_input_is_refused_and_changes_nothing(lab: Lab) -> None:  # noqa: F8
     assert_refused(lab, ["network", "show", "nope"], 1, "not found")
     assert_refused(lab, ["network", "delete", "nope"], 1, "not found")
     # an interface of that name made by someone else: never taken over
-    lab.host.run(["ip", "link", "add", "vk-theirs", "type", "veth", "peer", "name", "theirs-peer"], check=True)
+    lab.host.run(
+        ["ip", "link", "add", "vk-theirs", "type", "veth", "peer", "name", "theirs-peer"], check=True
+    )
     assert_refused(lab, ["network", "create", "theirs"], 1, "vk-theirs already exists")
 
     lab.ok("create", "tiny", "c1", "--container", "--network", "web")

@@ -11,17 +11,17 @@ import subprocess
 from tests.e2e.netlab import UPLINK_HOST, UPLINK_INTERNET, Lab, lab, tcp_server  # noqa: F401
 
 
-def _ping(lab: Lab, name: str, address: str) -> bool:
+def _ping(lab: Lab, name: str, address: str) -> bool:  # noqa: F811
     return lab.exec(name, f"ping -c 1 -W 2 {address}").returncode == 0
 
 
-def _tcp(lab: Lab, name: str, address: str, port: int) -> str:
+def _tcp(lab: Lab, name: str, address: str, port: int) -> str:  # noqa: F811
     """What a TCP connection from `name` to address:port reads ("" when it fails)."""
     done = lab.exec(name, f"echo | timeout 5 nc {address} {port}")
     return done.stdout if done.returncode == 0 else ""
 
 
-def _in_netns_of(lab: Lab, name: str, code: str) -> subprocess.Popen[str]:
+def _in_netns_of(lab: Lab, name: str, code: str) -> subprocess.Popen[str]:  # noqa: F811
     """Host Python run in the network namespace of instance `name` (busybox nc has no UDP): its
     packets leave through the instance's own NIC, as the instance's would."""
     pid = lab.show(name)["pid"]
@@ -29,7 +29,7 @@ def _in_netns_of(lab: Lab, name: str, code: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
 
 
-def _udp_reaches(lab: Lab, sender: str, receiver: str, address: str) -> bool:
+def _udp_reaches(lab: Lab, sender: str, receiver: str, address: str) -> bool:  # noqa: F811
     listen = (
         "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0', 5353))\n"
         "s.settimeout(3)\nprint('ready', flush=True)\n"
@@ -37,7 +37,10 @@ def _udp_reaches(lab: Lab, sender: str, receiver: str, address: str) -> bool:
     )
     receiving = _in_netns_of(lab, receiver, listen)
     assert receiving.stdout is not None and receiving.stdout.readline().strip() == "ready"
-    send = f"import socket\nsocket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'datagram', ({address!r}, 5353))"
+    send = (
+        "import socket\n"
+        f"socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'datagram', ({address!r}, 5353))"
+    )
     _in_netns_of(lab, sender, send).wait(10)
     out, _ = receiving.communicate(timeout=10)
     return "datagram" in out

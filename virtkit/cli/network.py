@@ -13,7 +13,7 @@ from virtkit.cli.output import print_fields, print_json, print_table
 from virtkit.cli.params import INSTANCE_NAME
 
 if TYPE_CHECKING:
-    from virtkit.ops.networks import NetworkView, Networks
+    from virtkit.ops.networks import Networks, NetworkView
 
 
 def networks() -> Networks:
@@ -30,12 +30,18 @@ def network_group() -> None:
 
 @network_group.command("create")
 @click.argument("name")
-@click.option("--type", "kind", type=click.Choice(["nat", "isolated"]), default="nat", show_default=True,
-              help="nat: instances reach out through the host; isolated: nothing leaves the bridge.")  # fmt: skip
-@click.option("--subnet", default=None, metavar="CIDR",
-              help="A private IPv4 subnet, e.g. 10.20.30.0/24 (default: a free 10.x.y.0/24).")  # fmt: skip
-@click.option("--dns-domain", default=None, metavar="DOMAIN",
-              help="Instances resolve as NAME and NAME.DOMAIN inside the network.  [default: virtkit]")  # fmt: skip
+@click.option(
+    "--type", "kind", type=click.Choice(["nat", "isolated"]), default="nat", show_default=True,
+    help="nat: instances reach out through the host; isolated: nothing leaves the bridge.",
+)  # fmt: skip
+@click.option(
+    "--subnet", default=None, metavar="CIDR",
+    help="A private IPv4 subnet, e.g. 10.20.30.0/24 (default: a free 10.x.y.0/24).",
+)  # fmt: skip
+@click.option(
+    "--dns-domain", default=None, metavar="DOMAIN",
+    help="Instances resolve as NAME and NAME.DOMAIN inside the network.  [default: virtkit]",
+)  # fmt: skip
 @json_option
 def create_command(name: str, kind: str, subnet: str | None, dns_domain: str | None) -> None:
     """Create network NAME (its bridge is vk-NAME) and bring it up."""
@@ -62,8 +68,9 @@ def list_command() -> None:
     if get_context().json:
         print_json([view.to_dict() for view in views])
         return
-    print_table(["NAME", "TYPE", "SUBNET", "GATEWAY", "BRIDGE", "STATE", "INSTANCES"],
-                [_row(view) for view in views], empty="No networks. Create one: virtkit network create web")  # fmt: skip
+    columns = ["NAME", "TYPE", "SUBNET", "GATEWAY", "BRIDGE", "STATE", "INSTANCES"]
+    empty = "No networks. Create one: virtkit network create web"
+    print_table(columns, [_row(view) for view in views], empty=empty)
 
 
 @network_group.command("show")
@@ -168,7 +175,9 @@ def forward_add_command(network: str, host_port: str, target: str) -> None:
 
     instance, _, port = target.partition(":")
     spec, _, proto = host_port.partition("/")
-    forward = parse_publish(f"{spec}:{port or spec}" + (f"/{proto}" if proto else ""), validate_name(instance))
+    forward = parse_publish(
+        f"{spec}:{port or spec}" + (f"/{proto}" if proto else ""), validate_name(instance)
+    )
     networks().add_forward(network, forward)
     click.echo(f"Forward {forward.label()} -> {instance}:{forward.port} added on {network}.")
 

@@ -134,7 +134,9 @@ def parse_mac(text: str) -> str:
     if not _MAC_RE.fullmatch(mac):
         raise SpecError(f"invalid MAC address {text!r}", hint="e.g. 52:54:00:12:34:56")
     if int(mac[:2], 16) & 1:
-        raise SpecError(f"invalid MAC address {text!r}: a multicast address", hint="the first byte must be even")
+        raise SpecError(
+            f"invalid MAC address {text!r}: a multicast address", hint="the first byte must be even"
+        )
     if mac == "00:00:00:00:00:00":
         raise SpecError(f"invalid MAC address {text!r}: all zeros")
     return mac

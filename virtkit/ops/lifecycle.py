@@ -21,7 +21,15 @@ from virtkit.drivers.base import Driver, ExecResult, InstancePaths, Runtime, Sta
 from virtkit.drivers.console import Console
 from virtkit.errors import NotFoundError, SpecError, StateError, StoreError
 from virtkit.images.store import ImageStore
-from virtkit.model import Forward, ImageRecord, InstanceKind, InstanceRecord, InstanceState, MiB, validate_name
+from virtkit.model import (
+    Forward,
+    ImageRecord,
+    InstanceKind,
+    InstanceRecord,
+    InstanceState,
+    MiB,
+    validate_name,
+)
 from virtkit.ops.networks import Networks
 from virtkit.ops.nics import NicRequest, Nics
 from virtkit.ops.resources import check_resources

@@ -198,7 +198,9 @@ class Networks:
         from virtkit.network.dnsmasq import Dnsmasq
 
         subnet = ipaddress.IPv4Network(record.subnet)
-        links.ensure_bridge(record.bridge, f"{record.gateway}/{subnet.prefixlen}", alias=self.alias(record.name))
+        links.ensure_bridge(
+            record.bridge, f"{record.gateway}/{subnet.prefixlen}", alias=self.alias(record.name)
+        )
         if record.type == "nat":
             links.enable_forwarding()
         directory = self.directory(record.name)
@@ -273,7 +275,9 @@ class Networks:
             # Every NIC, running or not: a port's rules match its device by name, so they guard
             # it from the moment its device joins the bridge.
             ports = [
-                nft.PortRules(a.nic.device, by_name[a.nic.network].bridge, a.nic.mac, a.nic.ip, a.nic.allow_host)
+                nft.PortRules(
+                    a.nic.device, by_name[a.nic.network].bridge, a.nic.mac, a.nic.ip, a.nic.allow_host
+                )
                 for a in self.attachments()
                 if a.nic.network in by_name
             ]
@@ -291,7 +295,11 @@ class Networks:
             for forward in record.forwards:
                 nic = nics.get((forward.instance, record.name))
                 if nic is not None and record.type == "nat":
-                    rules.append(nft.ForwardRules(forward.proto, forward.host_port, nic.ip, forward.port, record.bridge))
+                    rules.append(
+                        nft.ForwardRules(
+                            forward.proto, forward.host_port, nic.ip, forward.port, record.bridge
+                        )
+                    )
         return rules
 
     def _refresh_quietly(self) -> None:
@@ -336,7 +344,9 @@ class Networks:
             record = self.get(name)
             found = [f for f in record.forwards if (f.host_port, f.proto) == (host_port, proto)]
             if not found:
-                raise NotFoundError(f"network {record.name!r} has no forward of host port {host_port}/{proto}")
+                raise NotFoundError(
+                    f"network {record.name!r} has no forward of host port {host_port}/{proto}"
+                )
             record.forwards = [f for f in record.forwards if f not in found]
             self.store.put(record)
             self.refresh_firewall()

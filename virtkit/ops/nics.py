@@ -4,8 +4,8 @@ handed out for them, and the network steps around an instance's start, stop and 
 A NIC is allocated once, when the instance is defined: its MAC and IPv4 address are stored with the
 instance (stable across restarts; dnsmasq hands out exactly them, the firewall lets nothing else
 out). Its host-side device exists only while the instance runs: the driver makes it, and calls
-back (`ports_ready`) before the guest runs, so its rate limit is in place before it sends its first packet (its
-anti-spoofing rules are there even before its device: they match the device by name).
+back (`ports_ready`) before the guest runs, so its rate limit is in place before it sends its
+first packet (its anti-spoofing rules are there even before its device: they match the device by name).
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def parse_nic(text: str) -> NicRequest:
         key, sep, value = option.partition("=")
         if not sep or key not in NIC_KEYS or key in values or not value:
             raise SpecError(
-                f"invalid --network {text!r}: {option!r} is not one of {', '.join(k + '=' for k in NIC_KEYS)}",
+                f"invalid --network {text!r}: {option!r} is not one of "
+                + ", ".join(k + "=" for k in NIC_KEYS),
                 hint="e.g. --network web,ip=10.161.0.10,limit=10mbit",
             )
         values[key] = value
@@ -97,7 +98,9 @@ class Nics:
         used_macs = {a.nic.mac for a in self.networks.attachments()}
         for request in requests:
             if request.network in seen:
-                raise SpecError(f"{record.name} already has a NIC on network {request.network!r}: one per network")
+                raise SpecError(
+                    f"{record.name} already has a NIC on network {request.network!r}: one per network"
+                )
             seen.add(request.network)
             index = next(free, None)
             if index is None:

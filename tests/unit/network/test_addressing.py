@@ -65,7 +65,8 @@ def test_ips_skip_the_gateway_and_taken_ones() -> None:
     assert a.allocate_ip(subnet, {"10.9.8.2", "10.9.8.3"}) == "10.9.8.4"
     assert a.allocate_ip(subnet, set(), "10.9.8.6") == "10.9.8.6"
     for wanted, error in [("10.9.8.1", SpecError), ("10.9.8.7", SpecError), ("10.9.8.0", SpecError),
-                          ("10.9.9.2", SpecError), ("nonsense", SpecError), ("10.9.8.2", ConflictError)]:  # fmt: skip
+                          ("10.9.9.2", SpecError), ("nonsense", SpecError),
+                          ("10.9.8.2", ConflictError)]:  # fmt: skip
         with pytest.raises(error):
             a.allocate_ip(subnet, {"10.9.8.2"}, wanted)
     with pytest.raises(ConflictError, match="no address"):

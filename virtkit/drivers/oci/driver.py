@@ -273,7 +273,9 @@ class OciDriver:
     def plug_nic(self, record: InstanceRecord, paths: InstancePaths, nic: Nic, bridge: str) -> None:
         status = self.status(record, paths)
         if status.pid is None or status.state is not InstanceState.RUNNING:
-            raise StateError(f"{record.name} is {status.state.value}: a NIC is plugged into a running container")
+            raise StateError(
+                f"{record.name} is {status.state.value}: a NIC is plugged into a running container"
+            )
         ports.plug(status.pid, nic, bridge)
 
     def unplug_nic(self, record: InstanceRecord, paths: InstancePaths, nic: Nic) -> None:

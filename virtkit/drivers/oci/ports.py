@@ -58,7 +58,10 @@ def plug(pid: int, nic: Nic, bridge: str) -> None:
     address = ipaddress.IPv4Interface(f"{nic.ip}/{prefix}")
     links.create_veth(nic.device, bridge=bridge, pid=pid, inner=nic.inner, mac=nic.mac)
     try:
-        for argv in (["ip", "addr", "add", str(address), "dev", nic.inner], ["ip", "link", "set", nic.inner, "up"]):
+        for argv in (
+            ["ip", "addr", "add", str(address), "dev", nic.inner],
+            ["ip", "link", "set", nic.inner, "up"],
+        ):
             done = subprocess.run(["nsenter", "-t", str(pid), "-n", *argv], capture_output=True, text=True)
             if done.returncode != 0:
                 raise ToolError(f"cannot configure {nic.inner} in the container: {done.stderr.strip()}",

@@ -235,7 +235,8 @@ def _network(spec: VmSpec) -> list[str]:
     for nic in spec.nics:
         # ids from the host device's name, so a NIC is found again to unplug whenever it came
         args += ["-netdev", f"tap,id=net-{nic.device},ifname={nic.device},script=no,downscript=no"]
-        args += ["-device", f"{nic_driver(spec, nic.model)},id=nic-{nic.device},netdev=net-{nic.device},mac={nic.mac}"]
+        device = f"{nic_driver(spec, nic.model)},id=nic-{nic.device},netdev=net-{nic.device},mac={nic.mac}"
+        args += ["-device", device]
     return args
 
 
