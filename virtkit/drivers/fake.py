@@ -11,7 +11,7 @@ from pathlib import Path
 from virtkit.drivers.base import ByteSink, ByteSource, ExecResult, InstancePaths, Plugged, Runtime, Status
 from virtkit.drivers.console import Console
 from virtkit.errors import ConflictError, NotFoundError, SpecError, StateError, ToolError
-from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState
+from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState, Nic
 
 
 class FakeDriver:
@@ -101,6 +101,12 @@ class FakeDriver:
     def update(self, record: InstanceRecord, runtime: Runtime, paths: InstancePaths) -> None:
         self._step("update")
         self.updated[record.uuid] = runtime
+
+    def plug_nic(self, record: InstanceRecord, paths: InstancePaths, nic: Nic, bridge: str) -> None:
+        self._step("plug_nic")
+
+    def unplug_nic(self, record: InstanceRecord, paths: InstancePaths, nic: Nic) -> None:
+        self._step("unplug_nic")
 
     def cleanup(self, record: InstanceRecord, paths: InstancePaths) -> None:
         self._step("cleanup")

@@ -36,7 +36,7 @@ from virtkit.drivers.qemu.seed import make_seed
 from virtkit.drivers.qemu.spec import VmSpec
 from virtkit.drivers.qemu.taps import taps
 from virtkit.errors import HostCapabilityError, StateError, ToolError, VirtkitError
-from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState
+from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState, Nic
 
 log = logging.getLogger(__name__)
 
@@ -300,6 +300,18 @@ class QemuDriver:
         if changes:
             boot.spec = apply_live(boot.spec, wanted, changes, monitor)
             boot.save(files.boot)
+
+    def plug_nic(self, record: InstanceRecord, paths: InstancePaths, nic: Nic, bridge: str) -> None:
+        raise StateError(
+            f"{record.name} is running: virtkit cannot hot-plug a NIC into a VM yet",
+            hint=f"stop it first: virtkit stop {record.name}",
+        )
+
+    def unplug_nic(self, record: InstanceRecord, paths: InstancePaths, nic: Nic) -> None:
+        raise StateError(
+            f"{record.name} is running: virtkit cannot hot-unplug a VM's NIC yet",
+            hint=f"stop it first: virtkit stop {record.name}",
+        )
 
     def cleanup(self, record: InstanceRecord, paths: InstancePaths) -> None:
         if process.running_pid(paths.pidfile, record.uuid) is not None:
