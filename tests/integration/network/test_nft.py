@@ -116,17 +116,23 @@ for frame in sys.argv[1:]:
     s.send(bytes.fromhex(frame))
 """
 
-# Prints one 0/1 per marker (hex): whether a frame containing it arrived on eth0 within the timeout.
+# Prints one 0/1 per marker (hex): whether a frame containing it arrived on eth0 within the timeout
+# counted from the line "sent" on stdin (a sender that is slow to start on a busy host is not a drop).
 SNIFFER = r"""
 import select, socket, sys, time
 timeout, markers = float(sys.argv[1]), [bytes.fromhex(m) for m in sys.argv[2:]]
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
 s.bind(("eth0", 0))
 print("ready", flush=True)
-seen = set()
-end = time.monotonic() + timeout
+seen, watched = set(), [s, sys.stdin]
+end = time.monotonic() + 60
 while len(seen) < len(markers) and (left := end - time.monotonic()) > 0:
-    if select.select([s], [], [], left)[0]:
+    readable = select.select(watched, [], [], left)[0]
+    if sys.stdin in readable:
+        sys.stdin.readline()
+        watched.remove(sys.stdin)
+        end = min(end, time.monotonic() + timeout)
+    if s in readable:
         frame = s.recv(65535)
         seen.update(i for i, m in enumerate(markers) if m in frame)
 print(" ".join("1" if i in seen else "0" for i in range(len(markers))))
@@ -592,12 +598,13 @@ def frames_seen(sender: Guest, receiver: Guest, frames: Sequence[tuple[bytes, by
     """Send each (frame, marker) from `sender`; which markers `receiver` saw on its eth0."""
     sniffer = receiver.ns.popen(
         [PYTHON, "-c", SNIFFER, str(PROBE_TIMEOUT), *(m.hex() for _, m in frames)],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
     wait_ready(sniffer, f"sniffer in {receiver.name}")
     send_frames(sender, [f for f, _ in frames])
-    out, _ = sniffer.communicate(timeout=PROBE_TIMEOUT + 10)
+    out, _ = sniffer.communicate(b"sent\n", timeout=PROBE_TIMEOUT + 60)
     assert sniffer.returncode == 0, out
     return [bit == "1" for bit in out.decode().split()]
 
