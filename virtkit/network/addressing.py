@@ -28,7 +28,26 @@ MIN_PREFIX, MAX_PREFIX = 16, 29
 FIRST_CHOICE = ipaddress.IPv4Network("10.161.0.0/24")
 MAC_PREFIX = "52:54:00"
 _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", re.ASCII)
+_LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
+# 63 for an instance's own label and its dot, so that every NAME.DOMAIN stays within 253.
+MAX_DOMAIN = 253 - 64
 PRIVATE = tuple(ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
+
+
+def parse_domain(value: object) -> str:
+    """`value` if it can be a network's DNS domain: dot-separated labels (`virtkit`, `lab.example`)."""
+    rule = "dot-separated labels of a-z, 0-9 and '-', such as virtkit or lab.example"
+    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+    if not isinstance(value, str) or not value:
+        raise SpecError(f"invalid DNS domain {shown}", hint=f"use {rule}")
+    if len(value) > MAX_DOMAIN:
+        raise SpecError(f"invalid DNS domain {shown}: longer than {MAX_DOMAIN} characters")
+    labels = value.split(".")
+    if not all(_LABEL_RE.fullmatch(label) for label in labels):
+        raise SpecError(f"invalid DNS domain {shown}", hint=f"use {rule}")
+    if labels[-1].isdigit():
+        raise SpecError(f"invalid DNS domain {value}: its last label must not be all digits")
+    return value
 
 
 def network_name(name: str) -> str:

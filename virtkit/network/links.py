@@ -4,7 +4,7 @@ networks are in use).
 
 Everything acts on the network namespace of the calling thread (a socket is opened per call), so a
 test, or a second virtkit root, can run in a namespace of its own. pyroute2 is untyped: it is met
-only through `_Netlink`, which turns its messages into `_Link` records and its errors into
+only through `Netlink`, which turns its messages into `Link` records and its errors into
 virtkit's (`ConflictError` when a name is taken, `NotFoundError`, `HostCapabilityError` when the
 host lacks a device or the permission, `ToolError` for the rest).
 """
@@ -19,216 +19,32 @@ import ipaddress
 import logging
 import os
 import platform
-import re
-import socket
 import struct
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
-from pyroute2 import IPRoute  # type: ignore[import-untyped]
 from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
 
-from virtkit.errors import ConflictError, HostCapabilityError, NotFoundError, SpecError, ToolError
+from virtkit.errors import ConflictError, HostCapabilityError, NotFoundError, SpecError
+from virtkit.network.netlink import (
+    Link,
+    Netlink,
+    check_alias,
+    check_id,
+    check_mac,
+    netlink_error,
+    refuse_existing,
+    remove_quietly,
+    require,
+    require_bridge,
+    session,
+)
+from virtkit.network.netlink import (
+    check_name as check_name,  # public here too: callers name interfaces through links
+)
 
 log = logging.getLogger(__name__)
 
 IFNAMSIZ = 16  # the kernel's buffer, NUL included
-_NAME_RE = re.compile(r"[!-~]{1,15}", re.ASCII)  # printable ASCII, no space
-_MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", re.ASCII)
-_IFALIASZ = 255
 _COMPANION = "virtkit:companion "
-_IFF_UP = 0x1
-_ROUTE_SKIPPED_TYPES = {2, 3, 4, 5}  # local, broadcast, anycast, multicast: the kernel's own
-_LOCAL_TABLE = 255
-_NAME_RULES = "1 to 15 printable ASCII characters, none of '/', ':', and not '.' or '..'"
-
-
-@dataclass(frozen=True)
-class _Link:
-    index: int
-    name: str
-    kind: str | None
-    master: int | None
-    alias: str | None
-    up: bool
-    mtu: int
-    stats: dict[str, int]
-
-
-# --- validation -------------------------------------------------------------------------------
-
-
-def check_name(name: str, what: str = "interface name") -> str:
-    """`name` if Linux takes it as an interface name (and every tool prints it unquoted), else SpecError."""
-    if (
-        not isinstance(name, str)
-        or not _NAME_RE.fullmatch(name)
-        or "/" in name
-        or ":" in name
-        or name in (".", "..")
-    ):
-        raise SpecError(f"invalid {what} {name!r}: an interface name is {_NAME_RULES}")
-    return name
-
-
-def _check_mac(mac: str) -> str:
-    if not isinstance(mac, str) or not _MAC_RE.fullmatch(mac.lower()):
-        raise SpecError(
-            f"invalid MAC address {mac!r}: six hex pairs separated by ':'", hint="52:54:00:12:34:56"
-        )
-    mac = mac.lower()
-    if int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00":
-        raise SpecError(f"invalid MAC address {mac}: a NIC needs a unicast address (even first octet)")
-    return mac
-
-
-def _check_alias(text: str) -> str:
-    if not isinstance(text, str) or not text or "\0" in text or len(text.encode()) > _IFALIASZ:
-        raise SpecError(f"invalid interface alias {text!r}: 1 to {_IFALIASZ} bytes, no NUL")
-    return text
-
-
-def _check_id(value: int, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32 - 1:
-        raise SpecError(f"invalid {what} {value!r}: a number from 0 to {2**32 - 2}")
-    return value
-
-
-# --- the netlink boundary ---------------------------------------------------------------------
-
-
-def _error(code: int, what: str) -> Exception:
-    """A virtkit error for errno `code` met while doing `what` ("create bridge vk-x")."""
-    reason = os.strerror(code) if code else "unknown error"
-    if code == errno.EEXIST:
-        return ConflictError(f"cannot {what}: an interface of that name already exists")
-    if code in (errno.ENODEV, errno.ENOENT, errno.ESRCH):
-        return NotFoundError(f"cannot {what}: no such interface")
-    if code in (errno.EPERM, errno.EACCES):
-        return HostCapabilityError(
-            f"cannot {what}: permission denied", hint="virtkit needs root (CAP_NET_ADMIN) to manage networks"
-        )
-    if code in (errno.EOPNOTSUPP, errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
-        return HostCapabilityError(f"cannot {what}: not supported by this kernel ({reason})")
-    return ToolError(f"cannot {what}: {reason} (netlink error {code})")
-
-
-class _Netlink:
-    """The few rtnetlink requests virtkit makes, typed; one socket in the caller's namespace."""
-
-    def __init__(self, ipr: Any) -> None:
-        self._ipr = ipr
-
-    @staticmethod
-    def _link(msg: Any) -> _Link:
-        stats = msg.get("stats64") or {}
-        return _Link(
-            index=int(msg["index"]),
-            name=str(msg.get("ifname")),
-            kind=msg.get(("linkinfo", "kind")),
-            master=msg.get("master") or None,
-            alias=msg.get("ifalias") or None,
-            up=bool(msg["flags"] & _IFF_UP),
-            mtu=int(msg.get("mtu") or 0),
-            stats={k: int(v) for k, v in stats.items() if isinstance(v, int)},
-        )
-
-    def link(self, name: str) -> _Link | None:
-        try:
-            msgs = self._ipr.link("get", ifname=name)
-        except NetlinkError as exc:
-            if exc.code == errno.ENODEV:
-                return None
-            raise
-        return self._link(msgs[0]) if msgs else None
-
-    def links(self) -> list[_Link]:
-        return [self._link(msg) for msg in self._ipr.link("dump")]
-
-    def add(self, **attrs: object) -> None:
-        self._ipr.link("add", **attrs)
-
-    def set(self, index: int, **attrs: object) -> None:
-        self._ipr.link("set", index=index, **attrs)
-
-    def remove(self, index: int) -> None:
-        self._ipr.link("del", index=index)
-
-    def ipv4(self, index: int | None = None) -> list[tuple[int, ipaddress.IPv4Interface]]:
-        """(ifindex, address/prefix) of the IPv4 addresses of `index`, or of every interface."""
-        found = []
-        for msg in self._ipr.addr("dump", family=socket.AF_INET):
-            if index is None or msg["index"] == index:
-                iface = ipaddress.IPv4Interface(f"{msg.get('address')}/{msg['prefixlen']}")
-                found.append((int(msg["index"]), iface))
-        return found
-
-    def add_ipv4(self, index: int, iface: ipaddress.IPv4Interface) -> None:
-        broadcast = str(iface.network.broadcast_address) if iface.network.prefixlen < 31 else None
-        extra = {"broadcast": broadcast} if broadcast else {}
-        self._ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen, **extra)
-
-    def del_ipv4(self, index: int, iface: ipaddress.IPv4Interface) -> None:
-        self._ipr.addr("del", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-
-    def route_destinations(self) -> list[ipaddress.IPv4Network]:
-        found = []
-        for msg in self._ipr.route("dump", family=socket.AF_INET):
-            table = msg.get("table") or msg["table"]
-            if table == _LOCAL_TABLE or msg["type"] in _ROUTE_SKIPPED_TYPES:
-                continue
-            found.append(ipaddress.IPv4Network(f"{msg.get('dst') or '0.0.0.0'}/{msg['dst_len']}"))
-        return found
-
-
-@contextlib.contextmanager
-def _netlink(what: str) -> Iterator[_Netlink]:
-    """A `_Netlink` for the block; pyroute2's and the kernel's errors translated, naming `what`."""
-    try:
-        with IPRoute() as ipr:
-            yield _Netlink(ipr)
-    except NetlinkError as exc:
-        raise _error(exc.code, what) from exc
-    except OSError as exc:
-        raise _error(exc.errno or 0, what) from exc
-
-
-def _require(nl: _Netlink, name: str) -> _Link:
-    link = nl.link(name)
-    if link is None:
-        raise NotFoundError(f"no interface named {name} on this host")
-    return link
-
-
-def _require_bridge(nl: _Netlink, name: str) -> _Link:
-    link = nl.link(name)
-    if link is None:
-        raise NotFoundError(
-            f"no bridge named {name} on this host",
-            hint="bring its network up first (virtkit network reconcile)",
-        )
-    if link.kind != "bridge":
-        raise ConflictError(f"interface {name} is not a bridge (it is a {link.kind or 'plain'} device)")
-    return link
-
-
-def _refuse_existing(nl: _Netlink, name: str, what: str) -> None:
-    if nl.link(name) is not None:
-        raise ConflictError(
-            f"cannot create {what} {name}: an interface of that name already exists",
-            hint=f"remove it (ip link del {name}) if nothing uses it",
-        )
-
-
-def _remove_quietly(nl: _Netlink, name: str) -> None:
-    """Undo of a half-made interface: best effort, the original error is the one to report."""
-    try:
-        link = nl.link(name)
-        if link is not None:
-            nl.remove(link.index)
-    except (NetlinkError, OSError):
-        log.warning("could not remove the half-made interface %s", name, exc_info=True)
 
 
 # --- queries ----------------------------------------------------------------------------------
@@ -236,14 +52,14 @@ def _remove_quietly(nl: _Netlink, name: str) -> None:
 
 def exists(name: str) -> bool:
     check_name(name)
-    with _netlink(f"look up interface {name}") as nl:
+    with session(f"look up interface {name}") as nl:
         return nl.link(name) is not None
 
 
 def alias(name: str) -> str | None:
     """The interface's alias (ifalias; virtkit marks what it made with one), None if none or no interface."""
     check_name(name)
-    with _netlink(f"look up interface {name}") as nl:
+    with session(f"look up interface {name}") as nl:
         link = nl.link(name)
         return link.alias if link else None
 
@@ -251,29 +67,29 @@ def alias(name: str) -> str | None:
 def ports_of(bridge: str) -> list[str]:
     """The names of the interfaces enslaved to `bridge`, sorted."""
     check_name(bridge, "bridge name")
-    with _netlink(f"list the ports of bridge {bridge}") as nl:
-        index = _require_bridge(nl, bridge).index
+    with session(f"list the ports of bridge {bridge}") as nl:
+        index = require_bridge(nl, bridge).index
         return sorted(link.name for link in nl.links() if link.master == index)
 
 
 def stats(name: str) -> dict[str, int]:
     """Byte and packet counters of `name`, as this namespace sees the device (host side)."""
     check_name(name)
-    with _netlink(f"read the counters of {name}") as nl:
-        counters = _require(nl, name).stats
+    with session(f"read the counters of {name}") as nl:
+        counters = require(nl, name).stats
     return {key: counters.get(key, 0) for key in ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets")}
 
 
 def mtu(name: str) -> int:
     check_name(name)
-    with _netlink(f"look up interface {name}") as nl:
-        return _require(nl, name).mtu
+    with session(f"look up interface {name}") as nl:
+        return require(nl, name).mtu
 
 
 def addresses_in_use() -> list[ipaddress.IPv4Network]:
     """Every IPv4 network this namespace routes to or has an address in (default route left out),
     sorted and without duplicates: what a new subnet must not overlap."""
-    with _netlink("list routes and addresses") as nl:
+    with session("list routes and addresses") as nl:
         found = set(nl.route_destinations())
         found.update(iface.network for _, iface in nl.ipv4())
     found.discard(ipaddress.IPv4Network("0.0.0.0/0"))
@@ -285,14 +101,14 @@ def addresses_in_use() -> list[ipaddress.IPv4Network]:
 
 def up(name: str) -> None:
     check_name(name)
-    with _netlink(f"bring {name} up") as nl:
-        nl.set(_require(nl, name).index, state="up")
+    with session(f"bring {name} up") as nl:
+        nl.set(require(nl, name).index, state="up")
 
 
 def down(name: str) -> None:
     check_name(name)
-    with _netlink(f"bring {name} down") as nl:
-        nl.set(_require(nl, name).index, state="down")
+    with session(f"bring {name} down") as nl:
+        nl.set(require(nl, name).index, state="down")
 
 
 def set_master(name: str, bridge: str | None) -> None:
@@ -300,16 +116,16 @@ def set_master(name: str, bridge: str | None) -> None:
     check_name(name)
     if bridge is not None:
         check_name(bridge, "bridge name")
-    with _netlink(f"attach {name} to {bridge}" if bridge else f"detach {name} from its bridge") as nl:
-        link = _require(nl, name)
-        master = _require_bridge(nl, bridge).index if bridge else 0
+    with session(f"attach {name} to {bridge}" if bridge else f"detach {name} from its bridge") as nl:
+        link = require(nl, name)
+        master = require_bridge(nl, bridge).index if bridge else 0
         nl.set(link.index, master=master)
 
 
 def delete(name: str) -> None:
     """Remove `name` and its companions (see `create_ifb`); a missing interface is fine."""
     check_name(name)
-    with _netlink(f"delete interface {name}") as nl:
+    with session(f"delete interface {name}") as nl:
         for link in [nl.link(name), *(x for x in nl.links() if x.alias == companion_alias(name))]:
             if link is None:
                 continue
@@ -350,7 +166,7 @@ def _stable_mac(alias: str) -> str:
     return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
 
 
-def _claim(nl: _Netlink, link: _Link, alias: str) -> None:
+def _claim(nl: Netlink, link: Link, alias: str) -> None:
     """Refuse an existing `link` that is not this alias's bridge."""
     if link.kind != "bridge":
         raise ConflictError(
@@ -372,7 +188,7 @@ def _claim(nl: _Netlink, link: _Link, alias: str) -> None:
     )
 
 
-def _only_address(nl: _Netlink, index: int, wanted: ipaddress.IPv4Interface) -> None:
+def _only_address(nl: Netlink, index: int, wanted: ipaddress.IPv4Interface) -> None:
     present = [iface for _, iface in nl.ipv4(index)]
     for iface in present:
         if iface != wanted:
@@ -386,7 +202,7 @@ def ensure_bridge(name: str, address: str, *, alias: str, mtu: int | None = None
     address, STP off and no forward delay (ports forward at once), up. Idempotent. An interface of
     that name that is not a bridge, or a bridge marked by another owner, is a ConflictError."""
     check_name(name, "bridge name")
-    _check_alias(alias)
+    check_alias(alias)
     try:
         wanted = ipaddress.IPv4Interface(address)
     except ValueError:
@@ -399,7 +215,7 @@ def ensure_bridge(name: str, address: str, *, alias: str, mtu: int | None = None
         )
     if mtu is not None and (isinstance(mtu, bool) or not isinstance(mtu, int) or not 68 <= mtu <= 65535):
         raise SpecError(f"invalid MTU {mtu!r}: 68 to 65535")
-    with _netlink(f"set up bridge {name}") as nl:
+    with session(f"set up bridge {name}") as nl:
         link = nl.link(name)
         made = False
         if link is None:
@@ -411,21 +227,21 @@ def ensure_bridge(name: str, address: str, *, alias: str, mtu: int | None = None
             except NetlinkError as exc:
                 if exc.code != errno.EEXIST:  # made by a concurrent call meanwhile: check it as any other
                     raise
-        link = _require(nl, name)
+        link = require(nl, name)
         if not made:
             _claim(nl, link, alias)
         try:
             _configure_bridge(nl, link, wanted, alias, mtu)
         except BaseException:
             if made:
-                _remove_quietly(nl, name)
+                remove_quietly(nl, name)
             raise
     if made:
         log.info("created bridge %s (%s)", name, address)
 
 
 def _configure_bridge(
-    nl: _Netlink, link: _Link, wanted: ipaddress.IPv4Interface, alias: str, mtu: int | None
+    nl: Netlink, link: Link, wanted: ipaddress.IPv4Interface, alias: str, mtu: int | None
 ) -> None:
     if link.alias != alias:
         nl.set(link.index, ifalias=alias)
@@ -469,7 +285,7 @@ def _make_tap(name: str, owner: int, group: int | None) -> None:
                 f"cannot create tap {name}: this host has no /dev/net/tun",
                 hint="load the tun module (modprobe tun) or create the node (mknod /dev/net/tun c 10 200)",
             ) from exc
-        raise _error(exc.errno or 0, f"create tap {name} (open /dev/net/tun)") from exc
+        raise netlink_error(exc.errno or 0, f"create tap {name} (open /dev/net/tun)") from exc
     try:
         flags = _IFF_TAP | _IFF_NO_PI | _IFF_VNET_HDR | _IFF_TUN_EXCL
         ifreq = struct.pack("16sH22x", name.encode("ascii"), flags)
@@ -483,7 +299,7 @@ def _make_tap(name: str, owner: int, group: int | None) -> None:
             raise ConflictError(
                 f"cannot create tap {name}: an interface of that name already exists"
             ) from exc
-        raise _error(exc.errno or 0, f"create tap {name}") from exc
+        raise netlink_error(exc.errno or 0, f"create tap {name}") from exc
     finally:
         os.close(fd)
 
@@ -496,20 +312,20 @@ def create_tap(
     passes QEMU the descriptor: `open_tap`); enslaved to `bridge`, up. A failure leaves nothing."""
     check_name(name)
     check_name(bridge, "bridge name")
-    _check_id(owner, "tap owner uid")
+    check_id(owner, "tap owner uid")
     if group is not None:
-        _check_id(group, "tap group gid")
-    settings: dict[str, object] = {"address": _check_mac(mac)} if mac is not None else {}
-    with _netlink(f"create tap {name}") as nl:
-        master = _require_bridge(nl, bridge)
-        _refuse_existing(nl, name, "tap")
+        check_id(group, "tap group gid")
+    settings: dict[str, object] = {"address": check_mac(mac)} if mac is not None else {}
+    with session(f"create tap {name}") as nl:
+        master = require_bridge(nl, bridge)
+        refuse_existing(nl, name, "tap")
         _make_tap(name, owner, group)
         try:
             # the bridge's MTU: on a segment of mixed MTUs the larger frames are dropped
-            tap = _require(nl, name).index
+            tap = require(nl, name).index
             nl.set(tap, master=master.index, mtu=master.mtu, state="up", **settings)
         except BaseException:
-            _remove_quietly(nl, name)
+            remove_quietly(nl, name)
             raise
     log.info("created tap %s on %s for uid %d", name, bridge, owner)
 
@@ -522,13 +338,13 @@ def open_tap(name: str) -> int:
     try:
         fd = os.open(_TUN, os.O_RDWR | os.O_CLOEXEC)
     except OSError as exc:
-        raise _error(exc.errno or 0, f"open tap {name} (open /dev/net/tun)") from exc
+        raise netlink_error(exc.errno or 0, f"open tap {name} (open /dev/net/tun)") from exc
     try:
         flags = _IFF_TAP | _IFF_NO_PI | _IFF_VNET_HDR
         fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH22x", name.encode("ascii"), flags))
     except OSError as exc:
         os.close(fd)
-        raise _error(exc.errno or 0, f"open tap {name}") from exc
+        raise netlink_error(exc.errno or 0, f"open tap {name}") from exc
     return fd
 
 
@@ -544,7 +360,7 @@ def _netns_of(pid: int) -> int:
     except FileNotFoundError:
         raise NotFoundError(f"no process {pid}: its network namespace cannot be reached") from None
     except OSError as exc:
-        raise _error(exc.errno or 0, f"open the network namespace of process {pid}") from exc
+        raise netlink_error(exc.errno or 0, f"open the network namespace of process {pid}") from exc
     if os.fstat(fd).st_ino == os.stat("/proc/thread-self/ns/net").st_ino:
         os.close(fd)
         raise SpecError(f"process {pid} is in this network namespace: a container's end must go elsewhere")
@@ -560,12 +376,12 @@ def create_veth(host: str, *, bridge: str, pid: int, inner: str, mac: str) -> No
     check_name(host)
     check_name(bridge, "bridge name")
     check_name(inner, "container interface name")
-    mac = _check_mac(mac)
+    mac = check_mac(mac)
     ns = _netns_of(pid)
     try:
-        with _netlink(f"create veth {host}") as nl:
-            master = _require_bridge(nl, bridge)
-            _refuse_existing(nl, host, "veth")
+        with session(f"create veth {host}") as nl:
+            master = require_bridge(nl, bridge)
+            refuse_existing(nl, host, "veth")
             peer = {"ifname": inner, "net_ns_fd": ns, "address": mac, "mtu": master.mtu}
             try:
                 nl.add(ifname=host, kind="veth", master=master.index, mtu=master.mtu, state="up", peer=peer)
@@ -594,14 +410,14 @@ def create_ifb(name: str, *, companion_of: str) -> None:
     check_name(name)
     check_name(companion_of)
     mark = companion_alias(companion_of)
-    with _netlink(f"create ifb {name}") as nl:
+    with session(f"create ifb {name}") as nl:
         found = nl.link(name)
         made = found is None
         if found is None:
             nl.add(ifname=name, kind="ifb", state="up")
         elif found.kind != "ifb" or found.alias != mark:
             raise ConflictError(f"cannot create ifb {name}: an interface of that name already exists")
-        link = _require(nl, name)
+        link = require(nl, name)
         try:
             if link.alias != mark:
                 nl.set(link.index, ifalias=mark)
@@ -609,7 +425,7 @@ def create_ifb(name: str, *, companion_of: str) -> None:
                 nl.set(link.index, state="up")
         except BaseException:
             if made:
-                _remove_quietly(nl, name)
+                remove_quietly(nl, name)
             raise
 
 
@@ -617,7 +433,7 @@ def reap_companions() -> list[str]:
     """Delete the companions whose interface is gone (a container's veth dies with its namespace,
     taking nothing of ours with it); returns their names."""
     reaped = []
-    with _netlink("remove leftover companion interfaces") as nl:
+    with session("remove leftover companion interfaces") as nl:
         every = nl.links()
         names = {link.name for link in every}
         for link in every:

@@ -21,7 +21,7 @@ import pytest
 
 from tests.netns import Namespace, namespaces, own_netns
 from virtkit.errors import ConflictError, NotFoundError, SpecError, ToolError
-from virtkit.network import links
+from virtkit.network import links, netlink
 
 pytestmark = [
     pytest.mark.root,
@@ -293,16 +293,16 @@ def test_a_tap_whose_name_is_taken_is_a_conflict_and_the_other_stays() -> None:
 def test_a_tap_that_fails_half_way_is_removed(monkeypatch: pytest.MonkeyPatch) -> None:
     links.ensure_bridge("vk-default", "10.20.30.1/24", alias=ALIAS)
     before = _ip("link")
-    real_set = links._Netlink.set
+    real_set = netlink.Netlink.set
 
-    def failing_set(self: links._Netlink, index: int, **attrs: object) -> None:
+    def failing_set(self: netlink.Netlink, index: int, **attrs: object) -> None:
         if "master" in attrs:
             from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
 
             raise NetlinkError(22, "Invalid argument")
         real_set(self, index, **attrs)
 
-    monkeypatch.setattr(links._Netlink, "set", failing_set)
+    monkeypatch.setattr(netlink.Netlink, "set", failing_set)
     with pytest.raises(ToolError, match="vkt0"):
         links.create_tap("vkt0", bridge="vk-default", owner=NOBODY)
     assert _ip("link") == before

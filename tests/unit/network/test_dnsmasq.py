@@ -12,13 +12,13 @@ import pytest
 
 from tests.permissions import reachable
 from virtkit.errors import SpecError
+from virtkit.network.dnsconfig import _reverse_zones
 from virtkit.network.dnsmasq import (
     Config,
     DaemonUser,
     Dnsmasq,
     Host,
     Lease,
-    _reverse_zones,
     _unreachable,
     parse_leases,
     render,

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from virtkit.errors import ConflictError, HostCapabilityError, NotFoundError, SpecError, ToolError
-from virtkit.network import links
+from virtkit.network import links, netlink
 
 
 @pytest.mark.parametrize("name", ["eth0", "vk-default", "a", "a" * 15, "vkab12cd34n15", "br_0.100", "x@y"])
@@ -68,7 +68,7 @@ def test_the_name_check_names_what_was_checked() -> None:
 
 @pytest.mark.parametrize("mac", ["52:54:00:12:34:56", "FE:54:00:AB:CD:EF", "02:00:00:00:00:01"])
 def test_unicast_macs_pass_lowercased(mac: str) -> None:
-    assert links._check_mac(mac) == mac.lower()
+    assert netlink.check_mac(mac) == mac.lower()
 
 
 BAD_MACS = ["", "52:54:00:12:34", "52-54-00-12-34-56", "525400123456", "01:00:5e:00:00:01"]
@@ -78,25 +78,25 @@ BAD_MACS += ["00:00:00:00:00:00", "ff:ff:ff:ff:ff:ff", "52:54:00:12:34:5g", " 52
 @pytest.mark.parametrize("mac", BAD_MACS)
 def test_bad_macs_are_refused(mac: str) -> None:
     with pytest.raises(SpecError, match="MAC"):
-        links._check_mac(mac)
+        netlink.check_mac(mac)
 
 
 @pytest.mark.parametrize("text", ["", "a\0b", "x" * 256])
 def test_bad_aliases_are_refused(text: str) -> None:
     with pytest.raises(SpecError, match="alias"):
-        links._check_alias(text)
+        netlink.check_alias(text)
 
 
 @pytest.mark.parametrize("value", [-1, 2**32 - 1, 2**32, True, "0", 1.0])
 def test_bad_uids_are_refused(value: Any) -> None:
     with pytest.raises(SpecError, match="uid"):
-        links._check_id(value, "tap owner uid")
+        netlink.check_id(value, "tap owner uid")
 
 
 @given(st.text(min_size=1, max_size=100))
 def test_the_bridge_mac_is_stable_unicast_and_locally_administered(alias: str) -> None:
     mac = links._stable_mac(alias)
-    assert links._check_mac(mac) == mac == links._stable_mac(alias)
+    assert netlink.check_mac(mac) == mac == links._stable_mac(alias)
     assert int(mac[:2], 16) & 0b11 == 0b10
 
 
@@ -124,13 +124,13 @@ def test_tun_ioctl_numbers_are_the_kernels() -> None:
     ],
 )
 def test_errno_is_translated_naming_what_was_done(code: int, error: type[Exception], words: str) -> None:
-    translated = links._error(code, "create bridge vk-x")
+    translated = netlink.netlink_error(code, "create bridge vk-x")
     assert type(translated) is error
     assert "cannot create bridge vk-x" in str(translated) and words in str(translated)
 
 
 def test_permission_errors_say_what_to_do() -> None:
-    translated = links._error(errno.EPERM, "create tap vkt0")
+    translated = netlink.netlink_error(errno.EPERM, "create tap vkt0")
     assert isinstance(translated, HostCapabilityError) and translated.hint and "root" in translated.hint
 
 
@@ -142,7 +142,7 @@ def no_netlink(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("netlink was reached")
 
-    monkeypatch.setattr(links, "IPRoute", refuse)
+    monkeypatch.setattr(netlink, "IPRoute", refuse)
 
 
 @pytest.mark.usefixtures("no_netlink")
@@ -236,7 +236,7 @@ def test_networks_in_use_are_routes_and_addresses_without_the_kernels_own(
         Msg({"index": 1, "prefixlen": 8}, {"address": "127.0.0.1"}),
         Msg({"index": 2, "prefixlen": 30}, {"address": "172.31.4.5"}),
     ]
-    monkeypatch.setattr(links, "IPRoute", lambda: FakeIPRoute(routes, addrs, []))
+    monkeypatch.setattr(netlink, "IPRoute", lambda: FakeIPRoute(routes, addrs, []))
     assert links.addresses_in_use() == [
         ipaddress.IPv4Network(n)
         for n in ("10.20.30.0/24", "10.66.0.0/16", "127.0.0.0/8", "172.31.4.4/30", "192.168.77.0/24")
@@ -251,7 +251,7 @@ def test_links_are_read_from_their_messages(monkeypatch: pytest.MonkeyPatch) -> 
             "stats64": {"rx_bytes": 7, "tx_bytes": 8, "rx_packets": 1, "tx_packets": 2}}),
         Msg({"index": 4, "flags": 0}, {"ifname": "vkp1", "master": 9}),
     ]  # fmt: skip
-    nl = links._Netlink(FakeIPRoute([], [], msgs))
+    nl = netlink.Netlink(FakeIPRoute([], [], msgs))
     bridge, port, other = nl.links()
     assert (bridge.name, bridge.kind, bridge.alias, bridge.up, bridge.mtu) == (
         "vk-a",
