@@ -49,6 +49,7 @@ __all__ = [
     "SnapshotRecord",
     "TiB",
     "VolumeRecord",
+    "VolumeType",
     "format_size",
     "parse_size",
     "validate_name",
@@ -182,23 +183,38 @@ class NetworkRecord(Record):
 
 
 class PoolRecord(Record):
+    """A storage pool: a directory (driver `dir`) holding volumes, `block/` and `filesystem/`."""
+
     TABLE: ClassVar[str] = "pools"
     KEY: ClassVar[tuple[str, ...]] = ("name",)
 
     name: Name
-    driver: str = "dir"
-    path: str
+    driver: str = Field(default="dir", pattern=r"^dir$")
+    path: str = Field(pattern=r"^/")
+    # virtkit made `path` itself, so deleting the pool may remove it; a directory the admin gave is kept
+    owned: bool = False
     config: dict[str, str] = Field(default_factory=dict)
 
 
+class VolumeType(StrEnum):
+    """What a volume is to an instance: a virtual disk for VMs, a directory bind-mounted into containers."""
+
+    BLOCK = "block"
+    FILESYSTEM = "filesystem"
+
+
 class VolumeRecord(Record):
+    """A volume of a pool. `size` is the virtual disk size of a block volume, the (advisory) quota of a
+    filesystem volume; `config` holds its IO limits (`limits.*`), applied when it is attached."""
+
     TABLE: ClassVar[str] = "volumes"
     KEY: ClassVar[tuple[str, ...]] = ("pool", "name")
 
     pool: Name
     name: Name
     size: int = Field(gt=0, le=MAX_SIZE)
-    format: str = "qcow2"
+    type: VolumeType = VolumeType.BLOCK
+    format: str = Field(default="qcow2", pattern=r"^(qcow2|dir)$")
     attached_to: str | None = None
     config: dict[str, str] = Field(default_factory=dict)
 

@@ -53,6 +53,13 @@ COMMANDS = [
         "network", "virtkit.cli.network:network_group", "Networks: bridges, DHCP/DNS, NAT, forwards.",
         "Networks",
     ),
+    LazyCommand(
+        "storage", "virtkit.cli.storage:storage_group", "Storage pools and their volumes.", "Storage"
+    ),
+    LazyCommand(
+        "volume", "virtkit.cli.storage:volume_group", "Volumes: VM disks and container directories.",
+        "Storage",
+    ),
     LazyCommand("image", "virtkit.cli.image:image_group", "Build, import, list and export images.", "Images"),
     LazyCommand("host", "virtkit.cli.host:host_group", "Check and describe this host.", "Host"),
     LazyCommand(
