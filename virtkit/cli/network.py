@@ -126,19 +126,31 @@ def reconcile_command() -> None:
 @click.option("--ip", default=None, metavar="ADDR", help="A fixed IPv4 address (default: the next free).")
 @click.option("--mac", default=None, metavar="MAC", help="A fixed MAC address (default: a new 52:54:00:..).")
 @click.option("--limit", default=None, metavar="RATE", help="Rate limit each direction, e.g. 10mbit.")
+@click.option(
+    "--model", type=click.Choice(["virtio", "e1000"]), default=None,
+    help="VMs: the NIC's model (e1000 for guests without virtio; q35).  [default: as --devices]",
+)  # fmt: skip
 @click.option("--allow-host", is_flag=True, help="Let it reach the host's own services.")
 @json_option
 def attach_command(
-    network: str, instance: str, ip: str | None, mac: str | None, limit: str | None, allow_host: bool
+    network: str,
+    instance: str,
+    ip: str | None,
+    mac: str | None,
+    limit: str | None,
+    model: str | None,
+    allow_host: bool,
 ) -> None:
-    """Give stopped INSTANCE a NIC on NETWORK (at its next start)."""
+    """Give INSTANCE a NIC on NETWORK: a stopped one at its next start, a running one at once where
+    its kind allows (a container: its address set from the host, its default route and DNS left
+    where they are; a q35 VM: hot-plugged)."""
     from virtkit.network.addressing import network_name, parse_mac
     from virtkit.network.shaping import parse_rate
     from virtkit.ops.attach import Attach
     from virtkit.ops.nics import NicRequest
 
     request = NicRequest(network_name(network), ip, parse_mac(mac) if mac else None,
-                         parse_rate(limit) if limit else None)  # fmt: skip
+                         parse_rate(limit) if limit else None, model)  # fmt: skip
     ctx = get_context()
     nic = Attach(ctx.root, ctx.store()).attach(request, instance, allow_host=allow_host)
     if ctx.json:
@@ -151,7 +163,8 @@ def attach_command(
 @click.argument("network")
 @click.argument("instance", type=INSTANCE_NAME)
 def detach_command(network: str, instance: str) -> None:
-    """Take stopped INSTANCE's NIC on NETWORK away."""
+    """Take INSTANCE's NIC on NETWORK away: a stopped one's for its next start, a running one's at
+    once where its kind allows."""
     from virtkit.ops.attach import Attach
 
     ctx = get_context()

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from virtkit.errors import ConflictError, SpecError
-from virtkit.model import Forward, InstanceRecord, Nic
+from virtkit.model import Forward, InstanceKind, InstanceRecord, Nic
 from virtkit.network import addressing
 from virtkit.ops.networks import Networks
 
@@ -78,6 +78,18 @@ def _port(text: str) -> bool:
     return text.isdigit() and len(text) <= 5 and 1 <= int(text) <= 65535
 
 
+def _check_request(record: InstanceRecord, request: NicRequest, seen: set[str]) -> None:
+    """SpecError when `request` cannot be one more NIC of `record` (which has NICs on `seen`)."""
+    if request.network in seen:
+        raise SpecError(f"{record.name} already has a NIC on network {request.network!r}: one per network")
+    if request.model is not None and record.kind is InstanceKind.CONTAINER:
+        raise SpecError(
+            f"invalid NIC model {request.model!r} for container {record.name}: "
+            "a container's NIC is a veth, it has no model",
+            hint="leave the model out: it is for VMs only",
+        )
+
+
 class Nics:
     """The network side of an instance's lifecycle."""
 
@@ -97,10 +109,7 @@ class Nics:
         used_ips: dict[str, set[str]] = {}
         used_macs = {a.nic.mac for a in self.networks.attachments()}
         for request in requests:
-            if request.network in seen:
-                raise SpecError(
-                    f"{record.name} already has a NIC on network {request.network!r}: one per network"
-                )
+            _check_request(record, request, seen)
             seen.add(request.network)
             index = next(free, None)
             if index is None:
