@@ -9,8 +9,6 @@ import os
 import subprocess
 import time
 
-import pytest
-
 from tests.e2e.conftest import VIRTKIT
 from tests.e2e.netlab import UPLINK_HOST, UPLINK_INTERNET, Lab, lab, tcp_server  # noqa: F401
 
@@ -323,11 +321,6 @@ def test_a_foreign_forward_drop_is_opened_for_virtkit_and_left_as_it_was(lab: La
     assert after == foreign, f"the foreign table is left as it was, and nothing else: {after}"
 
 
-@pytest.mark.xfail(
-    reason="every NIC's lease carries a router and DNS: the first lease takes the default "
-    "route, the last writes resolv.conf (fix: dnsmasq tags, see the report)",
-    strict=False,
-)
 def test_the_default_route_and_dns_stay_with_the_first_nat_nic(lab: Lab) -> None:  # noqa: F811
     lab.ok("network", "create", "lan", "--subnet", "10.30.1.0/24")
     lab.ok("network", "create", "wan", "--subnet", "10.30.2.0/24")

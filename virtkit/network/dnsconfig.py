@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 LEASE_TIME = "1h"
 GATEWAY_NAME = "gateway"
+SECONDARY = "vk-secondary"  # the dnsmasq tag of NICs that are not their instance's primary one
 RESOLV_CONF = "/etc/resolv.conf"
 
 CONF = "dnsmasq.conf"
@@ -43,11 +44,14 @@ DIGITS_RE = re.compile(r"[0-9]{1,18}", re.ASCII)  # str.isdigit() takes "²", wh
 
 @dataclass(frozen=True)
 class Host:
-    """One instance NIC on the network: its fixed address, and the instance name it answers to."""
+    """One instance NIC on the network: its fixed address, and the instance name it answers to.
+    `primary`: the instance's NIC that takes its default route and DNS server; the lease of any other
+    carries neither, so that an instance on several networks does not race its leases for them."""
 
     mac: str
     ip: str
     name: str
+    primary: bool = True
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,8 @@ def validate(config: Config) -> list[tuple[str, str, str]]:
         address = _ipv4(host.ip, f"address of {_shown(host.name)}")
         _in_subnet(address, network, f"the address of {_shown(host.name)}")
         name = validate_name(host.name, what="instance name")
+        if not isinstance(host.primary, bool):
+            raise SpecError(f"invalid primary setting {_shown(host.primary)}: must be True or False")
         if address == gateway:
             raise SpecError(f"instance {name} cannot have the gateway's address {gateway}")
         if name == GATEWAY_NAME:
@@ -240,10 +246,17 @@ def render(config: Config, directory: Path, user: DaemonUser | None) -> Rendered
         f"dhcp-option=option:dns-server,{gateway}",
         # An isolated network gives no default route, so its guests do not try to route off the bridge.
         f"dhcp-option=option:router,{gateway}" if config.upstream else "dhcp-option=option:router",
+        "# A NIC that is not its instance's primary one gets no route and no DNS server: those stay",
+        "# with the primary NIC, whichever lease comes first.",
+        f"dhcp-option=tag:{SECONDARY},option:router",
+        f"dhcp-option=tag:{SECONDARY},option:dns-server",
     ]
     # NAME.DOMAIN, not NAME: a bare "ignore" or "infinite" would be read as a keyword. dnsmasq still
     # sends the client NAME as its hostname and DOMAIN as its domain.
-    dhcp = "".join(f"{mac},{ip},{name}.{domain}\n" for mac, ip, name in hosts)
+    dhcp = "".join(
+        f"{mac},{'' if host.primary else f'set:{SECONDARY},'}{ip},{name}.{domain}\n"
+        for (mac, ip, name), host in zip(hosts, config.hosts, strict=True)
+    )
     dns = f"{gateway} {GATEWAY_NAME}.{domain} {GATEWAY_NAME}\n"
     dns += "".join(f"{ip} {name}.{domain} {name}\n" for _, ip, name in hosts)
     return Rendered("\n".join(lines) + "\n", dhcp, dns)

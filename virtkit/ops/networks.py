@@ -221,7 +221,15 @@ class Networks:
     def dnsmasq_config(self, record: NetworkRecord) -> Config:
         from virtkit.network.dnsmasq import Config, Host
 
-        hosts = tuple(Host(a.nic.mac, a.nic.ip, a.instance) for a in self.attachments(record.name))
+        nat = {r.name for r in self.store.list(NetworkRecord) if r.type == "nat"}
+        primary = {}  # instance -> the MAC of the NIC that takes its default route and DNS
+        for a in self.attachments():
+            if a.instance not in primary or (a.nic.network in nat and primary[a.instance][1] not in nat):
+                primary[a.instance] = (a.nic.mac, a.nic.network)
+        hosts = tuple(
+            Host(a.nic.mac, a.nic.ip, a.instance, primary=primary[a.instance][0] == a.nic.mac)
+            for a in self.attachments(record.name)
+        )
         return Config(
             network=record.name, bridge=record.bridge, gateway=record.gateway, subnet=record.subnet,
             domain=record.domain, upstream=record.type == "nat", hosts=hosts,

@@ -69,6 +69,8 @@ def test_nat_network_config() -> None:
         "dhcp-leasefile=/var/lib/virtkit/networks/web/leases",
         "dhcp-option=option:dns-server,10.20.30.1",
         "dhcp-option=option:router,10.20.30.1",
+        "dhcp-option=tag:vk-secondary,option:router",
+        "dhcp-option=tag:vk-secondary,option:dns-server",
     ]
     assert files.dhcp_hosts == (
         "52:54:00:00:00:0a,10.20.30.10,web.virtkit\n52:54:00:00:00:0b,10.20.30.11,db.virtkit\n"
@@ -346,3 +348,13 @@ def test_leases_of_hosts_gone_or_changed_are_pruned(tmp_path: Path) -> None:
         "1796210760 52:54:00:00:00:0a 10.20.30.10 web *\n"
         "1796210760 52:54:00:00:00:0b 10.20.30.11 * *\n")
     assert not dnsmasq._stale_leases(hosts)
+
+
+def test_a_secondary_nic_gets_neither_route_nor_dns_server() -> None:
+    files = render(config(hosts=(WEB, dataclasses.replace(DB, primary=False))), DIRECTORY, USER)
+    assert files.dhcp_hosts.splitlines() == [
+        "52:54:00:00:00:0a,10.20.30.10,web.virtkit",
+        "52:54:00:00:00:0b,set:vk-secondary,10.20.30.11,db.virtkit",
+    ]
+    with pytest.raises(SpecError, match="primary"):
+        render(config(hosts=(dataclasses.replace(DB, primary="yes"),)), DIRECTORY, USER)

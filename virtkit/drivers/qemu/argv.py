@@ -20,6 +20,8 @@ SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=de
 Q35_AHCI_BUS = "ide"  # q35's built-in ICH9 AHCI controller names its ports ide.0 .. ide.5
 AHCI_ID = "ahci0"  # the AHCI controller added on machines without one
 PATA_ID = "pata0"  # the PIIX IDE controller added for bus="ide" disks
+ROOT_PORT_SLOT = 0x1C  # q35: the first pcie.0 slot of the root ports
+PORTS_PER_SLOT = 8  # functions of one multifunction slot
 
 
 def build_argv(spec: VmSpec) -> list[str]:
@@ -230,14 +232,52 @@ def _virtio_extras(spec: VmSpec) -> list[str]:
 
 def _network(spec: VmSpec) -> list[str]:
     """NICs: a `-netdev tap` on the tap `start` made (QEMU opens it by name; no script runs) and
-    the guest's device: virtio-net-device (microvm, virt), virtio-net-pci, or an emulated e1000."""
-    args: list[str] = []
+    the guest's device: virtio-net-device (microvm, virt), virtio-net-pci, or an emulated e1000;
+    on q35 each on the root port of its number (which `_root_ports` makes, empty ones too)."""
+    args = _root_ports(spec)
     for nic in spec.nics:
         # ids from the host device's name, so a NIC is found again to unplug whenever it came
-        args += ["-netdev", f"tap,id=net-{nic.device},ifname={nic.device},script=no,downscript=no"]
-        device = f"{nic_driver(spec, nic.model)},id=nic-{nic.device},netdev=net-{nic.device},mac={nic.mac}"
-        args += ["-device", device]
+        args += ["-netdev", f"tap,id={netdev_id(nic.device)},ifname={nic.device},script=no,downscript=no"]
+        device = f"{nic_driver(spec, nic.model)},id={device_id(nic.device)},netdev={netdev_id(nic.device)}"
+        port = nic_port(spec, nic.index)
+        args += ["-device", f"{device},mac={nic.mac}" + (f",bus={port}" if port else "")]
     return args
+
+
+def _root_ports(spec: VmSpec) -> list[str]:
+    """q35's PCIe root ports rp0, rp1, ...: a PCIe device can be hot-plugged only into a root port
+    (pcie.0 takes none), and each port holds one device, so every NIC, cold- or hot-plugged, sits
+    on the port of its number and every port is there from the start (empty until a NIC comes).
+    A NIC's place thus never depends on what was plugged when: the saved argv always describes the
+    running machine. They are packed as libvirt does, 8 to a multifunction slot from 0x1c up (well
+    clear of the slots QEMU hands out from 1 up), each its own chassis."""
+    args: list[str] = []
+    for index in range(spec.pcie_ports):
+        slot, function = divmod(index, PORTS_PER_SLOT)
+        multi = ",multifunction=on" if function == 0 else ""
+        address = f"addr={ROOT_PORT_SLOT + slot:#x}.{function}{multi}"
+        args += ["-device", f"pcie-root-port,id={root_port(index)},bus=pcie.0,chassis={index + 1},"
+                            f"port={0x10 + index:#x},{address}"]  # fmt: skip
+    return args
+
+
+def root_port(index: int) -> str:
+    return f"rp{index}"
+
+
+def nic_port(spec: VmSpec, index: int | None) -> str | None:
+    """The root port NIC number `index` sits on (None: on the machine's own bus)."""
+    if index is None or not 0 <= index < spec.pcie_ports:
+        return None
+    return root_port(index)
+
+
+def netdev_id(device: str) -> str:
+    return f"net-{device}"
+
+
+def device_id(device: str) -> str:
+    return f"nic-{device}"
 
 
 def nic_driver(spec: VmSpec, model: str) -> str:

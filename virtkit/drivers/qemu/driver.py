@@ -9,6 +9,7 @@ wait_ready  bounded watch of the guest's readiness (boot.py)
 stop      ACPI power button, then `quit`, then SIGKILL; pause/resume via QMP (monitor.py)
 status    re-derived from the pidfile (guarded by the UUID), QMP and the runtime log
 exec      through the in-guest agent's virtio-serial port (agent.py)
+plug_nic / unplug_nic  NICs of a running q35 VM through QMP (hotplug.py)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from virtkit import cloudinit
@@ -28,10 +30,18 @@ from virtkit.drivers.nics import remove_ports
 from virtkit.drivers.qemu import process
 from virtkit.drivers.qemu.argv import build_argv, with_tap_fds
 from virtkit.drivers.qemu.boot import BootRecord, watch_ready
-from virtkit.drivers.qemu.confinement import apply_live, confined, live_changes, oom_reason, usage
+from virtkit.drivers.qemu.confinement import apply_live, confined, live_changes, oom_reason, usage, user_of
 from virtkit.drivers.qemu.disk import make_root_disk, remove_quietly
 from virtkit.drivers.qemu.monitor import Monitor
-from virtkit.drivers.qemu.plan import UEFI_FILES, VmFiles, build_spec, firmware_for, iso_for, seed_for
+from virtkit.drivers.qemu.plan import (
+    UEFI_FILES,
+    VmFiles,
+    build_spec,
+    firmware_for,
+    iso_for,
+    nic_spec,
+    seed_for,
+)
 from virtkit.drivers.qemu.seed import make_seed
 from virtkit.drivers.qemu.spec import VmSpec
 from virtkit.drivers.qemu.taps import taps
@@ -302,16 +312,42 @@ class QemuDriver:
             boot.save(files.boot)
 
     def plug_nic(self, record: InstanceRecord, paths: InstancePaths, nic: Nic, bridge: str) -> None:
-        raise StateError(
-            f"{record.name} is running: virtkit cannot hot-plug a NIC into a VM yet",
-            hint=f"stop it first: virtkit stop {record.name}",
-        )
+        """Hot-plug `nic` (hotplug.py); the boot record's spec then lists it, as QEMU now has it."""
+        from virtkit.drivers.qemu import hotplug
+
+        self._running(record, paths)
+        files = VmFiles(paths)
+        boot = self._boot(record, files)
+        spec = boot.spec
+        hotplug.check_pluggable(spec, "attach")
+        wanted = replace(nic_spec(record.name, nic, spec.devices, spec.machine), bridge=bridge)
+        hotplug.plug(spec, self._monitor(record, paths), wanted, user_of(spec))
+        boot.spec = replace(spec, nics=(*[n for n in spec.nics if n.device != nic.device], wanted))
+        boot.save(files.boot)
 
     def unplug_nic(self, record: InstanceRecord, paths: InstancePaths, nic: Nic) -> None:
-        raise StateError(
-            f"{record.name} is running: virtkit cannot hot-unplug a VM's NIC yet",
-            hint=f"stop it first: virtkit stop {record.name}",
-        )
+        """Hot-unplug `nic` (hotplug.py: a bounded wait for the guest); a stopped VM's tap is just
+        deleted (what a stopped VM has of a NIC)."""
+        from virtkit.drivers.qemu import hotplug
+        from virtkit.network import links
+
+        if process.running_pid(paths.pidfile, record.uuid) is None:
+            links.delete(nic.device)
+            return
+        files = VmFiles(paths)
+        boot = self._boot(record, files)
+        spec = boot.spec
+        hotplug.check_pluggable(spec, "detach")
+        monitor = self._monitor(record, paths)
+        if monitor.query_status() in PAUSED:
+            raise StateError(
+                f"{record.name} is paused: its guest must run to let a NIC go",
+                hint=f"resume it first: virtkit resume {record.name}",
+            )
+        plugged = next((n for n in spec.nics if n.device == nic.device), None)
+        hotplug.unplug(spec, monitor, plugged or nic_spec(record.name, nic, spec.devices, spec.machine))
+        boot.spec = replace(spec, nics=tuple(n for n in spec.nics if n.device != nic.device))
+        boot.save(files.boot)
 
     def cleanup(self, record: InstanceRecord, paths: InstancePaths) -> None:
         if process.running_pid(paths.pidfile, record.uuid) is not None:

@@ -1,8 +1,9 @@
 """A small synchronous client of a VM's QMP socket, over the QEMU project's own `qemu.qmp`.
 
-Each call opens a connection, negotiates, runs one command and disconnects, inside its own event
-loop and under bounded timeouts: nothing stays connected between calls, and a hung QEMU costs at
-most `connect_timeout + timeout` seconds. QMP failures come out as virtkit errors: an unreachable
+Each call opens a connection, negotiates, runs its command (or the few commands of one hot-plug
+step) and disconnects, inside its own event loop and under bounded timeouts: nothing stays
+connected between calls, and a hung QEMU costs at most `connect_timeout + timeout` seconds a
+command (plus the stated wait of `device_del`). QMP failures come out as virtkit errors: an unreachable
 socket as StateError (the VM is not running, or its QEMU does not answer), a refused command or
 an overrun as ToolError.
 """
@@ -11,12 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
-from collections.abc import Coroutine, Mapping
+import time
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from qemu.qmp import ConnectError, ExecInterruptedError, ExecuteError, QMPClient, QMPError
+from qemu.qmp import (
+    ConnectError,
+    EventListener,
+    ExecInterruptedError,
+    ExecuteError,
+    Message,
+    QMPClient,
+    QMPError,
+)
 
 from virtkit.errors import StateError, ToolError
 
@@ -25,6 +36,10 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 10.0
 _DISCONNECT_TIMEOUT = 2.0
+PERIPHERALS = "/machine/peripheral"  # where QOM lists the devices that have an id
+UNPLUG_POLL = 0.5  # seconds between looks for a device being unplugged, besides its event
+# QEMU's refusal of a second device_del while the guest has not yet answered the first
+_UNPLUG_PENDING = "process of unplug"
 
 T = TypeVar("T")
 
@@ -62,12 +77,18 @@ class Monitor:
 
     def execute(self, command: str, arguments: Mapping[str, object] | None = None) -> object:
         """Run one QMP command and return its value."""
-        log.debug("%s: QMP %s %s", self.name, command, arguments or "")
         return _run(self._execute(command, arguments))
 
     async def _execute(
-        self, command: str, arguments: Mapping[str, object] | None, *, hangup_ok: bool = False
+        self, command: str, arguments: Mapping[str, object] | None, *, missing_ok: bool = False,
+        hangup_ok: bool = False,
     ) -> object:
+        async with self._session() as client:
+            return await self._command(client, command, arguments, missing_ok=missing_ok, hangup_ok=hangup_ok)
+
+    @contextlib.asynccontextmanager
+    async def _session(self) -> AsyncIterator[QMPClient]:
+        """A negotiated connection for the body of the block (several commands, events, descriptors)."""
         if not self.path.is_socket():
             raise StateError(
                 f"{self.name} has no QEMU monitor socket at {self.path}",
@@ -83,20 +104,32 @@ class Monitor:
                 hint="is the VM running? `virtkit list` shows its state",
             ) from None
         try:
+            yield client
+        finally:
+            await self._close(client)
+
+    async def _command(
+        self, client: QMPClient, command: str, arguments: Mapping[str, object] | None = None, *,
+        missing_ok: bool = False, hangup_ok: bool = False,
+    ) -> object:
+        """One command on an open session. With `missing_ok`, QEMU saying that the object named is
+        not there (error class DeviceNotFound) is success; with `hangup_ok`, QEMU hanging up is."""
+        log.debug("%s: QMP %s %s", self.name, command, arguments or "")
+        try:
             return await asyncio.wait_for(client.execute(command, arguments), self.timeout)
         except ExecInterruptedError:
             if hangup_ok:
                 return None
             raise ToolError(f"QEMU hung up on {command} for {self.name}") from None
         except ExecuteError as exc:
+            if missing_ok and exc.error_class == "DeviceNotFound":
+                return None
             raise ToolError(f"QEMU refused {command} for {self.name}: {exc}") from None
         except TimeoutError:
             late = f"QEMU did not answer {command} for {self.name} within {self.timeout:g} s"
             raise ToolError(late) from None
         except QMPError as exc:
             raise ToolError(f"QMP {command} for {self.name} failed: {_why(exc)}") from None
-        finally:
-            await self._close(client)
 
     @staticmethod
     async def _close(client: QMPClient) -> None:
@@ -142,10 +175,87 @@ class Monitor:
         limits = {"iops-total": iops or 0, "bps-total": bps or 0}
         self.execute("qom-set", {"path": f"/objects/{group}", "property": "limits", "value": limits})
 
+    # --- NICs plugged while the VM runs -------------------------------------------------------
+
+    def add_tap(self, netdev: str, fd: int) -> None:
+        """A tap netdev `netdev` on the open tap descriptor `fd`: a copy goes to QEMU over the
+        socket (SCM_RIGHTS), `getfd` names it `netdev`, and `netdev_add` takes it (QEMU's user need
+        not open /dev/net/tun). The caller still closes its own copy. A failure leaves no named
+        descriptor in QEMU (nor a netdev, unless QEMU made it and then failed to answer)."""
+        _run(self._add_tap(netdev, fd))
+
+    async def _add_tap(self, netdev: str, fd: int) -> None:
+        async with self._session() as client:
+            try:
+                client.send_fd_scm(fd)
+            except (QMPError, OSError) as exc:
+                why = _why(exc)
+                raise ToolError(f"cannot pass a tap descriptor to the QEMU of {self.name}: {why}") from None
+            await self._command(client, "getfd", {"fdname": netdev})
+            try:
+                await self._command(client, "netdev_add", {"type": "tap", "id": netdev, "fd": netdev})
+            except BaseException:
+                with contextlib.suppress(ToolError):  # taken already if netdev_add got that far
+                    await self._command(client, "closefd", {"fdname": netdev})
+                raise
+
+    def netdev_del(self, netdev: str) -> None:
+        """Remove netdev `netdev`; one that is not there is fine."""
+        _run(self._execute("netdev_del", {"id": netdev}, missing_ok=True))
+
+    def device_add(self, driver: str, device: str, **properties: object) -> None:
+        """Plug a device (`device` is its id) into the running machine."""
+        self.execute("device_add", {"driver": driver, "id": device, **properties})
+
+    def peripherals(self) -> list[str]:
+        """The ids of the devices that have one (`-device ...,id=`, `device_add`), sorted."""
+        return _peripherals(self.name, self.execute("qom-list", {"path": PERIPHERALS}))
+
+    def device_del(self, device: str, wait: float) -> bool:
+        """Ask for device `device` to be unplugged and wait up to `wait` seconds for it to go (the
+        guest must let it go first): QEMU's DEVICE_DELETED event, or the device no longer among the
+        peripherals (it went between two connections). Whether it went; one not there is gone.
+        Asking again while the guest has not answered a first request just waits again."""
+        return _run(self._device_del(device, wait))
+
+    async def _device_del(self, device: str, wait: float) -> bool:
+        def deleted(event: Message) -> bool:
+            data = event.get("data")
+            return isinstance(data, Mapping) and data.get("device") == device
+
+        async with self._session() as client:
+            listener = EventListener("DEVICE_DELETED", deleted)
+            with client.listen(listener):
+                try:
+                    await self._command(client, "device_del", {"id": device}, missing_ok=True)
+                except ToolError as exc:
+                    if _UNPLUG_PENDING not in str(exc):
+                        raise
+                deadline = time.monotonic() + wait
+                while True:
+                    listed = await self._command(client, "qom-list", {"path": PERIPHERALS})
+                    if device not in _peripherals(self.name, listed):
+                        return True
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(listener.get(), min(left, UNPLUG_POLL))
+                        return True
+
     def quit(self) -> None:
         """Make QEMU exit at once (cleanly: it removes its pidfile); QEMU hanging up is success."""
-        log.debug("%s: QMP quit", self.name)
         _run(self._execute("quit", None, hangup_ok=True))
+
+
+def _peripherals(name: str, listed: object) -> list[str]:
+    if not isinstance(listed, list):
+        raise ToolError(f"unexpected answer to qom-list {PERIPHERALS} from {name}: {listed!r}")
+    return sorted(
+        str(entry["name"])
+        for entry in listed
+        if isinstance(entry, dict) and str(entry.get("type", "")).startswith("child<") and "name" in entry
+    )
 
 
 def _why(exc: BaseException) -> str:

@@ -55,7 +55,7 @@ from virtkit.host.cpuinfo import host_arch
 from virtkit.images.iso import check_boot_media
 from virtkit.images.staged import DISK, INITRD, ISO, KERNEL
 from virtkit.images.tinyinit import AGENT_PORT, READY_PORT
-from virtkit.model import ImageRecord, InstanceKind, InstanceRecord
+from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, Nic
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,11 @@ UEFI_FILES = {
     "aarch64": ("/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd", "qemu-efi-aarch64"),
 }
 TCG_NOTICE = "KVM cannot run guests here: running under TCG (emulation)"
+# q35 VMs have root ports rp0..rp7 from the start, empty until a NIC of that number comes (see
+# argv._root_ports), so NICs eth0-eth7 can be attached and detached while the VM runs. Eight: a NIC
+# or two at launch and several more live, while SeaBIOS's 4 KiB I/O window per port (which an
+# e1000 needs) still fits the 64 KiB port space beside the machine's own devices.
+HOTPLUG_PORTS = 8
 UNPROVEN_NOTICE = "KVM is not proven to work here (no functional probe this boot; see `virtkit host check`)"
 
 
@@ -305,6 +310,7 @@ def build_spec(
     direct = firmware is None
     seed = seed_for(record, image, files)
     agent_port = properties.get("agent_port", AGENT_PORT)
+    nics = _nics(record, devices, machine)
     spec = VmSpec(
         name=record.name, uuid=record.uuid, arch=record.arch, accel=accel, machine=machine,
         cpus=max(1, math.ceil(record.cpus)), memory=record.memory, devices=devices,
@@ -322,7 +328,7 @@ def build_spec(
         tsc_khz=tsc_khz() if machine == "microvm" and accel == "tcg" else None,
         ready_agent=bool(agent) and agent_port == QGA_PORT and not properties.get("ready_marker"),
         seed=str(seed) if seed else None,
-        nics=_nics(record, devices, machine),
+        nics=nics, pcie_ports=pcie_ports(machine, nics),
     )  # fmt: skip
     opened = [paths.dir, image_dir, *(image_dir / name for name in image.files.values())]
     spec, confined = confine(spec, record, opened + ([Path(iso)] if iso else []), who())
@@ -331,18 +337,28 @@ def build_spec(
 
 def _nics(record: InstanceRecord, devices: Devices, machine: Machine) -> tuple[NicSpec, ...]:
     """The record's NICs: virtio with virtio devices, e1000 with emulated ones, unless a NIC says."""
+    return tuple(nic_spec(record.name, nic, devices, machine) for nic in record.nics)
+
+
+def nic_spec(name: str, nic: Nic, devices: Devices, machine: Machine) -> NicSpec:
+    """How VM `name` (on `machine`, with `devices`) has `nic`: at its start or hot-plugged."""
     from virtkit.network.addressing import bridge_of
 
-    nics = []
-    for nic in record.nics:
-        model = cast(NicModel, nic.model or ("virtio" if devices == "virtio" else "e1000"))
-        if model == "e1000" and machine != "q35":
-            raise SpecError(
-                f"an e1000 NIC needs a PCI machine, and {record.name} runs on {machine}",
-                hint="use --machine q35, or a virtio NIC",
-            )
-        nics.append(NicSpec(device=nic.device, mac=nic.mac, bridge=bridge_of(nic.network), model=model))
-    return tuple(nics)
+    model = cast(NicModel, nic.model or ("virtio" if devices == "virtio" else "e1000"))
+    if model == "e1000" and machine != "q35":
+        raise SpecError(
+            f"an e1000 NIC needs a PCI machine, and {name} runs on {machine}",
+            hint="use --machine q35, or a virtio NIC",
+        )
+    return NicSpec(device=nic.device, mac=nic.mac, bridge=bridge_of(nic.network), model=model,
+                   index=int(nic.inner[len("eth"):]))  # fmt: skip
+
+
+def pcie_ports(machine: Machine, nics: tuple[NicSpec, ...]) -> int:
+    """q35's root ports: HOTPLUG_PORTS, and one more for each NIC numbered beyond them."""
+    if machine != "q35":
+        return 0
+    return max([HOTPLUG_PORTS, *(nic.index + 1 for nic in nics if nic.index is not None)])
 
 
 def _cpu_model(arch: str, accel: Accel) -> str:

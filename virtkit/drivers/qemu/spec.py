@@ -22,6 +22,7 @@ ACCELS: tuple[Accel, ...] = ("kvm", "tcg")
 MACHINES: tuple[Machine, ...] = ("microvm", "q35", "virt")
 DEVICES: tuple[Devices, ...] = ("virtio", "emulated")
 FIRMWARES: tuple[Firmware, ...] = ("bios", "uefi")
+MAX_PCIE_PORTS = 24  # three multifunction slots of q35's pcie.0 (argv._root_ports)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,9 @@ class NicSpec:
     mac: str
     bridge: str
     model: NicModel = "virtio"
+    # The NIC's number in the instance (its eth<index>); on q35 it sits on root port rp<index>.
+    # None in runtimes saved before hot-plug: those NICs sit on pcie.0 in their order.
+    index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -98,12 +102,19 @@ class VmSpec:
     ready_agent: bool = False  # ready once the agent on agent_socket (qemu-guest-agent) answers a sync
     seed: str | None = None  # cloud-init's NoCloud seed (ISO9660 labelled cidata), attached read-only
     nics: tuple[NicSpec, ...] = ()
+    # q35: empty-or-NIC PCIe root ports rp0.. (NIC hot-plug needs one: see argv._root_ports).
+    # 0 for the other machines and for runtimes saved before hot-plug existed.
+    pcie_ports: int = 0
     # Host-side confinement, applied by `start` around the argv (not part of it).
     run_as: str | None = None  # the unprivileged user QEMU becomes (None: root)
     cgroup: str | None = None  # the VM's cgroup, relative to each hierarchy's root
     cpu_quota: int | None = None  # microseconds of host CPU time per period
     cpu_period: int = 100_000
     memory_max: int | None = None  # ceiling on everything QEMU uses: guest RAM and QEMU's own
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.pcie_ports <= MAX_PCIE_PORTS or (self.pcie_ports and self.machine != "q35"):
+            raise ValueError(f"invalid pcie_ports {self.pcie_ports}: 0 to {MAX_PCIE_PORTS}, on q35 only")
 
     @property
     def binary(self) -> str:

@@ -12,13 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from virtkit.drivers.qemu.argv import SANDBOX, build_argv, esc
-from virtkit.drivers.qemu.spec import DiskSpec, UefiSpec, VmSpec
+from virtkit.drivers.qemu.argv import SANDBOX, build_argv, esc, with_tap_fds
+from virtkit.drivers.qemu.spec import DiskSpec, NicSpec, UefiSpec, VmSpec
 
 GOLDEN = Path(__file__).parent / "golden"
 DIR = "/var/lib/virtkit/instances/vm1"
 IMAGE = "/var/lib/virtkit/images/0123abcd"
 MiB = 1024 * 1024
+PORTS = 8  # plan.HOTPLUG_PORTS: what every q35 VM gets
+LAN = NicSpec("vk5b0d2f7en0", "52:54:00:12:34:56", "vk-lan", index=0)
+DMZ = NicSpec("vk5b0d2f7en2", "52:54:00:ab:cd:ef", "vk-dmz", index=2)  # eth1 was detached
 
 
 def _base(**overrides: object) -> VmSpec:
@@ -54,6 +57,7 @@ SPECS: dict[str, VmSpec] = {
     # Guests without virtio drivers: q35, AHCI disk, 16550 serial, no virtio-serial/rng/balloon.
     "q35-emulated-tcg": _base(
         machine="q35",
+        pcie_ports=PORTS,
         devices="emulated",
         disks=(DiskSpec(f"{DIR}/root.qcow2", bus="ahci"),),
         ready_file=None,
@@ -62,6 +66,7 @@ SPECS: dict[str, VmSpec] = {
     # An install: OVMF, an empty disk, the ISO first in boot order.
     "q35-uefi-iso": _base(
         machine="q35",
+        pcie_ports=PORTS,
         kernel=None,
         initrd=None,
         cmdline="",
@@ -76,6 +81,7 @@ SPECS: dict[str, VmSpec] = {
     # then the empty virtio disk, the readiness and agent ports of an image that has them.
     "q35-bios-iso": _base(
         machine="q35",
+        pcie_ports=PORTS,
         kernel=None,
         initrd=None,
         cmdline="",
@@ -85,6 +91,7 @@ SPECS: dict[str, VmSpec] = {
     # SeaBIOS from old-style IDE disks, a raw data disk whose path holds a comma.
     "q35-bios-ide": _base(
         machine="q35",
+        pcie_ports=PORTS,
         kernel=None,
         initrd=None,
         cmdline="",
@@ -95,6 +102,23 @@ SPECS: dict[str, VmSpec] = {
         agent_socket=None,
         ready_marker=None,
     ),
+    # NICs on q35, each on the root port of its number (a hole where a NIC was detached), the
+    # other ports empty for NICs attached while it runs.
+    "q35-virtio-nics": _base(machine="q35", pcie_ports=PORTS, nics=(LAN, DMZ)),
+    # An e1000 for a guest without virtio, on its root port as well.
+    "q35-emulated-nics": _base(
+        machine="q35",
+        pcie_ports=PORTS,
+        devices="emulated",
+        disks=(DiskSpec(f"{DIR}/root.qcow2", bus="ahci"),),
+        ready_file=None,
+        agent_socket=None,
+        nics=(NicSpec(LAN.device, LAN.mac, LAN.bridge, model="e1000", index=0),),
+    ),
+    # A runtime saved before hot-plug: no root ports, its NICs on pcie.0 in their order.
+    "q35-nics-no-ports": _base(machine="q35", nics=(NicSpec(LAN.device, LAN.mac, LAN.bridge),)),
+    # microvm: virtio-mmio NICs, no PCI, no ports.
+    "microvm-virtio-nics": _base(tsc_khz=2600000, nics=(LAN, DMZ)),
     # A foreign architecture: arm64 on the virt machine, emulated.
     "aarch64-virt-tcg": _base(
         arch="aarch64",
@@ -119,6 +143,7 @@ SPECS: dict[str, VmSpec] = {
     # Without virtio the seed is a CD-ROM on q35's AHCI controller, on the port after the disk.
     "q35-emulated-seed": _base(
         machine="q35",
+        pcie_ports=PORTS,
         devices="emulated",
         disks=(DiskSpec(f"{DIR}/root.qcow2", bus="ahci"),),
         ready_file=None,
@@ -199,7 +224,8 @@ def test_the_seed_is_read_only_and_never_shares_a_port() -> None:
         assert not [arg for arg in argv if "drive=seed0" in arg and "bootindex" in arg]
     # With emulated devices, an install ISO and AHCI disks: every AHCI port is used once.
     spec = _base(
-        machine="q35", devices="emulated", kernel=None, initrd=None, cmdline="", firmware="bios",
+        machine="q35",
+        pcie_ports=PORTS, devices="emulated", kernel=None, initrd=None, cmdline="", firmware="bios",
         disks=(DiskSpec(f"{DIR}/root.qcow2", bus="ahci"), DiskSpec("/srv/data.raw", "raw", "ahci")),
         iso="/srv/isos/debian-12.iso", ready_file=None, agent_socket=None, ready_marker=None,
         seed=f"{DIR}/seed.iso",
@@ -207,3 +233,66 @@ def test_the_seed_is_read_only_and_never_shares_a_port() -> None:
     buses = [part for arg in build_argv(spec) for part in arg.split(",") if part.startswith("bus=ide.")]
     assert len(buses) == 4 and len(set(buses)) == 4
     assert not [arg for arg in build_argv(spec) if arg.startswith("ahci")]  # q35 has its own controller
+
+
+def _devices(argv: list[str]) -> list[str]:
+    return [argv[i + 1] for i, arg in enumerate(argv) if arg == "-device"]
+
+
+def _option(device: str, key: str) -> str | None:
+    return next((o.split("=", 1)[1] for o in device.split(",") if o.startswith(f"{key}=")), None)
+
+
+def test_every_q35_nic_sits_on_the_root_port_of_its_number() -> None:
+    devices = _devices(build_argv(SPECS["q35-virtio-nics"]))
+    ports = [d for d in devices if d.startswith("pcie-root-port,")]
+    assert [_option(p, "id") for p in ports] == [f"rp{i}" for i in range(PORTS)]
+    # one chassis and one PCIe port number each, all packed in one multifunction slot
+    assert len({_option(p, "chassis") for p in ports}) == len({_option(p, "port") for p in ports}) == PORTS
+    assert [_option(p, "addr") for p in ports] == [f"0x1c.{f}" for f in range(PORTS)]
+    assert "multifunction=on" in ports[0] and not any("multifunction" in p for p in ports[1:])
+    nics = {_option(d, "id"): _option(d, "bus") for d in devices if d.startswith("virtio-net-pci,")}
+    assert nics == {"nic-vk5b0d2f7en0": "rp0", "nic-vk5b0d2f7en2": "rp2"}
+
+
+def test_ports_beyond_one_slot_go_on_to_the_next() -> None:
+    far = NicSpec("vk5b0d2f7en11", "52:54:00:00:00:11", "vk-lan", index=11)
+    devices = _devices(build_argv(_base(machine="q35", pcie_ports=12, nics=(far,))))
+    ports = [d for d in devices if d.startswith("pcie-root-port,")]
+    assert len(ports) == 12 and _option(ports[7], "addr") == "0x1c.7"
+    assert _option(ports[8], "addr") == "0x1d.0" and "multifunction=on" in ports[8]
+    assert _option(ports[11], "addr") == "0x1d.3"
+    (nic,) = [d for d in devices if d.startswith("virtio-net-pci,")]
+    assert _option(nic, "bus") == "rp11"
+
+
+def test_only_q35_has_root_ports() -> None:
+    for case in SPECS:
+        has = any(d.startswith("pcie-root-port,") for d in _devices(build_argv(SPECS[case])))
+        assert has == (SPECS[case].pcie_ports > 0), case
+    with pytest.raises(ValueError, match="pcie_ports"):
+        _base(pcie_ports=8)  # microvm has no PCI
+    with pytest.raises(ValueError, match="pcie_ports"):
+        _base(machine="q35", pcie_ports=25)  # three slots of eight at most
+
+
+def test_nics_keep_their_ids_and_take_their_tap_descriptors() -> None:
+    argv = build_argv(SPECS["q35-virtio-nics"])
+    netdevs = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-netdev"]
+    assert netdevs == [
+        f"tap,id=net-{nic.device},ifname={nic.device},script=no,downscript=no" for nic in (LAN, DMZ)
+    ]
+    passed = with_tap_fds(argv, {LAN.device: 7, DMZ.device: 9})
+    opened = [passed[i + 1] for i, arg in enumerate(passed) if arg == "-netdev"]
+    assert opened == [f"tap,id=net-{LAN.device},fd=7", f"tap,id=net-{DMZ.device},fd=9"]
+
+
+def test_specs_with_nics_survive_their_saved_form() -> None:
+    for case in ("q35-virtio-nics", "q35-emulated-nics"):
+        assert VmSpec.from_dict(SPECS[case].to_dict()) == SPECS[case]
+    # a runtime saved before hot-plug existed: no index, no ports
+    old = SPECS["q35-nics-no-ports"].to_dict()
+    del old["pcie_ports"]
+    for nic in old["nics"]:
+        del nic["index"]
+    assert VmSpec.from_dict(old) == SPECS["q35-nics-no-ports"]
