@@ -117,3 +117,14 @@ def test_reconcile_after_a_reboot(lab: Lab) -> None:  # noqa: F811
     assert "nothing to repair" in again.stdout, again.stdout
     shown = json.loads(lab.ok("network", "show", "web", "--json").stdout)
     assert shown["state"] == "up"
+
+
+def test_a_dry_run_shows_the_nics_and_makes_nothing(lab: Lab) -> None:  # noqa: F811
+    before = lab.snapshot()
+    dry = lab.ok("launch", "tiny", "d1", "--vm", "--network", "default", "--dry-run").stdout
+    assert "-netdev" in dry and "tap" in dry and "virtio-net" in dry, dry  # the NIC it would have
+    assert lab.snapshot() == before  # `default` is not made by a dry run
+    assert json.loads(lab.ok("network", "list", "--json").stdout) == []
+    assert_refused(lab, ["launch", "tiny", "d1", "--network", "nope", "--dry-run"], 1, "'nope' not found")
+    assert_refused(lab, ["launch", "tiny", "d1", "--publish", "80", "--dry-run"], 2, "needs a NIC")
+    assert lab.virtkit("show", "d1").returncode != 0

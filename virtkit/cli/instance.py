@@ -160,7 +160,8 @@ def _fields(view: InstanceView) -> list[tuple[str, str]]:
     for nic in record.nics:
         limit = f", limit {format_rate(nic.limit)}" if nic.limit else ""
         host = ", may reach the host" if nic.allow_host else ""
-        fields.append((f"NIC {nic.inner}", f"{nic.ip} on {nic.network}, MAC {nic.mac}, host device "
+        model = f", model {nic.model}" if nic.model else ""
+        fields.append((f"NIC {nic.inner}", f"{nic.ip} on {nic.network}, MAC {nic.mac}{model}, host device "
                        f"{nic.device}{limit}{host}"))  # fmt: skip
     fields += [(f"Config {key}", value) for key, value in sorted(record.config.items())]
     fields += [(f"Label {key}", value) for key, value in sorted(record.labels.items())]

@@ -50,13 +50,16 @@ CONVERT_TIMEOUT = 120.0
 # Modules the guest loads, each with the conditions under which it does (any of them; none:
 # always), so a VM pays only for the drivers of the devices it has. Syntax: see tinyinit.
 _DISK = ("virtio:2", "pciclass:0101", "pciclass:0106")  # a virtio, IDE or AHCI disk controller
+# QEMU's pcie-root-port: a q35 VM has spare ones for NICs hot-plugged later, whose drivers must be
+# loaded already (nothing in the guest loads modules on a hot-plug).
+ROOT_PORT = "pci:1b36:000c"
 # What every tiny VM needs: virtio on PCI (q35, pc) and MMIO (microvm, arm virt), disk, NIC,
 # consoles and serial ports, and the root filesystem.
 REQUIRED_MODULES: dict[str, tuple[str, ...]] = {
-    "virtio_pci": ("pci:1af4",),
+    "virtio_pci": ("pci:1af4", ROOT_PORT),
     "virtio_mmio": (),
     "virtio_blk": ("virtio:2",),
-    "virtio_net": ("virtio:1",),
+    "virtio_net": ("virtio:1", ROOT_PORT),
     "virtio_console": ("virtio:3",),
     "ext4": _DISK,
 }
@@ -72,7 +75,7 @@ OPTIONAL_MODULES: dict[str, tuple[str, ...]] = {
     "ahci": ("pciclass:0106",),
     "ata_piix": ("pciclass:0101",),
     "sd_mod": ("pciclass:0106", "pciclass:0101"),
-    "e1000": ("pci:8086:100e", "pci:8086:100c", "pci:8086:100f"),
+    "e1000": ("pci:8086:100e", "pci:8086:100c", "pci:8086:100f", ROOT_PORT),
     "e1000e": ("pci:8086:10d3",),
     "gpio_keys": (),
 }

@@ -27,6 +27,7 @@ AGENT_PORT = "org.virtkit.agent"
 AGENT_PATH = "/usr/lib/virtkit/agent"  # the in-guest command agent, started when present
 FUNCTIONS_PATH = "/usr/lib/virtkit/functions"
 UDHCPC_SCRIPT_PATH = "/etc/udhcpc/default.script"  # where busybox udhcpc looks by default
+IFUP_PATH = "/usr/lib/virtkit/ifup"  # DHCP on a NIC that appears (boot or hot-plug), stopped when it goes
 VM_MARKER = "/dev/.virtkit-vm"  # made by the initramfs; boot scripts act as in a VM only if present
 MODULE_LIST_PATH = "/lib/modules/virtkit.load"  # "name /lib/modules/<release>/name.ko" per line
 
@@ -223,6 +224,8 @@ if [ "$mode" = vm ]; then
 	printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost\n' "$name" >/etc/hosts
 	# The power button (ACPI on x86, gpio-keys on arm) arrives as an input event.
 	[ -e /dev/input/event0 ] && acpid -c /etc/acpi -l /dev/null
+	# NICs hot-plugged later get DHCP too: mdev runs @IFUP@ for them (see /etc/mdev.conf).
+	mdev -d
 fi
 
 if [ "$mode" = other ]; then
@@ -239,9 +242,7 @@ for dev in $nics; do
 	ifname=${dev##*/}
 	{ [ "$ifname" = lo ] || [ ! -e "$dev" ]; } && continue
 	ip -4 addr show dev "$ifname" 2>/dev/null | grep -q inet && continue
-	ip link set "$ifname" up 2>/dev/null
-	udhcpc -f -R -i "$ifname" -s @UDHCPC@ -t 5 -T 1 -A 5 -x "hostname:$(hostname)" \
-		</dev/null >/dev/null 2>&1 &
+	ACTION=add MDEV=$ifname @IFUP@
 done
 
 if [ -x @AGENT@ ] && find_port @AGENT_PORT@; then
@@ -313,6 +314,33 @@ esac
 exit 0
 """
 
+IFUP = r"""#!/bin/sh
+# virtkit tiny: a DHCP client for a NIC that appeared (ACTION=add: at boot, or from mdev on a
+# hot-plug), ended when the NIC goes (ACTION=remove). MDEV names the interface.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+pidfile=/run/udhcpc.$MDEV.pid
+case "$ACTION" in
+add)
+	[ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null && exit 0
+	ip link set "$MDEV" up 2>/dev/null
+	udhcpc -f -R -i "$MDEV" -p "$pidfile" -s @UDHCPC@ -t 5 -T 1 -A 5 -x "hostname:$(hostname)" \
+		</dev/null >/dev/null 2>&1 &
+	;;
+remove)
+	[ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null
+	rm -f "$pidfile"
+	;;
+esac
+exit 0
+"""
+
+# devtmpfs makes every device node; mdev (VMs only) must not touch them ("!": no node, so no chmod
+# either; its start-up scan would otherwise reset /dev/null to 0660). It only runs IFUP for NICs.
+MDEV_CONF = """\
+SUBSYSTEM=net;eth[0-9]+ 0:0 600 ! *@IFUP@
+.* 0:0 600 !
+"""
+
 POWER_BUTTON = """\
 #!/bin/sh
 # busybox acpid runs this on a power button press (ACPI PWRF event): a clean poweroff.
@@ -330,6 +358,7 @@ def _fill(script: str) -> str:
     values = {
         "@FUNCTIONS@": FUNCTIONS_PATH,
         "@UDHCPC@": UDHCPC_SCRIPT_PATH,
+        "@IFUP@": IFUP_PATH,
         "@AGENT_PORT@": AGENT_PORT,
         "@AGENT@": AGENT_PATH,
         "@READY_PORT@": READY_PORT,
@@ -349,6 +378,8 @@ def guest_files(hostname: str, os_release: str) -> dict[str, tuple[str, int]]:
         "etc/init.d/rcK": (_fill(RCK), 0o755),
         FUNCTIONS_PATH.lstrip("/"): (_fill(FUNCTIONS), 0o644),
         "usr/lib/virtkit/console": (CONSOLE, 0o755),
+        IFUP_PATH.lstrip("/"): (_fill(IFUP), 0o755),
+        "etc/mdev.conf": (_fill(MDEV_CONF), 0o644),
         UDHCPC_SCRIPT_PATH.lstrip("/"): (UDHCPC_SCRIPT, 0o755),
         "etc/acpi/PWRF/00000080": (POWER_BUTTON, 0o755),
         "etc/hostname": (f"{hostname}\n", 0o644),

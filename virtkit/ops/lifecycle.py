@@ -158,6 +158,9 @@ class Lifecycle:
         images = image_store(self.root, self.store)
         image = self._image(images, request)
         record, _given = self._record(request, image)
+        if request.publish and not request.nics:
+            raise SpecError("--publish needs a NIC: add --network NAME")
+        record.nics = self.nics.allocate(record, request.nics, allow_host=request.allow_host, plan_only=True)
         return self.drivers(record.kind).generate(record, image, images.path(image), self.paths(record.name))
 
     def exec(self, name: str, argv: list[str], *, timeout: float) -> ExecResult:
@@ -406,11 +409,15 @@ class Lifecycle:
             ) from exc
 
     def _remove(self, record: InstanceRecord, paths: InstancePaths) -> None:
-        """Remove an instance's files, then its record, then what its networks held of it."""
+        """Remove an instance's files, then its record, then its volumes' claims and what its networks
+        held of it."""
         if paths.dir.exists():
             shutil.rmtree(paths.dir)
         if self.store.find(InstanceRecord, record.name) is not None:
             self.store.delete(InstanceRecord, record.name)
+        from virtkit.ops.storage import Storage
+
+        Storage(self.root, self.store).release_all(record.name)  # volumes outlive it, detached (as Incus's)
         self.nics.forget(record)
         with_root = self.root / "instances"
         if with_root.exists() and not os.listdir(with_root):

@@ -117,34 +117,9 @@ class Networks:
         self, name: str, *, type: str = "nat", subnet: str | None = None, domain: str | None = None
     ) -> NetworkRecord:
         """Define network `name` and bring it up; a failure leaves neither record nor host changes."""
-        from virtkit.network import links
-
-        name = addressing.network_name(name)
-        if type not in ("nat", "isolated"):
-            raise SpecError(f"invalid network type {type!r}", hint="use nat or isolated")
-        wanted = addressing.parse_subnet(subnet) if subnet is not None else None
-        domain = _domain(domain if domain is not None else "virtkit")
         with self.lock():
-            if self.store.find(NetworkRecord, name) is not None:
-                raise ConflictError(f"network {name!r} already exists")
-            bridge = addressing.bridge_of(name)
-            if links.exists(bridge):
-                raise ConflictError(
-                    f"an interface named {bridge} already exists on this host",
-                    hint="another virtkit state root or another tool made it: choose another network name",
-                )
-            others = {r.name: r.subnet for r in self.store.list(NetworkRecord)}
-            in_use = links.addresses_in_use()
-            if wanted is not None:
-                addressing.check_free(wanted, in_use, others)
-                chosen = wanted
-            else:
-                chosen = addressing.choose_subnet(in_use, others)
-            record = NetworkRecord(
-                name=name, type=type, bridge=bridge, subnet=str(chosen),
-                gateway=str(addressing.gateway_of(chosen)), domain=domain,
-            )  # fmt: skip
-            record = self.store.create(record)
+            record = self.store.create(self._plan(name, type=type, subnet=subnet, domain=domain))
+            name, chosen = record.name, record.subnet
             try:
                 self.up(record)
                 self.refresh_firewall()
@@ -153,8 +128,45 @@ class Networks:
                 self.store.delete(NetworkRecord, name)
                 self._refresh_quietly()
                 raise
-        log.info("network %s: %s %s on %s", name, type, chosen, bridge)
+        log.info("network %s: %s %s on %s", name, type, chosen, record.bridge)
         return record
+
+    def _plan(self, name: str, *, type: str, subnet: str | None, domain: str | None) -> NetworkRecord:
+        """The record `create` would store (validated, its subnet chosen); nothing is changed."""
+        from virtkit.network import links
+
+        name = addressing.network_name(name)
+        if type not in ("nat", "isolated"):
+            raise SpecError(f"invalid network type {type!r}", hint="use nat or isolated")
+        wanted = addressing.parse_subnet(subnet) if subnet is not None else None
+        domain = addressing.parse_domain(domain if domain is not None else "virtkit")
+        if self.store.find(NetworkRecord, name) is not None:
+            raise ConflictError(f"network {name!r} already exists")
+        bridge = addressing.bridge_of(name)
+        if links.exists(bridge):
+            raise ConflictError(
+                f"an interface named {bridge} already exists on this host",
+                hint="another virtkit state root or another tool made it: choose another network name",
+            )
+        others = {r.name: r.subnet for r in self.store.list(NetworkRecord)}
+        in_use = links.addresses_in_use()
+        if wanted is not None:
+            addressing.check_free(wanted, in_use, others)
+            chosen = wanted
+        else:
+            chosen = addressing.choose_subnet(in_use, others)
+        return NetworkRecord(
+            name=name, type=type, bridge=bridge, subnet=str(chosen),
+            gateway=str(addressing.gateway_of(chosen)), domain=domain,
+        )  # fmt: skip
+
+    def planned(self, name: str) -> NetworkRecord:
+        """Network `name` as `ensure` would give it, without making `default` when it is missing."""
+        name = addressing.network_name(name)
+        record = self.store.find(NetworkRecord, name)
+        if record is not None or name != DEFAULT_NETWORK:
+            return record if record is not None else self.ensure(name)  # ensure: the NotFoundError
+        return self._plan(name, type="nat", subnet=None, domain=None)
 
     def ensure(self, name: str) -> NetworkRecord:
         """Network `name`, made first when it is `default` and does not exist yet (like libvirt's)."""
@@ -222,7 +234,8 @@ class Networks:
         from virtkit.network.dnsmasq import Config, Host
 
         nat = {r.name for r in self.store.list(NetworkRecord) if r.type == "nat"}
-        primary = {}  # instance -> the MAC of the NIC that takes its default route and DNS
+        # instance -> (MAC, network) of the NIC that takes its default route and DNS
+        primary: dict[str, tuple[str, str]] = {}
         for a in self.attachments():
             if a.instance not in primary or (a.nic.network in nat and primary[a.instance][1] not in nat):
                 primary[a.instance] = (a.nic.mac, a.nic.network)
@@ -370,14 +383,3 @@ class Networks:
                     self.store.put(record)
                 self.reload(record.name)
             self.refresh_firewall()
-
-
-def _domain(text: str) -> str:
-    """A DNS domain of dot-separated labels (`virtkit`, `lab.example`)."""
-    from virtkit.units import validate_name
-
-    if not text or len(text) > 200:
-        raise SpecError(f"invalid DNS domain {text!r}", hint="e.g. virtkit or lab.internal")
-    for label in text.split("."):
-        validate_name(label, what="DNS domain label")
-    return text

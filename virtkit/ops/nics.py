@@ -97,10 +97,12 @@ class Nics:
         self.networks = networks
 
     def allocate(
-        self, record: InstanceRecord, requests: Sequence[NicRequest], *, allow_host: bool = False
+        self, record: InstanceRecord, requests: Sequence[NicRequest], *, allow_host: bool = False,
+        plan_only: bool = False,
     ) -> list[Nic]:
-        """NICs for `requests`, after the record's own: networks found (`default` made on first use),
-        addresses handed out. The caller holds the networks lock until the record is stored."""
+        """NICs for `requests`, after the record's own: networks found (`default` made on first use,
+        unless `plan_only`: then nothing at all is made), addresses handed out. The caller holds the
+        networks lock until the record is stored."""
         import ipaddress
 
         seen = {nic.network for nic in record.nics}
@@ -114,7 +116,7 @@ class Nics:
             index = next(free, None)
             if index is None:
                 raise SpecError(f"an instance has at most {addressing.MAX_NICS} NICs")
-            network = self.networks.ensure(request.network)
+            network = (self.networks.planned if plan_only else self.networks.ensure)(request.network)
             taken = used_ips.setdefault(
                 network.name, {a.nic.ip for a in self.networks.attachments(network.name)}
             )

@@ -15,6 +15,7 @@ from virtkit.images.tinyinit import (
     AGENT_PATH,
     AGENT_PORT,
     FUNCTIONS_PATH,
+    IFUP_PATH,
     INITRAMFS_INIT,
     MODULE_LIST_PATH,
     READY_MARKER,
@@ -57,7 +58,11 @@ def test_boot_script_announces_readiness_on_console_and_port() -> None:
     assert f"find_port {READY_PORT}" in rcs and f"echo {READY_MARKER} > " in rcs
     assert rcs.rstrip().endswith(f"echo {READY_MARKER}")
     assert f"find_port {AGENT_PORT}" in rcs and f"[ -x {AGENT_PATH} ]" in rcs
-    assert "udhcpc -f" in rcs and "&\n" in rcs.split("udhcpc", 1)[1]  # DHCP never holds the boot
+    assert f"MDEV=$ifname {IFUP_PATH}" in rcs  # boot NICs start DHCP as hot-plugged ones do
+    ifup = FILES[IFUP_PATH.lstrip("/")][0]
+    assert "udhcpc -f" in ifup and "&\n" in ifup.split("udhcpc", 1)[1]  # DHCP never holds the boot
+    mdev = FILES["etc/mdev.conf"][0]
+    assert mdev.splitlines()[-1] == ".* 0:0 600 !"  # mdev never makes or changes a device node
     assert "acpid" in rcs
 
 
