@@ -308,7 +308,8 @@ def test_a_foreign_forward_drop_is_opened_for_virtkit_and_left_as_it_was(lab: La
         lab.host.run(["nft", "delete", "table", "ip", "filter"], check=True)
         lab.host.run(["nft", "-f", "-"], input=FOREIGN, check=True)
         assert _tcp(lab, "f1", UPLINK_INTERNET, 8000, wait=2) == "", "the new foreign drop drops f1's traffic"
-        lab.ok("network", "reconcile")
+        said = lab.ok("network", "reconcile").stdout
+        assert "ip filter FORWARD (policy drop) opened to virtkit bridges again" in said, said
         answer = _tcp(lab, "f1", UPLINK_INTERNET, 8000)
         assert answer.strip() == f"internet {UPLINK_HOST}", f"reconcile opens it again: {answer!r}"
         assert lab.host.run(["nft", "-s", "list", "table", "ip", "filter"], check=True).stdout == opened

@@ -506,8 +506,10 @@ def _open_targets(items: Sequence[dict[str, Any]]) -> list[tuple[str, str, str]]
     return targets
 
 
-def open_foreign(bridges: Sequence[str]) -> None:
-    """Let our bridges' traffic past other tables' forward chains with policy drop (see module docstring).
+def open_foreign(bridges: Sequence[str]) -> list[str]:
+    """Let our bridges' traffic past other tables' forward chains with policy drop (see module docstring);
+    the chains ("family table chain") that were not open to all of them before, e.g. after a Docker
+    restart remade its tables.
 
     Safe to call alone, every time the firewall is refreshed: in one transaction it deletes every
     rule an earlier call added and inserts those for `bridges` now, so rules never pile up, stale
@@ -531,6 +533,17 @@ def open_foreign(bridges: Sequence[str]) -> None:
         )
     if targets:
         log.info("opened %s to bridges %s", ", ".join(" ".join(t) for t in targets), ", ".join(names))
+    return [" ".join(t) for t in targets if _ours_in(items, t) < 2 * len(names)]
+
+
+def _ours_in(items: Sequence[dict[str, Any]], target: tuple[str, str, str]) -> int:
+    """How many of our accept rules chain `target` holds."""
+    rules = (item["rule"] for item in items if "rule" in item)
+    return sum(
+        1
+        for r in rules
+        if r.get("comment") == COMMENT and (r.get("family"), r.get("table"), r.get("chain")) == target
+    )
 
 
 def close_foreign() -> None:

@@ -273,14 +273,15 @@ class Networks:
                 if missing:
                     repaired.append(f"{record.name}: {' and '.join(missing)} restored")
             had_table = nft.present()
-            self.refresh_firewall()
+            opened = self.refresh_firewall()
             if not had_table and self.store.list(NetworkRecord):
                 repaired.append("firewall tables inet virtkit and bridge virtkit restored")
+            repaired += [f"{chain} (policy drop) opened to virtkit bridges again" for chain in opened]
         return repaired
 
-    def refresh_firewall(self) -> None:
+    def refresh_firewall(self) -> list[str]:
         """Render virtkit's tables from the store and swap them in (remove them when there is no
-        network)."""
+        network); the foreign forward chains that had to be opened to our bridges again."""
         from virtkit.network import nft
 
         with self.lock():
@@ -288,7 +289,7 @@ class Networks:
             if not networks:
                 nft.remove()
                 nft.close_foreign()
-                return
+                return []
             by_name = {r.name: r for r in networks}
             net_rules = [
                 nft.NetRules(r.name, r.bridge, r.subnet, r.gateway, r.type == "nat") for r in networks
@@ -305,7 +306,7 @@ class Networks:
             nft.apply(nft.render(net_rules, ports, self._forward_rules(networks)))
             # A foreign forward chain with policy drop (Docker's) would drop what ours accepts:
             # our bridges are let through there (what we put there before replaced, atomically).
-            nft.open_foreign([r.bridge for r in networks])
+            return nft.open_foreign([r.bridge for r in networks])
 
     def _forward_rules(self, networks: list[NetworkRecord]) -> list[ForwardRules]:
         from virtkit.network import nft
