@@ -48,6 +48,7 @@ __all__ = [
     "Record",
     "SnapshotRecord",
     "TiB",
+    "VolumeAttachment",
     "VolumeRecord",
     "VolumeType",
     "format_size",
@@ -134,6 +135,7 @@ class InstanceRecord(Record):
     started_at: float | None = None
     boot: dict[str, float] = Field(default_factory=dict)  # boot phases of the last start, in seconds
     nics: list[Nic] = Field(default_factory=list)
+    volumes: list[VolumeAttachment] = Field(default_factory=list)  # in the order they were attached
 
 
 class ImageRecord(Record):
@@ -219,7 +221,39 @@ class VolumeRecord(Record):
     config: dict[str, str] = Field(default_factory=dict)
 
 
+# A file of an instance's directory, by its bare name: what a snapshot record names is joined to the
+# instance's directory, so a damaged row can never point restore anywhere else.
+SnapshotPart = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+
+
+class VolumeAttachment(BaseModel):
+    """A volume attached to an instance: everything its driver needs, so that it never reads the store.
+
+    `source` is the volume's file (block: a qcow2 disk) or directory (filesystem) on the host, as
+    its pool held it when attached. `device` is its slot in the instance (`vol0`, `vol1`, ...,
+    first free): a VM's QEMU ids are made of it (node `vk-vol0`, device `vk-vol0`), a container's
+    staging mount point is `volumes/vol0` in its directory. `path` is where a container sees it.
+    `limits` are the volume's `limits.*` when it was attached (a VM's throttle group)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    pool: Name
+    name: Name
+    type: VolumeType
+    format: str = Field(pattern=r"^(qcow2|dir)$")
+    source: str = Field(pattern=r"^/")
+    device: str = Field(pattern=r"^vol[0-9]{1,2}$")
+    path: str | None = Field(default=None, pattern=r"^/")
+    limits: dict[str, str] = Field(default_factory=dict)
+
+
+InstanceRecord.model_rebuild()  # its `volumes` names VolumeAttachment, defined after it
+
+
 class SnapshotRecord(Record):
+    """A snapshot of an instance (see docs/snapshots.md). `disks` hold it as qcow2 internal snapshots
+    named like it; `files` were copied into its directory (ROOT/instances/NAME/snapshots/SNAP/)."""
+
     TABLE: ClassVar[str] = "snapshots"
     KEY: ClassVar[tuple[str, ...]] = ("instance", "name")
 
@@ -228,6 +262,10 @@ class SnapshotRecord(Record):
     stateful: bool = False
     expires_at: float | None = None
     config: dict[str, str] = Field(default_factory=dict)
+    size: int = Field(default=0, ge=0)  # bytes of data it keeps (a VM: its disks' allocation then)
+    disks: list[SnapshotPart] = Field(default_factory=list)
+    files: list[SnapshotPart] = Field(default_factory=list)
+    live: bool = False  # taken while the instance ran: consistent as after a power cut
 
 
 class OperationStatus(StrEnum):

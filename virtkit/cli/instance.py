@@ -163,6 +163,9 @@ def _fields(view: InstanceView) -> list[tuple[str, str]]:
         model = f", model {nic.model}" if nic.model else ""
         fields.append((f"NIC {nic.inner}", f"{nic.ip} on {nic.network}, MAC {nic.mac}{model}, host device "
                        f"{nic.device}{limit}{host}"))  # fmt: skip
+    for v in record.volumes:
+        where = f"at {v.path}" if v.path else f"as disk {v.device}"
+        fields.append((f"Volume {v.pool}/{v.name}", f"{v.type} volume {where}"))
     fields += [(f"Config {key}", value) for key, value in sorted(record.config.items())]
     fields += [(f"Label {key}", value) for key, value in sorted(record.labels.items())]
     return fields

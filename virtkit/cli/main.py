@@ -60,6 +60,10 @@ COMMANDS = [
         "volume", "virtkit.cli.storage:volume_group", "Volumes: VM disks and container directories.",
         "Storage",
     ),
+    LazyCommand(
+        "snapshot", "virtkit.cli.snapshot:snapshot_group", "Snapshots of instances: create, restore, delete.",
+        "Storage",
+    ),
     LazyCommand("image", "virtkit.cli.image:image_group", "Build, import, list and export images.", "Images"),
     LazyCommand("host", "virtkit.cli.host:host_group", "Check and describe this host.", "Host"),
     LazyCommand(

@@ -1,6 +1,7 @@
 """`virtkit storage pool ...` and `virtkit volume ...`: storage pools and the volumes in them.
 
-`virtkit storage volume ...` is the same group as `virtkit volume ...`, for hands used to Incus.
+`virtkit storage volume ...` is the same group as `virtkit volume ...`, for hands used to Incus, and
+`volume attach POOL VOLUME INSTANCE [PATH]` takes Incus's order (`--path` is the same as PATH).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from virtkit.cli.context import get_context, json_option
 from virtkit.cli.output import print_fields, print_json, print_table
 
 if TYPE_CHECKING:
-    from virtkit.model import VolumeRecord
+    from virtkit.model import VolumeAttachment, VolumeRecord
     from virtkit.ops.storage import PoolView, Storage, VolumeView
+    from virtkit.ops.volumes import Attached, Volumes
 
 # --limit-* options and the volume settings they set.
 LIMIT_OPTIONS = {
@@ -30,6 +32,20 @@ def storage() -> Storage:
 
     ctx = get_context()
     return Storage(ctx.root, ctx.store())
+
+
+def volume_verbs() -> Volumes:
+    from virtkit.ops.volumes import Volumes
+
+    ctx = get_context()
+    return Volumes(ctx.root, ctx.store())
+
+
+def _where(attachment: VolumeAttachment | None) -> str:
+    """How an instance holds a volume: at a path inside (containers) or as a disk (VMs)."""
+    if attachment is None:
+        return ""
+    return f" at {attachment.path}" if attachment.path else f" as disk {attachment.device}"
 
 
 def _size(value: int | None) -> str:
@@ -206,7 +222,7 @@ def _volume_fields(view: VolumeView) -> list[tuple[str, str]]:
     fields = [
         ("Pool", r.pool), ("Name", r.name), ("Type", str(r.type)), ("Format", r.format), ("Size", size),
         ("Usage", _size(view.usage) if view.usage is not None else "missing: its file is gone"),
-        ("Path", str(view.path)), ("Attached to", r.attached_to or "-"),
+        ("Path", str(view.path)), ("Attached to", (r.attached_to or "-") + _where(view.attachment)),
         ("Created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))),
     ]  # fmt: skip
     for key, value in limits_of(r.config).items():
@@ -276,3 +292,53 @@ def volume_delete_command(pool: str, name: str) -> None:
     """Delete volume NAME of POOL and its data (refused while it is attached)."""
     storage().delete_volume(pool, name)
     click.echo(f"Volume {name} deleted from pool {pool}.")
+
+
+def _attached_json(done: Attached) -> dict[str, object]:
+    return {"instance": done.instance, "live": done.live, "notices": done.notices,
+            **done.volume.model_dump(mode="json")}  # fmt: skip
+
+
+@volume_group.command("attach")
+@click.argument("pool")
+@click.argument("name", metavar="VOLUME")
+@click.argument("instance")
+@click.argument("path", required=False)
+@click.option(
+    "--path", "path_option", default=None, metavar="PATH", help="Containers: where it is mounted inside."
+)
+@json_option
+def volume_attach_command(
+    pool: str, name: str, instance: str, path: str | None, path_option: str | None
+) -> None:
+    """Attach VOLUME of POOL to INSTANCE: a container mounts a filesystem volume at PATH (e.g.
+    /mnt/data), at once if it runs; a stopped VM gets a block volume as a disk at its next start."""
+    if path is not None and path_option is not None and path != path_option:
+        from virtkit.errors import SpecError
+
+        raise SpecError(f"two paths given: {path} and --path {path_option}", hint="give one")
+    done = volume_verbs().attach(pool, name, instance, path if path is not None else path_option)
+    if get_context().json:
+        print_json(_attached_json(done))
+        return
+    when = "now" if done.live else "from its next start"
+    click.echo(f"Volume {done.volume.name} of pool {done.volume.pool} attached to {done.instance}"
+               f"{_where(done.volume)} ({when}).")  # fmt: skip
+    for notice in done.notices:
+        click.echo(f"Note: {notice}.", err=True)
+
+
+@volume_group.command("detach")
+@click.argument("pool")
+@click.argument("name", metavar="VOLUME")
+@click.argument("instance")
+@json_option
+def volume_detach_command(pool: str, name: str, instance: str) -> None:
+    """Detach VOLUME of POOL from INSTANCE (at once if it runs); its data stays in the volume."""
+    done = volume_verbs().detach(pool, name, instance)
+    if get_context().json:
+        print_json(_attached_json(done))
+        return
+    click.echo(f"Volume {done.volume.name} of pool {done.volume.pool} detached from {done.instance}.")
+    for notice in done.notices:
+        click.echo(f"Note: {notice}.", err=True)

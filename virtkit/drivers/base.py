@@ -19,7 +19,7 @@ from virtkit.errors import SpecError
 
 if TYPE_CHECKING:  # not at run time: `virtkit run` reaches this module without pydantic
     from virtkit.drivers.console import Console
-    from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState, Nic
+    from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState, Nic, VolumeAttachment
 
 Plugged = Callable[[], None] | None  # see Driver.start
 
@@ -178,6 +178,15 @@ class Driver(Protocol):
     def unplug_nic(self, record: InstanceRecord, paths: InstancePaths, nic: Nic) -> None:
         """Hot-unplug `nic` from the running instance (a bounded wait for the guest to let it go)
         and remove its host device."""
+
+    def attach_volume(
+        self, record: InstanceRecord, paths: InstancePaths, volume: VolumeAttachment, *, live: bool
+    ) -> None:
+        """Check that `volume` can be given to the instance at its next start; with `live`, give it
+        to the running instance now. StateError where the kind cannot; nothing left when it fails."""
+
+    def detach_volume(self, record: InstanceRecord, paths: InstancePaths, volume: VolumeAttachment) -> None:
+        """Take `volume` out of the running instance (its data untouched)."""
 
     def cleanup(self, record: InstanceRecord, paths: InstancePaths) -> None:
         """Remove what the runtime left (sockets, pidfile) after the instance stopped."""

@@ -11,7 +11,7 @@ from pathlib import Path
 from virtkit.drivers.base import ByteSink, ByteSource, ExecResult, InstancePaths, Plugged, Runtime, Status
 from virtkit.drivers.console import Console
 from virtkit.errors import ConflictError, NotFoundError, SpecError, StateError, ToolError
-from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState, Nic
+from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState, Nic, VolumeAttachment
 
 
 class FakeDriver:
@@ -107,6 +107,14 @@ class FakeDriver:
 
     def unplug_nic(self, record: InstanceRecord, paths: InstancePaths, nic: Nic) -> None:
         self._step("unplug_nic")
+
+    def attach_volume(
+        self, record: InstanceRecord, paths: InstancePaths, volume: VolumeAttachment, *, live: bool
+    ) -> None:
+        self._step("attach_volume_live" if live else "attach_volume_check")
+
+    def detach_volume(self, record: InstanceRecord, paths: InstancePaths, volume: VolumeAttachment) -> None:
+        self._step("detach_volume")
 
     def cleanup(self, record: InstanceRecord, paths: InstancePaths) -> None:
         self._step("cleanup")

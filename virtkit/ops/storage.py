@@ -7,8 +7,9 @@ Incus's default pools are there from the start; it cannot be deleted.
 
 Every change holds the `host/storage` lock: checks (does the name exist, is the path free), the
 files and the record change together, and a failure undoes the files before the lock is let go.
-Attaching (next) takes an instance's lock first, then this one, never the other way round — the
-order networks use. `claim` and `release` are what attaching calls to mark a volume in use.
+Attaching (ops/volumes.py) takes an instance's lock first, then this one, never the other way
+round — the order networks use. `claim` and `release` are what attaching calls to mark a volume in
+use; `release_all` is what deleting an instance calls (its volumes outlive it, detached).
 """
 
 from __future__ import annotations
@@ -21,7 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from virtkit.errors import ConflictError, SpecError, StateError, StoreError
-from virtkit.model import PoolRecord, VolumeRecord, VolumeType, format_size, parse_size, validate_name
+from virtkit.model import (
+    InstanceRecord,
+    PoolRecord,
+    VolumeAttachment,
+    VolumeRecord,
+    VolumeType,
+    format_size,
+    parse_size,
+    validate_name,
+)
 from virtkit.storage import limits as io_limits
 from virtkit.storage import pools, volumes
 from virtkit.store import Store
@@ -61,12 +71,15 @@ class VolumeView:
     record: VolumeRecord
     path: Path
     usage: int | None
+    attachment: VolumeAttachment | None = None  # as the instance it is attached to holds it
 
     def to_dict(self) -> dict[str, object]:
         data = self.record.model_dump(mode="json")
         data["path"] = str(self.path)
         data["usage"] = self.usage
         data["limits"] = io_limits.limits_of(self.record.config)
+        data["attached_path"] = self.attachment.path if self.attachment else None
+        data["attached_device"] = self.attachment.device if self.attachment else None
         return data
 
 
@@ -207,7 +220,13 @@ class Storage:
     def volume_view(self, pool: str, name: str) -> VolumeView:
         record = self.volume(pool, name)
         path = self.path_of(record)
-        return VolumeView(record, path, volumes.usage(path))
+        return VolumeView(record, path, volumes.usage(path), self.attachment_of(record))
+
+    def attachment_of(self, volume: VolumeRecord) -> VolumeAttachment | None:
+        """How the instance the volume is attached to holds it (None: attached to nothing)."""
+        instance = self.store.find(InstanceRecord, volume.attached_to) if volume.attached_to else None
+        held = instance.volumes if instance is not None else []
+        return next((a for a in held if (a.pool, a.name) == (volume.pool, volume.name)), None)
 
     def volume_records(self, pool: str | None = None) -> list[VolumeRecord]:
         if pool is None:
@@ -322,6 +341,8 @@ class Storage:
         """Mark a volume as attached to `instance` (what attaching calls, holding its lock)."""
         with self.lock():
             volume = self._usable(pool, name, "attached")
+            if volume.type is VolumeType.FILESYSTEM:
+                pools.seal_filesystem(self.store.get(PoolRecord, volume.pool).path)
             return self.store.put(volume.model_copy(update={"attached_to": validate_name(instance)}))
 
     def release(self, pool: str, name: str, instance: str) -> VolumeRecord:
@@ -333,6 +354,17 @@ class Storage:
                     f"volume {volume.name!r} in pool {volume.pool!r} is not attached to {instance}"
                 )
             return self.store.put(volume.model_copy(update={"attached_to": None}))
+
+    def release_all(self, instance: str) -> list[VolumeRecord]:
+        """Mark every volume attached to `instance` as attached to nothing (the instance is deleted:
+        its volumes and their data stay); the volumes released."""
+        with self.lock():
+            held = [v for v in self.store.list(VolumeRecord) if v.attached_to == instance]
+            for volume in held:
+                self.store.put(volume.model_copy(update={"attached_to": None}))
+        if held:
+            log.info("%s: volumes %s detached", instance, ", ".join(f"{v.pool}/{v.name}" for v in held))
+        return held
 
     def _usable(self, pool: str, name: str, verb: str) -> VolumeRecord:
         """The volume, when it is attached to nothing and its pool's directory is there."""

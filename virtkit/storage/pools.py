@@ -6,7 +6,7 @@ directory per volume type::
     POOL/
       .virtkit-pool         {"pool": NAME, "root": ROOT}: says whose it is; missing = not mounted?
       block/NAME.qcow2      block volumes (VM disks)
-      filesystem/NAME/      filesystem volumes (container directories)
+      filesystem/NAME/      filesystem volumes (container directories); filesystem/ is root's alone
 
 A pool path is refused unless it is absolute and plain (no `.`/`..`, no symlink anywhere on it), an
 empty directory or a new one in an existing directory, outside /proc, /sys and /dev, not holding or
@@ -15,6 +15,9 @@ inside the state root (except under ROOT/pools/), not holding or inside another 
 relative to a descriptor of the pool directory opened with O_NOFOLLOW and checked to be the path
 asked for, so a symlink swapped in after the checks is not followed. Only a directory virtkit made
 itself is ever removed, and only when empty.
+
+`filesystem/` is mode 0700: a container's root writes files owned by uid 0 into a volume it has
+(idmapped: see drivers/oci/mounts.py), setuid ones too, which no other host user may reach.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ MARKER = ".virtkit-pool"
 POOLS_DIR = "pools"
 SUBDIRS = ("block", "filesystem")
 POOL_MODE = 0o711  # QEMU's unprivileged user must traverse it to reach a volume it is given
+# Directories' modes: block/ for QEMU's user to traverse; filesystem/ for root only (see above).
+SUBDIR_MODES = {"block": 0o711, "filesystem": 0o700}
 MAX_PATH = 1024
 # What an empty filesystem holds: a pool may be the mount point of a freshly made one.
 _EMPTY_OK = frozenset({"lost+found"})
@@ -195,7 +200,8 @@ def make(path: str, *, exists: bool, pool: str, root: str) -> None:
             if not exists:
                 os.fchmod(fd, POOL_MODE)  # mkdir's mode went through the umask
             for sub in SUBDIRS:
-                os.mkdir(sub, 0o711, dir_fd=fd)
+                os.mkdir(sub, SUBDIR_MODES[sub], dir_fd=fd)
+                os.chmod(sub, SUBDIR_MODES[sub], dir_fd=fd)  # mkdir's mode went through the umask
                 made.append(os.path.join(path, sub))
             marker = json.dumps({"pool": pool, "root": root}) + "\n"
             mfd = os.open(MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -259,6 +265,22 @@ def check_healthy(path: str, pool: str) -> None:
                     f"pool {pool!r}: {os.path.join(path, sub)} is missing or not a plain directory",
                     hint="virtkit writes volumes only into the pool's own directories: make it one again",
                 )
+
+
+def seal_filesystem(path: str) -> None:
+    """Make the pool's filesystem/ directory root's alone again (pools made before it was)."""
+    with opened(path) as fd:
+        try:
+            sub = os.open("filesystem", _DIR_FLAGS, dir_fd=fd)
+        except OSError as exc:
+            raise StateError(f"{os.path.join(path, 'filesystem')} is not a plain directory") from exc
+        try:
+            info = os.fstat(sub)
+            if stat.S_IMODE(info.st_mode) & 0o077 or info.st_uid != 0:
+                os.fchown(sub, 0, 0)
+                os.fchmod(sub, SUBDIR_MODES["filesystem"])
+        finally:
+            os.close(sub)
 
 
 def remove(path: str, *, owned: bool, pool: str) -> list[str]:

@@ -17,6 +17,8 @@ stricter (moby daemon/oci_linux.go and oci/defaults.go, `runc spec`):
   zero, full, random, urandom, tty) and the ptys; so `linux.devices` stays empty. runc 1.1 adds
   its own rules after ours (mknod of any node, and /dev/net/tun), which a config cannot remove.
 - seccomp: the allowlist in seccomp.py.
+- volumes (mounts.py): after every other mount, each attached filesystem volume bound from its
+  staging point (where virtkit attaches it, idmapped, at each start) at its path inside, `nodev`.
 
 `privileged` drops the restrictions, as `docker run --privileged` does: all capabilities, no
 seccomp, no masked paths, /sys and the cgroup tree writable, every device allowed.
@@ -25,8 +27,10 @@ seccomp, no masked paths, /sys and the cgroup tree writable, every device allowe
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
+from virtkit.drivers.oci.mounts import VolumeMount, bind
 from virtkit.drivers.oci.seccomp import default_profile
 from virtkit.drivers.oci.spec import ContainerSpec, IdMap
 from virtkit.errors import SpecError
@@ -75,9 +79,10 @@ DEVICES: tuple[tuple[int, int | None, str], ...] = (
 NAMESPACES = ("pid", "network", "ipc", "uts", "mount", "cgroup")
 
 
-def build_config(spec: ContainerSpec) -> dict[str, Any]:
-    """config.json for `spec`, as a dict ready for json.dumps."""
+def build_config(spec: ContainerSpec, volumes: Sequence[VolumeMount] = ()) -> dict[str, Any]:
+    """config.json for `spec` with `volumes` bound in it, as a dict ready for json.dumps."""
     _check(spec)
+    _check_volumes(spec, volumes)
     linux: dict[str, Any] = {
         "namespaces": [{"type": ns} for ns in (*NAMESPACES, *(("user",) if spec.uid_maps else ()))],
         **_id_mappings(spec),
@@ -93,7 +98,7 @@ def build_config(spec: ContainerSpec) -> dict[str, Any]:
         "process": _process(spec),
         "root": {"path": spec.rootfs, "readonly": False},
         "hostname": spec.hostname,
-        "mounts": _mounts(spec),
+        "mounts": _mounts(spec) + [bind(volume) for volume in volumes],
         "linux": linux,
         # runc keeps these in its state: `runc state` tells which instance a container is.
         "annotations": {f"{ANNOTATION_PREFIX}.name": spec.name, f"{ANNOTATION_PREFIX}.uuid": spec.uuid},
@@ -266,6 +271,18 @@ def _device_rules(spec: ContainerSpec) -> list[dict[str, Any]]:
         rule["access"] = "rwm"
         rules.append(rule)
     return rules
+
+
+def _check_volumes(spec: ContainerSpec, volumes: Sequence[VolumeMount]) -> None:
+    """Refuse volume mounts that could not be what they say (ops checked them when attaching)."""
+    seen: set[str] = set()
+    for volume in volumes:
+        where = volume.destination
+        if not (where.startswith("/") and volume.stage.startswith("/")) or where == "/" or where in seen:
+            raise SpecError(f"container {spec.name}: volume {volume.name} cannot be mounted at {where!r}")
+        if any(part in ("", ".", "..") for part in where[1:].split("/")):
+            raise SpecError(f"container {spec.name}: volume {volume.name}'s path {where!r} is not plain")
+        seen.add(where)
 
 
 def _check(spec: ContainerSpec) -> None:

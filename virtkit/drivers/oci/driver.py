@@ -10,6 +10,8 @@ stop      the init's own stop signal, until only PID 1 is left or it exits (syst
           exits, systemd.py); then SIGKILL
 status    runc's state (which guards the init PID by its start time), conmon's exit file
 exec      `runc exec`, exit code passed through
+volumes   bind mounts of filesystem volumes, idmapped: staged at each start (mounts.py), or moved
+          into a running container's mount namespace (mountns.py)
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from virtkit.drivers.base import ByteSink, ByteSource, ExecResult, InstancePaths
 from virtkit.drivers.cgroup import Cgroup
 from virtkit.drivers.console import Console
 from virtkit.drivers.nics import remove_ports
-from virtkit.drivers.oci import foreground, idmap, monitor, ports, rootfs, systemd
+from virtkit.drivers.oci import foreground, idmap, monitor, mountns, mounts, ports, rootfs, systemd
 from virtkit.drivers.oci.bundle import build_config
 from virtkit.drivers.oci.logfile import LogDecoder
 from virtkit.drivers.oci.plan import ContainerFiles, build_spec, cgroup_of, container_id
@@ -33,7 +35,7 @@ from virtkit.drivers.oci.runtime import CONFIG_KEY, DEFAULT_RUNTIME, OciRuntime,
 from virtkit.drivers.oci.spec import ContainerSpec
 from virtkit.errors import StateError, VirtkitError
 from virtkit.images.staged import ROOTFS
-from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState, Nic
+from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState, Nic, VolumeAttachment
 from virtkit.store import atomic_write
 
 log = logging.getLogger(__name__)
@@ -88,13 +90,16 @@ class OciDriver:
         ids = idmap.plan(record, paths)
         spec = build_spec(record, image, image_dir, paths, ids.shift)
         lower = str(image_dir / image.files[ROOTFS])
-        config = {
+        volumes = mounts.plan(record.volumes, paths.dir)
+        config: dict[str, object] = {
             "spec": spec.to_dict(),
             "lower": lower,
             "ready_marker": image.properties.get("ready_marker", ""),
-            "bundle": build_config(spec),
+            "bundle": build_config(spec, volumes),
             CONFIG_KEY: _oci_runtime(paths),
         }
+        if volumes:
+            config["volumes"] = [mount.to_dict() for mount in volumes]
         notices = [ids.notice(record.name)] if ids.notice(record.name) else []
         if spec.privileged:
             notices.append(
@@ -127,8 +132,10 @@ class OciDriver:
         runc, cid = _runc(paths, runtime), container_id(record)
         runc.delete(cid)  # a stopped container of a previous run
         idmap.require_entry(paths)
+        volumes = mounts.saved(runtime.config)
         rootfs.mount(self._layers(runtime, files))
         try:
+            mounts.attach_stages(volumes, rootfs.saved_shift(paths.dir))
             atomic_write(files.config, json.dumps(runtime.config["bundle"], indent=2) + "\n")
             mon = _monitor_files(paths)
             (mon.exits / cid).unlink(missing_ok=True)
@@ -139,10 +146,12 @@ class OciDriver:
             monitor.launch(
                 cid, spec.name, mon, runc, terminal=spec.terminal, created=ports.plugger(spec, plugged)
             )
+            mounts.detach_stages(volumes)  # runc bound them: the container's namespace holds its copies
             boot = {"spawn": time.monotonic() - began, "log": offset}
             atomic_write(paths.dir / "boot.json", json.dumps(boot))
         except BaseException:
             runc.delete(cid)
+            mounts.detach_stages(volumes)
             rootfs.unmount(files.merged)
             raise
 
@@ -257,7 +266,12 @@ class OciDriver:
         idmap.require_entry(paths)
         systemd.delegate(_spec(runtime))  # as start does: systemd as the command makes its cgroups
         lower = Path(runtime.config["lower"])
-        return foreground.run_bundle(runtime.config["bundle"], lower, paths, runc, cid)
+        volumes = mounts.saved(runtime.config)
+        mounts.attach_stages(volumes, rootfs.saved_shift(paths.dir))
+        try:
+            return foreground.run_bundle(runtime.config["bundle"], lower, paths, runc, cid)
+        finally:
+            mounts.detach_stages(volumes)
 
     def update(self, record: InstanceRecord, runtime: Runtime, paths: InstancePaths) -> None:
         """CPU quota, memory and pids through `runc update`; what runc 1.1 would take silently and
@@ -283,6 +297,34 @@ class OciDriver:
 
         links.delete(nic.device)  # its peer in the container goes with it
 
+    def attach_volume(
+        self, record: InstanceRecord, paths: InstancePaths, volume: VolumeAttachment, *, live: bool
+    ) -> None:
+        """Check that the volume's directory can be shown in the container's ids (as its next start
+        will); with `live`, mount it in the running container now (mountns.py)."""
+        (mount,) = mounts.plan([volume], paths.dir)
+        shift = rootfs.saved_shift(paths.dir)
+        if not live:
+            mounts.check(mount.source, shift)
+            return
+        pid = self._live_pid(record, paths, "mounted into")
+        tree = mounts.clone(mount.source, shift)
+        try:
+            mountns.attach(pid, tree, mount.destination, shift)
+        finally:
+            os.close(tree)
+
+    def detach_volume(self, record: InstanceRecord, paths: InstancePaths, volume: VolumeAttachment) -> None:
+        """Unmount the volume from the running container (lazily: see mountns.py)."""
+        (mount,) = mounts.plan([volume], paths.dir)
+        mountns.detach(self._live_pid(record, paths, "unmounted from"), mount.destination, mount.source)
+
+    def _live_pid(self, record: InstanceRecord, paths: InstancePaths, verb: str) -> int:
+        status = self.status(record, paths)
+        if status.pid is None or status.state not in (InstanceState.RUNNING, InstanceState.PAUSED):
+            raise StateError(f"{record.name} is {status.state.value}: a volume is {verb} a running container")
+        return status.pid
+
     def cleanup(self, record: InstanceRecord, paths: InstancePaths) -> None:
         runc, cid = _runc(paths), container_id(record)
         state = runc.state(cid)
@@ -290,6 +332,7 @@ class OciDriver:
             raise StateError(f"{record.name} is still running", hint=f"virtkit stop {record.name}")
         runc.delete(cid)
         remove_ports(record)
+        mounts.clear(paths.dir)
         files = ContainerFiles(paths)
         rootfs.unmount(files.merged)
         (_monitor_files(paths).exits / cid).unlink(missing_ok=True)

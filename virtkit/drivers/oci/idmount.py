@@ -32,10 +32,14 @@ SYS_MOVE_MOUNT = 429
 SYS_MOUNT_SETATTR = 442
 AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000
+AT_SYMLINK_NOFOLLOW = 0x100
 OPEN_TREE_CLONE = 1
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
 MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NODEV = 0x4
 MOUNT_ATTR_IDMAP = 0x100000
+MNT_DETACH = 0x2
 UNSHARE_TIMEOUT = 10.0
 CLONE_NEWUSER = 0x10000000
 
@@ -130,18 +134,46 @@ def attach_idmapped(source: Path, target: Path, uid: int, gid: int, size: int) -
     """Attach at `target` a read-only clone of `source` (a directory) whose files owned by id N
     (N < size) show as owned by uid+N / gid+N; the tree itself is untouched."""
     with user_namespace(uid, gid, size) as userns:
-        tree = _check(
-            _syscall(SYS_OPEN_TREE, AT_FDCWD, os.fsencode(source), OPEN_TREE_CLONE | os.O_CLOEXEC),
-            "open_tree", source,
-        )  # fmt: skip
+        tree = clone_tree(source, MOUNT_ATTR_RDONLY, userns)
         try:
-            attr = MountAttr(MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY, 0, 0, userns)
-            _check(_syscall(SYS_MOUNT_SETATTR, tree, b"", AT_EMPTY_PATH, ctypes.byref(attr),
-                            ctypes.c_size_t(ctypes.sizeof(attr))), "mount_setattr", source)  # fmt: skip
-            _check(_syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, os.fsencode(target),
-                            MOVE_MOUNT_F_EMPTY_PATH), "move_mount", target)  # fmt: skip
+            move_tree(tree, target)
         finally:
             os.close(tree)
+
+
+def clone_tree(source: Path, attrs: int, userns: int | None = None) -> int:
+    """A descriptor of a detached clone of the bind mount of directory `source` (not followed if a
+    symlink), with mount attributes `attrs` (MOUNT_ATTR_*) set; idmapped through the user namespace
+    `userns` (a descriptor) when given. It vanishes when the descriptor is closed unless moved."""
+    flags = OPEN_TREE_CLONE | os.O_CLOEXEC | AT_SYMLINK_NOFOLLOW
+    tree = _check(_syscall(SYS_OPEN_TREE, AT_FDCWD, os.fsencode(source), flags), "open_tree", source)
+    try:
+        if userns is not None:
+            attrs |= MOUNT_ATTR_IDMAP
+        if attrs:
+            attr = MountAttr(attrs, 0, 0, userns if userns is not None else 0)
+            _check(_syscall(SYS_MOUNT_SETATTR, tree, b"", AT_EMPTY_PATH, ctypes.byref(attr),
+                            ctypes.c_size_t(ctypes.sizeof(attr))), "mount_setattr", source)  # fmt: skip
+    except BaseException:
+        os.close(tree)
+        raise
+    return tree
+
+
+def move_tree(tree: int, target: Path | int) -> None:
+    """Attach the detached mount `tree` at `target`: a path, or a directory's descriptor (which
+    may be an O_PATH one)."""
+    if isinstance(target, int):
+        flags = MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH
+        _check(_syscall(SYS_MOVE_MOUNT, tree, b"", target, b"", flags), "move_mount")
+        return
+    _check(_syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, os.fsencode(target),
+                    MOVE_MOUNT_F_EMPTY_PATH), "move_mount", target)  # fmt: skip
+
+
+def unmount_lazily(target: Path | str) -> None:
+    """umount -l TARGET: detached at once, released when nothing uses it any more."""
+    _check(_umount2(os.fsencode(target), MNT_DETACH), "umount2", target)
 
 
 def detach(target: Path) -> None:

@@ -2,7 +2,8 @@
 
 Modules: spec (VmSpec), plan (record + image -> VmSpec), argv (VmSpec -> command line, pure),
 process (spawn, PID-reuse guard, kill), monitor (QMP), boot (readiness and boot phases), disk
-(root disk overlay), driver (QemuDriver, the Driver contract).
+(root disk overlay), volumes (block volumes as QEMU has them, pure), volumeplug (their descriptors,
+hot-plug), driver (QemuDriver, the Driver contract).
 """
 
 from virtkit.drivers.qemu.driver import QemuDriver

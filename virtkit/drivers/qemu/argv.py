@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from virtkit.drivers.qemu.spec import DiskSpec, VmSpec
+from virtkit.drivers.qemu.volumes import volume_args
 
 MiB = 1024 * 1024
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
@@ -39,6 +40,7 @@ def build_argv(spec: VmSpec) -> list[str]:
         *_channels(spec),
         *_virtio_extras(spec),
         *_network(spec),
+        *volume_args(spec),  # last: the root disk stays the guest's first disk
     ]
 
 

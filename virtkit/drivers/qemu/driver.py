@@ -10,6 +10,8 @@ stop      ACPI power button, then `quit`, then SIGKILL; pause/resume via QMP (mo
 status    re-derived from the pidfile (guarded by the UUID), QMP and the runtime log
 exec      through the in-guest agent's virtio-serial port (agent.py)
 plug_nic / unplug_nic  NICs of a running q35 VM through QMP (hotplug.py)
+attach_volume / detach_volume  block volumes: checked for the next start, or plugged into and out of
+          a running q35 VM through QMP (volumeplug.py); a start hands QEMU their open files
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from virtkit.drivers.base import ByteSink, ByteSource, ExecResult, InstancePaths
 from virtkit.drivers.cgroup import Cgroup
 from virtkit.drivers.console import Console
 from virtkit.drivers.nics import remove_ports
-from virtkit.drivers.qemu import process
+from virtkit.drivers.qemu import process, volumeplug
 from virtkit.drivers.qemu.argv import build_argv, with_tap_fds
 from virtkit.drivers.qemu.boot import BootRecord, watch_ready
 from virtkit.drivers.qemu.confinement import apply_live, confined, live_changes, oom_reason, usage, user_of
@@ -45,8 +47,9 @@ from virtkit.drivers.qemu.plan import (
 from virtkit.drivers.qemu.seed import make_seed
 from virtkit.drivers.qemu.spec import VmSpec
 from virtkit.drivers.qemu.taps import taps
+from virtkit.drivers.qemu.volumes import node_id, volume_spec, with_volume_fds
 from virtkit.errors import HostCapabilityError, StateError, ToolError, VirtkitError
-from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState, Nic
+from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState, Nic, VolumeAttachment
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +108,16 @@ class QemuDriver:
         with paths.log.open("a") as runtime_log:
             runtime_log.write(f"virtkit: starting {spec.name} ({spec.accel}) at {time.ctime(started_at)}\n")
         boot = BootRecord(spec, started_at, process.size(Path(spec.console_log)), process.size(paths.log))
-        with confined(spec, paths) as (cgroup_fds, user), taps(spec, user) as tap_fds:
+        with (
+            confined(spec, paths) as (cgroup_fds, user),
+            volumeplug.opened(spec) as volume_fds,
+            taps(spec, user) as tap_fds,
+        ):
             if plugged is not None:
                 plugged()
-            argv = with_tap_fds(runtime.argv, tap_fds)
-            pid = process.spawn(argv, paths.log, cgroup_fds=cgroup_fds, user=user, pass_fds=tap_fds.values())
+            argv = with_volume_fds(with_tap_fds(runtime.argv, tap_fds), spec, volume_fds)
+            fds = [*tap_fds.values(), *volume_fds.values()]
+            pid = process.spawn(argv, paths.log, cgroup_fds=cgroup_fds, user=user, pass_fds=fds)
             self._wait_up(spec, pid, paths, boot, runtime.argv)
         boot.phases["spawn"] = time.monotonic() - began
         boot.save(files.boot)
@@ -347,6 +355,54 @@ class QemuDriver:
         plugged = next((n for n in spec.nics if n.device == nic.device), None)
         hotplug.unplug(spec, monitor, plugged or nic_spec(record.name, nic, spec.devices, spec.machine))
         boot.spec = replace(spec, nics=tuple(n for n in spec.nics if n.device != nic.device))
+        boot.save(files.boot)
+
+    def attach_volume(
+        self, record: InstanceRecord, paths: InstancePaths, volume: VolumeAttachment, *, live: bool
+    ) -> None:
+        """Check that the VM can take `volume` (a block volume whose disk virtkit can open: its next
+        start gets it; while the VM runs, one it can take live, so that a refusal comes before
+        anything is recorded); with `live`, hot-plug it into the running VM (volumeplug.py),
+        which the boot record's spec then lists."""
+        os.close(volumeplug.open_volume(volume_spec(volume, "virtio"), record.name))
+        running = process.running_pid(paths.pidfile, record.uuid) is not None
+        if not (live or running):
+            return
+        self._running(record, paths)
+        files = VmFiles(paths)
+        boot = self._boot(record, files)
+        spec = boot.spec
+        vol = volume_spec(volume, spec.devices)
+        volumeplug.check_pluggable(spec, vol, "attach")
+        if any(other.device == vol.device for other in spec.volumes):
+            raise StateError(f"{record.name} already has a volume in slot {vol.device}")
+        if not live:
+            return
+        volumeplug.plug(spec, self._monitor(record, paths), vol)
+        boot.spec = replace(spec, volumes=(*spec.volumes, vol))
+        boot.save(files.boot)
+
+    def detach_volume(self, record: InstanceRecord, paths: InstancePaths, volume: VolumeAttachment) -> None:
+        """Hot-unplug `volume` from the running VM (a bounded wait for the guest to let it go); a
+        stopped VM has nothing of it to remove."""
+        if process.running_pid(paths.pidfile, record.uuid) is None:
+            return
+        files = VmFiles(paths)
+        boot = self._boot(record, files)
+        spec = boot.spec
+        monitor = self._monitor(record, paths)
+        vol = next((v for v in spec.volumes if v.device == volume.device), None)
+        if vol is None:
+            vol = volume_spec(volume, spec.devices)
+            if node_id(vol) not in monitor.peripherals():
+                return  # this boot never had it
+        if monitor.query_status() in PAUSED:
+            raise StateError(
+                f"{record.name} is paused: its guest must run to let a disk go",
+                hint=f"resume it first: virtkit resume {record.name}",
+            )
+        volumeplug.unplug(spec, monitor, vol)
+        boot.spec = replace(spec, volumes=tuple(v for v in spec.volumes if v.device != vol.device))
         boot.save(files.boot)
 
     def cleanup(self, record: InstanceRecord, paths: InstancePaths) -> None:

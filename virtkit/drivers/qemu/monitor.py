@@ -243,9 +243,90 @@ class Monitor:
                         await asyncio.wait_for(listener.get(), min(left, UNPLUG_POLL))
                         return True
 
+    # --- block volumes plugged while the VM runs (volumeplug.py) ---------------------------------
+
+    def add_volume(
+        self, fd: int, opaque: str, group: Mapping[str, object] | None,
+        nodes: list[dict[str, object]], device: Mapping[str, object],
+    ) -> int:
+        """Hand QEMU the open volume `fd` in a new fd set (tagged `opaque`), then add the throttle
+        `group` object, the block `nodes` (bottom up, the file node on /dev/fdset/ID: the set's id
+        is filled in) and the `device`; the fd set's id. One session: QEMU drops an fd set nothing
+        uses when its last monitor connection closes. Each step is undone if a later one fails."""
+        return _run(self._add_volume(fd, opaque, group, nodes, device))
+
+    async def _add_volume(
+        self, fd: int, opaque: str, group: Mapping[str, object] | None,
+        nodes: list[dict[str, object]], device: Mapping[str, object],
+    ) -> int:
+        async with self._session() as client:
+            try:
+                client.send_fd_scm(fd)
+            except (QMPError, OSError) as exc:
+                raise ToolError(f"cannot pass a volume to the QEMU of {self.name}: {_why(exc)}") from None
+            added = await self._command(client, "add-fd", {"opaque": opaque})
+            fdset = added.get("fdset-id") if isinstance(added, dict) else None
+            if not isinstance(fdset, int):
+                raise ToolError(f"unexpected answer to add-fd from {self.name}: {added!r}")
+            undo: list[tuple[str, dict[str, object]]] = [("remove-fd", {"fdset-id": fdset})]
+            try:
+                if group is not None:
+                    await self._command(client, "object-add", group)
+                    undo.append(("object-del", {"id": group["id"]}))
+                for node in nodes:
+                    if node.get("driver") == "file":
+                        node = {**node, "filename": f"/dev/fdset/{fdset}"}
+                    await self._command(client, "blockdev-add", node)
+                    undo.append(("blockdev-del", {"node-name": node["node-name"]}))
+                await self._command(client, "device_add", device)
+            except BaseException:
+                for command, arguments in reversed(undo):
+                    with contextlib.suppress(ToolError):
+                        await self._command(client, command, arguments)
+                raise
+            return fdset
+
+    def remove_volume(self, nodes: list[str], group: str, opaque: str) -> list[str]:
+        """Once its device is gone: delete those of the block `nodes` QEMU has (top first), the
+        throttle `group` if there, and the fd sets tagged `opaque`. What could not be removed."""
+        return _run(self._remove_volume(nodes, group, opaque))
+
+    async def _remove_volume(self, nodes: list[str], group: str, opaque: str) -> list[str]:
+        async with self._session() as client:
+            listed = await self._command(client, "query-named-block-nodes", {"flat": True})
+            present = _node_names(self.name, listed)
+            objects = _peripherals(self.name, await self._command(client, "qom-list", {"path": "/objects"}))
+            steps: list[tuple[str, dict[str, object]]] = [
+                ("blockdev-del", {"node-name": node}) for node in nodes if node in present
+            ]
+            if group in objects:
+                steps.append(("object-del", {"id": group}))
+            fdsets = await self._command(client, "query-fdsets")
+            for fdset in fdsets if isinstance(fdsets, list) else []:
+                if any(fd.get("opaque") == opaque for fd in fdset.get("fds", [])):
+                    steps.append(("remove-fd", {"fdset-id": fdset["fdset-id"]}))
+            left = []
+            for command, arguments in steps:
+                try:
+                    await self._command(client, command, arguments)
+                except ToolError as exc:
+                    log.warning("%s: %s", self.name, exc)
+                    left.append(str(next(iter(arguments.values()))))
+            return left
+
+    def block_nodes(self) -> list[str]:
+        """The names of the block nodes QEMU has, sorted."""
+        return _node_names(self.name, self.execute("query-named-block-nodes", {"flat": True}))
+
     def quit(self) -> None:
         """Make QEMU exit at once (cleanly: it removes its pidfile); QEMU hanging up is success."""
         _run(self._execute("quit", None, hangup_ok=True))
+
+
+def _node_names(name: str, listed: object) -> list[str]:
+    if not isinstance(listed, list):
+        raise ToolError(f"unexpected answer to query-named-block-nodes from {name}: {listed!r}")
+    return sorted(str(n["node-name"]) for n in listed if isinstance(n, dict) and "node-name" in n)
 
 
 def _peripherals(name: str, listed: object) -> list[str]:

@@ -15,6 +15,7 @@ Instance settings read from `record.config` (all optional)::
     disk_size SIZE                    (grow the root disk; read by `prepare`)
     user_data, ssh_keys               (what the user gave cloud-init, kept by ops: see virtkit.cloudinit)
 
+The instance's block volumes (`record.volumes`) become its disks after the root disk (volumes.py).
 An image whose `cloud_init` property is "nocloud" gets a NoCloud seed (seed.py) made by `prepare`;
 one whose agent is qemu-guest-agent is ready when that agent answers (boot.py).
 """
@@ -50,6 +51,7 @@ from virtkit.drivers.qemu.spec import (
     UefiSpec,
     VmSpec,
 )
+from virtkit.drivers.qemu.volumes import check_room, volume_ports, volume_spec
 from virtkit.errors import HostCapabilityError, SpecError
 from virtkit.host.cpuinfo import host_arch
 from virtkit.images.iso import check_boot_media
@@ -311,6 +313,7 @@ def build_spec(
     seed = seed_for(record, image, files)
     agent_port = properties.get("agent_port", AGENT_PORT)
     nics = _nics(record, devices, machine)
+    volumes = tuple(volume_spec(attachment, devices) for attachment in record.volumes)
     spec = VmSpec(
         name=record.name, uuid=record.uuid, arch=record.arch, accel=accel, machine=machine,
         cpus=max(1, math.ceil(record.cpus)), memory=record.memory, devices=devices,
@@ -329,7 +332,10 @@ def build_spec(
         ready_agent=bool(agent) and agent_port == QGA_PORT and not properties.get("ready_marker"),
         seed=str(seed) if seed else None,
         nics=nics, pcie_ports=pcie_ports(machine, nics),
+        volumes=volumes, volume_ports=volume_ports(machine, devices, volumes),
     )  # fmt: skip
+    check_room(spec)
+    # Volumes are not among the files QEMU's user must reach: virtkit opens them and passes descriptors.
     opened = [paths.dir, image_dir, *(image_dir / name for name in image.files.values())]
     spec, confined = confine(spec, record, opened + ([Path(iso)] if iso else []), who())
     return spec, notices + confined

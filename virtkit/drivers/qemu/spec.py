@@ -23,6 +23,8 @@ MACHINES: tuple[Machine, ...] = ("microvm", "q35", "virt")
 DEVICES: tuple[Devices, ...] = ("virtio", "emulated")
 FIRMWARES: tuple[Firmware, ...] = ("bios", "uefi")
 MAX_PCIE_PORTS = 24  # three multifunction slots of q35's pcie.0 (argv._root_ports)
+MAX_VOLUME_PORTS = 32  # four more slots of pcie.0, for volumes (volumes.root_ports)
+VolumeBus = Literal["virtio", "ahci"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,24 @@ class NicSpec:
     # The NIC's number in the instance (its eth<index>); on q35 it sits on root port rp<index>.
     # None in runtimes saved before hot-plug: those NICs sit on pcie.0 in their order.
     index: int | None = None
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    """A block volume of a storage pool attached to the VM (see volumes.py): a qcow2 file virtkit
+    opens and hands QEMU as a descriptor, a virtio disk (a SATA disk with emulated devices)."""
+
+    device: str  # its slot in the instance: vol0, vol1, ... (QEMU's ids are made of it)
+    pool: str
+    name: str
+    path: str  # the qcow2 file in its pool
+    bus: VolumeBus = "virtio"
+    # QEMU throttle-group limits (QAPI ThrottleLimits names: iops-read, bps-total, ...); none: unthrottled
+    limits: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def index(self) -> int:
+        return int(self.device[len("vol") :])
 
 
 @dataclass(frozen=True)
@@ -105,6 +125,9 @@ class VmSpec:
     # q35: empty-or-NIC PCIe root ports rp0.. (NIC hot-plug needs one: see argv._root_ports).
     # 0 for the other machines and for runtimes saved before hot-plug existed.
     pcie_ports: int = 0
+    volumes: tuple[VolumeSpec, ...] = ()
+    # q35 with virtio devices: root ports rpv0.. for volumes, volume N on rpvN (volumes.root_ports).
+    volume_ports: int = 0
     # Host-side confinement, applied by `start` around the argv (not part of it).
     run_as: str | None = None  # the unprivileged user QEMU becomes (None: root)
     cgroup: str | None = None  # the VM's cgroup, relative to each hierarchy's root
@@ -115,6 +138,8 @@ class VmSpec:
     def __post_init__(self) -> None:
         if not 0 <= self.pcie_ports <= MAX_PCIE_PORTS or (self.pcie_ports and self.machine != "q35"):
             raise ValueError(f"invalid pcie_ports {self.pcie_ports}: 0 to {MAX_PCIE_PORTS}, on q35 only")
+        if not 0 <= self.volume_ports <= MAX_VOLUME_PORTS or (self.volume_ports and self.machine != "q35"):
+            raise ValueError(f"invalid volume_ports {self.volume_ports}: 0 to {MAX_VOLUME_PORTS}, q35 only")
 
     @property
     def binary(self) -> str:
@@ -129,6 +154,7 @@ class VmSpec:
         data = asdict(self)
         data["disks"] = [asdict(disk) for disk in self.disks]
         data["nics"] = [asdict(nic) for nic in self.nics]
+        data["volumes"] = [{**asdict(vol), "limits": dict(vol.limits)} for vol in self.volumes]
         return data
 
     @classmethod
@@ -136,6 +162,10 @@ class VmSpec:
         values = dict(data)
         values["disks"] = tuple(DiskSpec(**disk) for disk in values.get("disks", ()))
         values["nics"] = tuple(NicSpec(**nic) for nic in values.get("nics", ()))
+        values["volumes"] = tuple(
+            VolumeSpec(**{**vol, "limits": tuple(dict(vol.get("limits", {})).items())})
+            for vol in values.get("volumes", ())
+        )
         uefi = values.get("uefi")
         values["uefi"] = UefiSpec(**uefi) if uefi else None
         return cls(**values)

@@ -7,19 +7,26 @@ After an intended change to argv.py, regenerate them with
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
 from virtkit.drivers.qemu.argv import SANDBOX, build_argv, esc, with_tap_fds
-from virtkit.drivers.qemu.spec import DiskSpec, NicSpec, UefiSpec, VmSpec
+from virtkit.drivers.qemu.spec import DiskSpec, NicSpec, UefiSpec, VmSpec, VolumeSpec
 
 GOLDEN = Path(__file__).parent / "golden"
 DIR = "/var/lib/virtkit/instances/vm1"
 IMAGE = "/var/lib/virtkit/images/0123abcd"
 MiB = 1024 * 1024
 PORTS = 8  # plan.HOTPLUG_PORTS: what every q35 VM gets
+VOLUME_PORTS = 4  # volumes.HOTPLUG_VOLUME_PORTS: what every q35 VM with virtio devices gets
+POOL = "/srv/fast/block"
+# A volume limited on reads (operations) and writes (bytes), and one in slot vol2 (vol1 was detached).
+LIMITS = (("iops-read", 500), ("bps-write", 50 * MiB))
+DATA = VolumeSpec("vol0", "fast", "data", f"{POOL}/data.qcow2", limits=LIMITS)
+LOGS = VolumeSpec("vol2", "default", "logs-of-the-web-frontend", "/srv/pools/default/block/logs.qcow2")
 LAN = NicSpec("vk5b0d2f7en0", "52:54:00:12:34:56", "vk-lan", index=0)
 DMZ = NicSpec("vk5b0d2f7en2", "52:54:00:ab:cd:ef", "vk-dmz", index=2)  # eth1 was detached
 
@@ -67,6 +74,7 @@ SPECS: dict[str, VmSpec] = {
     "q35-uefi-iso": _base(
         machine="q35",
         pcie_ports=PORTS,
+        volume_ports=VOLUME_PORTS,
         kernel=None,
         initrd=None,
         cmdline="",
@@ -82,6 +90,7 @@ SPECS: dict[str, VmSpec] = {
     "q35-bios-iso": _base(
         machine="q35",
         pcie_ports=PORTS,
+        volume_ports=VOLUME_PORTS,
         kernel=None,
         initrd=None,
         cmdline="",
@@ -104,7 +113,7 @@ SPECS: dict[str, VmSpec] = {
     ),
     # NICs on q35, each on the root port of its number (a hole where a NIC was detached), the
     # other ports empty for NICs attached while it runs.
-    "q35-virtio-nics": _base(machine="q35", pcie_ports=PORTS, nics=(LAN, DMZ)),
+    "q35-virtio-nics": _base(machine="q35", pcie_ports=PORTS, volume_ports=VOLUME_PORTS, nics=(LAN, DMZ)),
     # An e1000 for a guest without virtio, on its root port as well.
     "q35-emulated-nics": _base(
         machine="q35",
@@ -151,6 +160,33 @@ SPECS: dict[str, VmSpec] = {
         ready_marker=None,
         seed=f"{DIR}/seed.iso",
     ),
+    # Block volumes on q35, after everything else: the limited one under its throttle group, each on
+    # the volume root port of its number (rpv0, rpv2), beside the NICs' ports.
+    "q35-virtio-volumes": _base(
+        machine="q35", pcie_ports=PORTS, volume_ports=VOLUME_PORTS, nics=(LAN,), volumes=(DATA, LOGS)
+    ),
+    # microvm and arm's virt: on virtio-mmio.
+    "microvm-virtio-volumes": _base(tsc_khz=2600000, volumes=(DATA, LOGS)),
+    "aarch64-virt-volumes": _base(
+        arch="aarch64",
+        machine="virt",
+        cpu_model="cortex-a57",
+        kernel=f"{IMAGE}/vmlinuz",
+        cmdline="console=ttyAMA0 panic=-1 quiet virtkit.hostname=vm1",
+        volumes=(DATA,),
+    ),
+    # Emulated devices: SATA disks on q35's AHCI, after the root disk and the seed CD-ROM; no volume ports.
+    "q35-emulated-volumes": _base(
+        machine="q35",
+        pcie_ports=PORTS,
+        devices="emulated",
+        disks=(DiskSpec(f"{DIR}/root.qcow2", bus="ahci"),),
+        ready_file=None,
+        agent_socket=None,
+        ready_marker=None,
+        seed=f"{DIR}/seed.iso",
+        volumes=(VolumeSpec("vol0", "fast", "data", f"{POOL}/data.qcow2", bus="ahci"),),
+    ),
 }
 
 
@@ -180,10 +216,18 @@ def test_safety_flags_and_explicit_formats(case: str) -> None:
     assert "-daemonize" not in argv  # QEMU 7.2 dies of SIGSYS daemonizing under this sandbox
     assert "-drive" not in argv  # -blockdev only: nothing implicit
     blockdevs = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-blockdev"]
+    keyval = [b for b in blockdevs if not b.startswith("{")]
     # Every node that reads a file names its format; throttle filters sit on top of such nodes.
-    files = [b for b in blockdevs if "file.filename=" in b]
+    files = [b for b in keyval if "file.filename=" in b]
     assert files and all(b.startswith(("driver=qcow2,", "driver=raw,")) for b in files)
-    assert all(b.startswith("driver=throttle,") for b in blockdevs if b not in files)
+    assert all(b.startswith("driver=throttle,") for b in keyval if b not in files)
+    # Volumes (JSON): each file node under a qcow2 node that opens no backing file
+    nodes = [json.loads(b) for b in blockdevs if b.startswith("{")]
+    formats = {n["file"]: n for n in nodes if n["driver"] == "qcow2"}
+    for node in nodes:
+        assert node["driver"] in ("file", "qcow2", "throttle")
+        if node["driver"] == "file":
+            assert formats[node["node-name"]]["backing"] is None
     assert argv[argv.index("-uuid") + 1] == SPECS[case].uuid  # what the PID-reuse guard looks for
 
 
@@ -245,7 +289,7 @@ def _option(device: str, key: str) -> str | None:
 
 def test_every_q35_nic_sits_on_the_root_port_of_its_number() -> None:
     devices = _devices(build_argv(SPECS["q35-virtio-nics"]))
-    ports = [d for d in devices if d.startswith("pcie-root-port,")]
+    ports = [d for d in devices if d.startswith("pcie-root-port,id=rp") and "id=rpv" not in d]
     assert [_option(p, "id") for p in ports] == [f"rp{i}" for i in range(PORTS)]
     # one chassis and one PCIe port number each, all packed in one multifunction slot
     assert len({_option(p, "chassis") for p in ports}) == len({_option(p, "port") for p in ports}) == PORTS

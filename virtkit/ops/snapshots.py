@@ -1,0 +1,291 @@
+"""Snapshots of instances: create, list, show, restore, delete (design: docs/snapshots.md).
+
+A snapshot is a record in the store (SnapshotRecord, deleted with its instance) and its data: for
+a VM, qcow2 internal snapshots of the disks it owns plus copies of its small files; for a
+container, a copy of its writable layer (storage/vmsnap.py, storage/containersnap.py). The data
+lives under the instance's directory, so deleting the instance deletes it too.
+
+Every verb holds the instance's lock, as the lifecycle verbs do, and reads the live state from
+the driver. Create makes the data under a temporary name, renames it into place and only then
+stores the record: a failure at any step removes what was made, and a crash leaves data without a
+record, which the next create of that name removes. Restore checks the snapshot's data is all
+there before it touches the instance; a running (or paused) instance is stopped at once (what it
+holds now is being thrown away), restored, and started again — also when restoring fails, so a
+failed restore leaves it as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from virtkit.drivers.base import Driver, InstancePaths, Runtime, get_driver
+from virtkit.errors import ConflictError, StateError, StoreError, VirtkitError
+from virtkit.model import InstanceKind, InstanceRecord, InstanceState, SnapshotRecord, validate_name
+from virtkit.ops.lifecycle import READY_TIMEOUT, DriverFor, Lifecycle
+from virtkit.storage.archive import remove_tree
+from virtkit.storage.snapshots import Backend, Captured, snapshot_dir, snapshots_dir, stage, sweep
+from virtkit.store import Store
+
+log = logging.getLogger(__name__)
+
+BackendFor = Callable[[InstanceRecord, InstancePaths, bool], Backend]  # (instance, paths, live)
+
+QMP_TIMEOUT = 120.0  # an internal snapshot of a big, much-written disk
+_DEFAULT = re.compile(r"snap([0-9]{1,9})")
+
+
+@dataclass(frozen=True)
+class SnapshotView:
+    """A snapshot's record, its instance's kind and where its copied files are."""
+
+    record: SnapshotRecord
+    kind: InstanceKind
+    path: Path
+
+    def to_dict(self) -> dict[str, object]:
+        data = self.record.model_dump(mode="json")
+        data["kind"] = self.kind.value
+        data["path"] = str(self.path)
+        return data
+
+
+@dataclass(frozen=True)
+class Restored:
+    """What `restore` did: the snapshot, the instance's state before, whether it was restarted."""
+
+    snapshot: SnapshotRecord
+    was: InstanceState
+    restarted: bool
+
+
+def _captured(snapshot: SnapshotRecord) -> Captured:
+    return Captured(tuple(snapshot.disks), tuple(snapshot.files), snapshot.size)
+
+
+class Snapshots:
+    """The snapshot verbs over one state root."""
+
+    def __init__(
+        self, root: Path, store: Store, drivers: DriverFor = get_driver, backends: BackendFor | None = None
+    ) -> None:
+        self.root = root
+        self.store = store
+        self.drivers = drivers
+        self.backends = backends or backend_for
+
+    def paths(self, name: str) -> InstancePaths:
+        return InstancePaths.of(self.root, name)
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def list(self, instance: str) -> list[SnapshotRecord]:
+        """The instance's snapshots, oldest first."""
+        record = self.store.get(InstanceRecord, validate_name(instance))
+        found = self.store.list(SnapshotRecord, instance=record.name)
+        return sorted(found, key=lambda snapshot: (snapshot.created_at, snapshot.name))
+
+    def get(self, instance: str, name: str) -> SnapshotRecord:
+        """One snapshot; NotFoundError names the instance or the snapshot that is missing."""
+        record = self.store.get(InstanceRecord, validate_name(instance))
+        return self.store.get(SnapshotRecord, record.name, validate_name(name, what="snapshot name"))
+
+    def view(self, instance: str, name: str) -> SnapshotView:
+        snapshot = self.get(instance, name)
+        kind = self.store.get(InstanceRecord, snapshot.instance).kind
+        return SnapshotView(snapshot, kind, snapshot_dir(self.paths(snapshot.instance).dir, snapshot.name))
+
+    # --- changing -------------------------------------------------------------------------------
+
+    def create(self, instance: str, name: str | None = None) -> tuple[SnapshotRecord, tuple[str, ...]]:
+        """Take a snapshot (named snapN, the next number, when `name` is None); the record and the
+        notes to show (e.g. that a running VM's snapshot is disk-only)."""
+        wanted = validate_name(instance)
+        snap = validate_name(name, what="snapshot name") if name is not None else None
+        with self.store.lock("instance", wanted), _host_errors(f"snapshotting {wanted}"):
+            record = self.store.get(InstanceRecord, wanted)
+            snap = self._free_name(record.name, snap)
+            driver, paths = self.drivers(record.kind), self.paths(record.name)
+            status = driver.status(record, paths)
+            live = status.pid is not None
+            backend = self.backends(record, paths, live)
+            staged = self._prepare(backend, paths, snap)
+            captured: Captured | None = None
+            try:
+                frozen = backend.freeze and status.state is InstanceState.RUNNING
+                captured = self._capture(driver, record, paths, backend, snap, staged, frozen=frozen)
+                snapshot = SnapshotRecord(
+                    instance=record.name, name=snap, size=captured.size, disks=list(captured.disks),
+                    files=list(captured.files), live=live,
+                )  # fmt: skip
+                final = snapshot_dir(paths.dir, snap)
+                os.rename(staged, final)
+                staged = final
+                return self.store.create(snapshot), captured.notes
+            except BaseException:
+                if captured is not None:
+                    _quietly(backend.remove, snap, captured)
+                remove_tree(staged)
+                raise
+
+    def _free_name(self, instance: str, name: str | None) -> str:
+        """`name`, refused if the instance has a snapshot by that name; else the next snapN."""
+        if name is None:
+            return self._next_name(instance)
+        if self.store.find(SnapshotRecord, instance, name) is not None:
+            raise ConflictError(
+                f"snapshot {name!r} of instance {instance!r} already exists",
+                hint=f"pick another name, or delete it first: virtkit snapshot delete {instance} {name}",
+            )
+        return name
+
+    def _prepare(self, backend: Backend, paths: InstancePaths, snap: str) -> Path:
+        """Clear what a crashed create left of `snap` (it has no record); its staging directory."""
+        home = snapshots_dir(paths.dir)
+        sweep(home)
+        leftover = snapshot_dir(paths.dir, snap)
+        if os.path.lexists(leftover):
+            log.warning("removing %s, left by an interrupted snapshot create", leftover)
+            remove_tree(leftover)
+        backend.forget(snap)
+        return stage(home, snap)
+
+    @staticmethod
+    def _capture(
+        driver: Driver, record: InstanceRecord, paths: InstancePaths, backend: Backend, snap: str,
+        staged: Path, *, frozen: bool,
+    ) -> Captured:  # fmt: skip
+        if not frozen:
+            return backend.capture(snap, staged)
+        driver.pause(record, paths)  # its processes stand still while its files are read
+        try:
+            captured = backend.capture(snap, staged)
+        except BaseException:
+            _quietly(driver.resume, record, paths)
+            raise
+        try:
+            driver.resume(record, paths)
+        except BaseException:
+            _quietly(backend.remove, snap, captured)
+            raise
+        return captured
+
+    def _next_name(self, instance: str) -> str:
+        """snap0, snap1, ...: one past the highest snapN taken, as Incus names them."""
+        taken = {snapshot.name for snapshot in self.store.list(SnapshotRecord, instance=instance)}
+        numbers = [int(match[1]) for name in taken if (match := _DEFAULT.fullmatch(name))]
+        number = max(numbers, default=-1) + 1
+        while f"snap{number}" in taken:
+            number += 1
+        return f"snap{number}"
+
+    def restore(
+        self, instance: str, name: str, *, wait: bool = False, timeout: float = READY_TIMEOUT
+    ) -> Restored:
+        """Put the instance back to snapshot `name`. A running or paused instance is stopped at once,
+        restored and started again (with `wait`, until it is ready)."""
+        snapshot = self.get(instance, name)
+        with self.store.lock("instance", snapshot.instance), _host_errors(f"restoring {snapshot.instance}"):
+            snapshot = self.get(instance, name)
+            record = self.store.get(InstanceRecord, snapshot.instance)
+            driver, paths = self.drivers(record.kind), self.paths(record.name)
+            status = driver.status(record, paths)
+            source = snapshot_dir(paths.dir, snapshot.name)
+            if not source.is_dir() or source.is_symlink():
+                raise StateError(
+                    f"snapshot {snapshot.name!r} of {record.name!r} has lost its data: {source} is missing",
+                    hint=f"delete it: virtkit snapshot delete {record.name} {snapshot.name}",
+                )
+            live = status.pid is not None
+            self.backends(record, paths, live).check(snapshot.name, _captured(snapshot), source)
+            lifecycle = Lifecycle(self.root, self.store, self.drivers)
+            restart = status.state in (InstanceState.RUNNING, InstanceState.PAUSED)
+            if status.state is not InstanceState.STOPPED:
+                lifecycle.stop(record.name, force=True)
+            driver.cleanup(record, paths)  # a container's overlay must be unmounted
+            try:
+                self.backends(record, paths, False).restore(snapshot.name, _captured(snapshot), source)
+            except BaseException:
+                if restart:
+                    _quietly(lifecycle.start, record.name)
+                raise
+            if restart:
+                lifecycle.start(record.name, wait=wait, timeout=timeout)
+            return Restored(snapshot, status.state, restart)
+
+    def delete(self, instance: str, name: str) -> SnapshotRecord:
+        """Remove a snapshot's data and its record."""
+        snapshot = self.get(instance, name)
+        doing = f"deleting snapshot {snapshot.name} of {snapshot.instance}"
+        with self.store.lock("instance", snapshot.instance), _host_errors(doing):
+            snapshot = self.get(instance, name)
+            record = self.store.get(InstanceRecord, snapshot.instance)
+            driver, paths = self.drivers(record.kind), self.paths(record.name)
+            live = driver.status(record, paths).pid is not None
+            self.backends(record, paths, live).remove(snapshot.name, _captured(snapshot))
+            remove_tree(snapshot_dir(paths.dir, snapshot.name))
+            self.store.delete(SnapshotRecord, record.name, snapshot.name)
+            return snapshot
+
+
+@contextmanager
+def _host_errors(doing: str) -> Iterator[None]:
+    """The host's own failures (a full disk, an I/O error) said as virtkit errors."""
+    try:
+        yield
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise VirtkitError(f"{doing} failed: {exc.strerror or exc}{where}") from exc
+
+
+def _quietly(step: Callable[..., object], *args: object) -> None:
+    """An undo step: logged when it fails, so that the first error is the one reported."""
+    try:
+        step(*args)
+    except Exception as exc:
+        log.error("undoing a snapshot step failed: %s", exc)
+
+
+def backend_for(record: InstanceRecord, paths: InstancePaths, live: bool) -> Backend:
+    """How this instance is snapshotted: by its kind, from its saved runtime (the VM's disks)."""
+    if record.kind is InstanceKind.CONTAINER:
+        from virtkit.drivers.oci.plan import ContainerFiles
+        from virtkit.storage.containersnap import ContainerBackend
+
+        layout = ContainerFiles(paths)
+        return ContainerBackend(layout.upper, layout.work)
+    return _vm_backend(record, paths, live)
+
+
+def _vm_backend(record: InstanceRecord, paths: InstancePaths, live: bool) -> Backend:
+    """The VM's own writable disks (qcow2: internal snapshots; raw: copied) and UEFI variables; not
+    an image's disk, a seed or a pool volume, which are not the instance's own."""
+    from virtkit.drivers.qemu.monitor import Monitor
+    from virtkit.drivers.qemu.spec import VmSpec
+    from virtkit.storage.vmsnap import VmBackend
+
+    try:
+        spec = VmSpec.from_dict(Runtime.from_dict(json.loads(paths.runtime.read_text())).config)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StoreError(
+            f"the saved runtime of instance {record.name!r} cannot be read ({paths.runtime}): {exc}",
+            hint=f"delete and re-create the instance: virtkit delete {record.name}",
+        ) from exc
+    home = Path(os.path.abspath(paths.dir))
+
+    def own(path: str) -> bool:
+        return Path(os.path.abspath(path)).parent == home
+
+    writable = [disk for disk in spec.disks if not disk.readonly and own(disk.path)]
+    disks = tuple(Path(disk.path).name for disk in writable if disk.format == "qcow2")
+    files = [Path(disk.path).name for disk in writable if disk.format != "qcow2"]
+    if spec.uefi is not None and own(spec.uefi.vars):
+        files.append(Path(spec.uefi.vars).name)
+    monitor = Monitor(paths.monitor, name=record.name, timeout=QMP_TIMEOUT) if live else None
+    return VmBackend(home, disks, tuple(files), monitor)
