@@ -47,6 +47,8 @@ TOOLS = (
     Tool("debootstrap", "debootstrap", "builds Debian images"),
     Tool("skopeo", "skopeo", "fetches and copies OCI/Docker images"),
     Tool("umoci", "umoci", "unpacks OCI images into root filesystems"),
+    Tool("xorriso", "xorriso", "writes the cloud-init seed ISO of VMs (--user-data, --ssh-key)"),
+    Tool("zstd", "zstd", "compresses exports (virtkit export --compress zstd)", version_args=("-V",)),
 )
 OCI_RUNTIMES = ("runc", "crun")
 

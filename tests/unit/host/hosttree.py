@@ -38,6 +38,8 @@ TOOL_OUTPUTS = {
     "debootstrap": "debootstrap 1.0.128+nmu2+deb12u2\n",
     "skopeo": "skopeo version 1.9.3\n",
     "umoci": "umoci version 0.4.7+ds-3+b7\n",
+    "xorriso": "xorriso 1.5.4 : RockRidge filesystem manipulator, libburnia project.\n",
+    "zstd": "*** Zstandard CLI (64-bit) v1.5.4, by Yann Collet ***\n",
 }
 ALL_TOOLS = tuple(TOOL_OUTPUTS)
 

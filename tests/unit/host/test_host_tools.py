@@ -33,6 +33,8 @@ EXPECTED_VERSIONS = {
     "debootstrap": "1.0.128",
     "skopeo": "1.9.3",
     "umoci": "0.4.7",
+    "xorriso": "1.5.4",
+    "zstd": "1.5.4",
 }
 
 
