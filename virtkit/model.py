@@ -252,7 +252,10 @@ InstanceRecord.model_rebuild()  # its `volumes` names VolumeAttachment, defined 
 
 class SnapshotRecord(Record):
     """A snapshot of an instance (see docs/snapshots.md). `disks` hold it as qcow2 internal snapshots
-    named like it; `files` were copied into its directory (ROOT/instances/NAME/snapshots/SNAP/)."""
+    named like it; `files` were copied into its directory (ROOT/instances/NAME/snapshots/SNAP/).
+    `stateful`: a running VM's memory and device state too, in its first disk. `expires_at`:
+    when `virtkit snapshot prune` deletes it (None: never); `scheduled`: made by the instance's
+    `snapshots.schedule`."""
 
     TABLE: ClassVar[str] = "snapshots"
     KEY: ClassVar[tuple[str, ...]] = ("instance", "name")
@@ -265,7 +268,8 @@ class SnapshotRecord(Record):
     size: int = Field(default=0, ge=0)  # bytes of data it keeps (a VM: its disks' allocation then)
     disks: list[SnapshotPart] = Field(default_factory=list)
     files: list[SnapshotPart] = Field(default_factory=list)
-    live: bool = False  # taken while the instance ran: consistent as after a power cut
+    live: bool = False  # taken while the instance ran: consistent as after a power cut (unless stateful)
+    scheduled: bool = False
 
 
 class OperationStatus(StrEnum):

@@ -166,8 +166,12 @@ def test_bad_input_gets_clear_errors_and_changes_nothing(tiny: Cli, state_root: 
     for verb in ("restore", "show", "delete"):
         assert_clear_error(tiny("snapshot", verb, "c2", "gone"), 1, "snapshot 'gone' of instance 'c2' not")
     assert_clear_error(tiny("snapshot", "create", "c2", "s1"), 1, "snapshot 's1' of instance 'c2' already")
-    stateful = tiny("snapshot", "create", "c2", "s3", "--stateful")  # a later step: not offered yet
-    assert stateful.returncode == 2 and "No such option" in stateful.stderr
+    assert_clear_error(tiny("snapshot", "create", "c2", "s3", "--stateful"), 1, "are not supported: ")
+    assert_clear_error(tiny("snapshot", "create", "c2", "s3", "--expiry", "7x"), 2, "invalid expiry '7x'")
+    assert_clear_error(tiny("snapshot", "prune"), 2, "give an instance NAME or --all")
+    assert_clear_error(tiny("snapshot", "prune", "c2", "--all"), 2, "not both")
+    assert_clear_error(tiny("set", "c2", "snapshots.schedule=0 */6 * *"), 2, "4 fields, not 5")
+    assert_clear_error(tiny("set", "c2", "snapshots.expiry=soon"), 2, "invalid snapshots.expiry 'soon'")
     assert _tree(state_root) == before
     assert ok(tiny("snapshot", "list", "c2", "--json")) == listed
     assert [i["name"] for i in json.loads(ok(tiny("list", "--json")))] == ["c2"]

@@ -8,6 +8,9 @@ Keys (as Incus users write them, dotted; an empty value goes back to the default
     cpu.allowance    hard quota of host CPU time: 50%, 150%, 25ms/100ms
     disk.iops        root disk I/O operations per second
     disk.bandwidth   root disk bytes per second, e.g. 10MiB
+    snapshots.schedule, snapshots.expiry, snapshots.pattern, snapshots.schedule.stopped
+                     scheduled snapshots (ops/schedule.py); they change nothing the instance runs
+                     with, so they take effect at once, whatever its state
 
 Every value is checked (by regenerating the instance's runtime) before anything changes; then a
 running instance is changed live (the driver refuses, changing nothing, what it cannot do live),
@@ -19,7 +22,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from virtkit.drivers.base import get_driver
@@ -27,6 +31,7 @@ from virtkit.errors import SpecError
 from virtkit.model import InstanceRecord, InstanceState, parse_size, validate_name
 from virtkit.ops.lifecycle import DriverFor
 from virtkit.ops.resources import check_resources
+from virtkit.ops.schedule import SETTINGS, SINCE, check_setting
 from virtkit.store import Store, atomic_write
 
 log = logging.getLogger(__name__)
@@ -36,6 +41,7 @@ CONFIG_KEYS = {
     "cpu.allowance": "cpu_allowance",
     "disk.iops": "disk_iops",
     "disk.bandwidth": "disk_bandwidth",
+    **SETTINGS,
 }
 RECORD_KEYS = ("cpus", "memory")
 KEYS = (*RECORD_KEYS, *CONFIG_KEYS)
@@ -60,10 +66,19 @@ def parse_assignments(items: Sequence[str]) -> dict[str, str]:
     return assignments
 
 
-def changed_record(record: InstanceRecord, assignments: Mapping[str, str]) -> InstanceRecord:
-    """A copy of `record` with the assignments applied (sizes and counts checked)."""
+def changed_record(
+    record: InstanceRecord, assignments: Mapping[str, str], now: Callable[[], float] = time.time
+) -> InstanceRecord:
+    """A copy of `record` with the assignments applied (sizes and counts checked). Setting
+    snapshots.schedule notes when (`now`): the first scheduled snapshot is due after that."""
     new = record.model_copy(deep=True)
     for key, value in assignments.items():
+        if key in SETTINGS:
+            value = check_setting(key, value)
+            if key == "snapshots.schedule":
+                new.config.pop(SINCE, None)
+                if value:
+                    new.config[SINCE] = f"{now():.3f}"
         if key == "memory":
             if not value:
                 raise SpecError("memory needs a value, e.g. memory=512MiB")
@@ -107,6 +122,9 @@ class Settings:
         with self.store.lock("instance", record.name):
             record = self.store.get(InstanceRecord, record.name)
             new = changed_record(record, assignments)
+            if set(assignments) <= set(SETTINGS):  # nothing the instance runs with: at once, in any state
+                log.info("%s: set %s", name, dict(assignments))
+                return self.store.put(new), True
             images = image_store(self.root, self.store)
             image = images.resolve(new.image or "")
             runtime = driver.generate(new, image, images.path(image), paths)

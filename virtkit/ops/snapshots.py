@@ -12,6 +12,15 @@ record, which the next create of that name removes. Restore checks the snapshot'
 there before it touches the instance; a running (or paused) instance is stopped at once (what it
 holds now is being thrown away), restored, and started again — also when restoring fails, so a
 failed restore leaves it as it was.
+
+A stateful snapshot (a running VM's memory and device state too) is restored without a reboot:
+into the running QEMU when the VM runs and has no copied files (snapshot-load; QEMU's open files
+could not be swapped under it), else the VM is stopped, its disks and files restored, QEMU
+started with its vCPUs stopped (-S), the state loaded and the vCPUs let go. If loading fails the
+guest's state is lost: the VM is stopped and the error says so.
+
+The clock (`now`) is injectable: created_at and expires_at are read from it, and the scheduler
+(ops/prune.py) runs on it in tests.
 """
 
 from __future__ import annotations
@@ -20,9 +29,10 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from virtkit.drivers.base import Driver, InstancePaths, Runtime, get_driver
@@ -30,12 +40,14 @@ from virtkit.errors import ConflictError, StateError, StoreError, VirtkitError
 from virtkit.model import InstanceKind, InstanceRecord, InstanceState, SnapshotRecord, validate_name
 from virtkit.ops.lifecycle import READY_TIMEOUT, DriverFor, Lifecycle
 from virtkit.storage.archive import remove_tree
+from virtkit.storage.containersnap import NO_STATE, NO_STATE_HINT
 from virtkit.storage.snapshots import Backend, Captured, snapshot_dir, snapshots_dir, stage, sweep
 from virtkit.store import Store
 
 log = logging.getLogger(__name__)
 
 BackendFor = Callable[[InstanceRecord, InstancePaths, bool], Backend]  # (instance, paths, live)
+Clock = Callable[[], float]  # seconds since the epoch
 
 QMP_TIMEOUT = 120.0  # an internal snapshot of a big, much-written disk
 _DEFAULT = re.compile(r"snap([0-9]{1,9})")
@@ -58,27 +70,40 @@ class SnapshotView:
 
 @dataclass(frozen=True)
 class Restored:
-    """What `restore` did: the snapshot, the instance's state before, whether it was restarted."""
+    """What `restore` did: the snapshot, the instance's state before, whether it was restarted, and
+    whether it resumed from the snapshot's moment (a stateful one) rather than booted afresh."""
 
     snapshot: SnapshotRecord
     was: InstanceState
     restarted: bool
+    resumed: bool = False
 
 
 def _captured(snapshot: SnapshotRecord) -> Captured:
-    return Captured(tuple(snapshot.disks), tuple(snapshot.files), snapshot.size)
+    return Captured(tuple(snapshot.disks), tuple(snapshot.files), snapshot.size, stateful=snapshot.stateful)
+
+
+class _PausedStart(Lifecycle):
+    """Lifecycle whose start leaves QEMU's vCPUs stopped (-S, appended to the saved command line for
+    this start only), so that a stateful snapshot is loaded before the guest runs at all."""
+
+    def _load_runtime(self, record: InstanceRecord) -> Runtime:
+        runtime = super()._load_runtime(record)
+        return replace(runtime, argv=[*runtime.argv, "-S"])
 
 
 class Snapshots:
     """The snapshot verbs over one state root."""
 
     def __init__(
-        self, root: Path, store: Store, drivers: DriverFor = get_driver, backends: BackendFor | None = None
-    ) -> None:
+        self, root: Path, store: Store, drivers: DriverFor = get_driver, backends: BackendFor | None = None,
+        now: Clock = time.time,
+    ) -> None:  # fmt: skip
         self.root = root
         self.store = store
         self.drivers = drivers
         self.backends = backends or backend_for
+        self.now = now
 
     def paths(self, name: str) -> InstancePaths:
         return InstancePaths.of(self.root, name)
@@ -103,9 +128,14 @@ class Snapshots:
 
     # --- changing -------------------------------------------------------------------------------
 
-    def create(self, instance: str, name: str | None = None) -> tuple[SnapshotRecord, tuple[str, ...]]:
+    def create(
+        self, instance: str, name: str | None = None, *, stateful: bool = False, expiry: float | None = None,
+        scheduled: bool = False,
+    ) -> tuple[SnapshotRecord, tuple[str, ...]]:  # fmt: skip
         """Take a snapshot (named snapN, the next number, when `name` is None); the record and the
-        notes to show (e.g. that a running VM's snapshot is disk-only)."""
+        notes to show (e.g. that a running VM's snapshot is disk-only). `stateful`: a running VM's
+        memory and device state too; `expiry`: seconds after which `prune` deletes it;
+        `scheduled`: made by the instance's schedule."""
         wanted = validate_name(instance)
         snap = validate_name(name, what="snapshot name") if name is not None else None
         with self.store.lock("instance", wanted), _host_errors(f"snapshotting {wanted}"):
@@ -114,15 +144,20 @@ class Snapshots:
             driver, paths = self.drivers(record.kind), self.paths(record.name)
             status = driver.status(record, paths)
             live = status.pid is not None
+            if stateful:
+                _check_stateful(record, live)
             backend = self.backends(record, paths, live)
             staged = self._prepare(backend, paths, snap)
             captured: Captured | None = None
             try:
-                frozen = backend.freeze and status.state is InstanceState.RUNNING
-                captured = self._capture(driver, record, paths, backend, snap, staged, frozen=frozen)
+                frozen = backend.freeze and status.state is InstanceState.RUNNING and not stateful
+                captured = self._capture(driver, record, paths, backend, snap, staged, frozen=frozen,
+                                         stateful=stateful)  # fmt: skip
+                taken = self.now()
                 snapshot = SnapshotRecord(
                     instance=record.name, name=snap, size=captured.size, disks=list(captured.disks),
-                    files=list(captured.files), live=live,
+                    files=list(captured.files), live=live, stateful=captured.stateful, scheduled=scheduled,
+                    created_at=taken, updated_at=taken, expires_at=None if expiry is None else taken + expiry,
                 )  # fmt: skip
                 final = snapshot_dir(paths.dir, snap)
                 os.rename(staged, final)
@@ -159,8 +194,10 @@ class Snapshots:
     @staticmethod
     def _capture(
         driver: Driver, record: InstanceRecord, paths: InstancePaths, backend: Backend, snap: str,
-        staged: Path, *, frozen: bool,
+        staged: Path, *, frozen: bool, stateful: bool = False,
     ) -> Captured:  # fmt: skip
+        if stateful:
+            return backend.capture_state(snap, staged)
         if not frozen:
             return backend.capture(snap, staged)
         driver.pause(record, paths)  # its processes stand still while its files are read
@@ -189,7 +226,8 @@ class Snapshots:
         self, instance: str, name: str, *, wait: bool = False, timeout: float = READY_TIMEOUT
     ) -> Restored:
         """Put the instance back to snapshot `name`. A running or paused instance is stopped at once,
-        restored and started again (with `wait`, until it is ready)."""
+        restored and started again (with `wait`, until it is ready). A stateful snapshot resumes
+        the guest where it was instead, running (nothing to wait for)."""
         snapshot = self.get(instance, name)
         with self.store.lock("instance", snapshot.instance), _host_errors(f"restoring {snapshot.instance}"):
             snapshot = self.get(instance, name)
@@ -203,9 +241,13 @@ class Snapshots:
                     hint=f"delete it: virtkit snapshot delete {record.name} {snapshot.name}",
                 )
             live = status.pid is not None
-            self.backends(record, paths, live).check(snapshot.name, _captured(snapshot), source)
-            lifecycle = Lifecycle(self.root, self.store, self.drivers)
+            backend = self.backends(record, paths, live)
+            backend.check(snapshot.name, _captured(snapshot), source)
             restart = status.state in (InstanceState.RUNNING, InstanceState.PAUSED)
+            if snapshot.stateful and restart and not snapshot.files:
+                self._load_live(record, backend, snapshot)
+                return Restored(snapshot, status.state, restarted=False, resumed=True)
+            lifecycle = Lifecycle(self.root, self.store, self.drivers)
             if status.state is not InstanceState.STOPPED:
                 lifecycle.stop(record.name, force=True)
             driver.cleanup(record, paths)  # a container's overlay must be unmounted
@@ -215,9 +257,33 @@ class Snapshots:
                 if restart:
                     _quietly(lifecycle.start, record.name)
                 raise
+            if snapshot.stateful:
+                self._start_at(record, paths, snapshot)
+                return Restored(snapshot, status.state, restarted=restart, resumed=True)
             if restart:
                 lifecycle.start(record.name, wait=wait, timeout=timeout)
             return Restored(snapshot, status.state, restart)
+
+    def _load_live(self, record: InstanceRecord, backend: Backend, snapshot: SnapshotRecord) -> None:
+        """Load stateful `snapshot` into the instance's running QEMU; stopped if that fails."""
+        try:
+            backend.load_state(snapshot.name, _captured(snapshot))
+        except Exception as exc:
+            _quietly(lambda: Lifecycle(self.root, self.store, self.drivers).stop(record.name, force=True))
+            raise _state_lost(record.name, snapshot.name, exc) from exc
+        record.state = InstanceState.RUNNING
+        self.store.put(record)
+
+    def _start_at(self, record: InstanceRecord, paths: InstancePaths, snapshot: SnapshotRecord) -> None:
+        """Start the (restored, stopped) instance with its vCPUs stopped, load stateful `snapshot`
+        into it and let it run; stopped again if loading fails."""
+        paused = _PausedStart(self.root, self.store, self.drivers)
+        paused.start(record.name)
+        try:
+            self.backends(record, paths, True).load_state(snapshot.name, _captured(snapshot))
+        except Exception as exc:
+            _quietly(lambda: paused.stop(record.name, force=True))
+            raise _state_lost(record.name, snapshot.name, exc) from exc
 
     def delete(self, instance: str, name: str) -> SnapshotRecord:
         """Remove a snapshot's data and its record."""
@@ -242,6 +308,26 @@ def _host_errors(doing: str) -> Iterator[None]:
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
         raise VirtkitError(f"{doing} failed: {exc.strerror or exc}{where}") from exc
+
+
+def _check_stateful(record: InstanceRecord, live: bool) -> None:
+    """StateError when `record` cannot have a stateful snapshot taken now (before anything is made)."""
+    if record.kind is InstanceKind.CONTAINER:
+        raise StateError(NO_STATE, hint=NO_STATE_HINT)
+    if not live:
+        raise StateError(
+            f"a stateful snapshot saves the memory of a running VM, and {record.name!r} is stopped "
+            "(its disks alone are its whole state)",
+            hint=f"take it without --stateful: virtkit snapshot create {record.name}",
+        )
+
+
+def _state_lost(instance: str, snapshot: str, exc: Exception) -> VirtkitError:
+    return VirtkitError(
+        f"loading the memory state of snapshot {snapshot} into {instance} failed: {exc}. Its running state "
+        f"was lost, so {instance} was stopped; its disks may already be the snapshot's",
+        hint=f"start it to boot from its disks (virtkit start {instance}), or try the restore again",
+    )
 
 
 def _quietly(step: Callable[..., object], *args: object) -> None:
@@ -287,5 +373,7 @@ def _vm_backend(record: InstanceRecord, paths: InstancePaths, live: bool) -> Bac
     files = [Path(disk.path).name for disk in writable if disk.format != "qcow2"]
     if spec.uefi is not None and own(spec.uefi.vars):
         files.append(Path(spec.uefi.vars).name)
+    others = [f"the disk {disk.path}" for disk in spec.disks if not disk.readonly and not own(disk.path)]
+    others += [f"the block volume {vol.pool}/{vol.name}" for vol in spec.volumes]
     monitor = Monitor(paths.monitor, name=record.name, timeout=QMP_TIMEOUT) if live else None
-    return VmBackend(home, disks, tuple(files), monitor)
+    return VmBackend(home, disks, tuple(files), monitor, others=tuple(others))

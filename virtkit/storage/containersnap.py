@@ -28,6 +28,11 @@ from virtkit.store.files import temp_name
 log = logging.getLogger(__name__)
 
 UPPER = "upper"
+NO_STATE = (
+    "stateful snapshots of containers are not supported: keeping their processes' memory needs CRIU "
+    "(checkpoint/restore in userspace), which virtkit does not use (it fails on the kernels tested)"
+)
+NO_STATE_HINT = "take it without --stateful: its files are kept, and its processes start afresh on restore"
 
 
 def _escaped(path: Path) -> str:
@@ -66,6 +71,12 @@ class ContainerBackend:
             raise StateError(f"the container has no writable layer at {self.upper}")
         copy(self.upper, into / UPPER, what=f"copying the writable layer for snapshot {name}")
         return Captured(files=(UPPER,), size=usage(into / UPPER) or 0)
+
+    def capture_state(self, name: str, into: Path) -> Captured:
+        raise StateError(NO_STATE, hint=NO_STATE_HINT)
+
+    def load_state(self, name: str, captured: Captured) -> None:
+        raise StateError(NO_STATE, hint=NO_STATE_HINT)
 
     def check(self, name: str, captured: Captured, source: Path) -> None:
         if not (source / UPPER).is_dir() or (source / UPPER).is_symlink():

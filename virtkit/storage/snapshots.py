@@ -69,6 +69,7 @@ class Captured:
     files: tuple[str, ...] = ()
     size: int = 0
     notes: tuple[str, ...] = field(default=(), compare=False)  # said to the user
+    stateful: bool = False  # the first disk also holds the memory and device state
 
 
 class Backend(Protocol):
@@ -86,6 +87,15 @@ class Backend(Protocol):
 
     def capture(self, name: str, into: Path) -> Captured:
         """Take snapshot `name`; on failure nothing of it is left (`into` is removed by ops)."""
+
+    def capture_state(self, name: str, into: Path) -> Captured:
+        """Take snapshot `name` of the running instance with its memory and device state, so that
+        `load_state` resumes it where it was; StateError when this instance or kind cannot (a
+        container: no CRIU). On failure nothing of it is left, as with `capture`."""
+
+    def load_state(self, name: str, captured: Captured) -> None:
+        """Put the running (or paused, or not yet started) instance back to stateful snapshot `name`
+        and let it run on from there. On failure its state may be lost: ops stop it."""
 
     def check(self, name: str, captured: Captured, source: Path) -> None:
         """Raise StateError when the snapshot's data is not all there (before anything is stopped)."""

@@ -13,6 +13,9 @@ QEMU passes the snapshot down to); deleting is `blockdev-snapshot-delete-interna
 snapshot is disk-only: restoring it is like booting after a power cut. The files copied whole
 (the UEFI variable store) are copied with the vCPUs paused, so they match the disks.
 
+Stateful snapshots (the RAM and device state too, kept in the first disk's internal snapshot) are
+QEMU's snapshot-save and snapshot-load jobs on the same root nodes: see vmstate.py.
+
 The disk files are QEMU's user's (it may rename them: the instance directory is sticky and
 group-writable for it), so a path is never handed to qemu-img: the file is opened here without
 following a symlink, checked to be a regular file, and qemu-img gets that descriptor
@@ -31,12 +34,14 @@ import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from virtkit.errors import StateError, ToolError
 from virtkit.images.tools import missing_tool, tail
+from virtkit.storage import vmstate
 from virtkit.storage.archive import remove_tree
 from virtkit.storage.snapshots import Captured, copy
+from virtkit.storage.vmstate import Qmp
 from virtkit.store.files import temp_name
 
 log = logging.getLogger(__name__)
@@ -44,11 +49,7 @@ log = logging.getLogger(__name__)
 QEMU_IMG_TIMEOUT = 600.0  # an internal snapshot updates the refcount of every allocated cluster
 UNDO = "virtkit-undo"  # not a valid snapshot name (virtkit's have no prefix), so never a user's
 
-
-class Qmp(Protocol):
-    """The QMP monitor of the running QEMU (drivers/qemu/monitor.Monitor)."""
-
-    def execute(self, command: str, arguments: Mapping[str, object] | None = None) -> object: ...
+__all__ = ["UNDO", "Qmp", "VmBackend", "qemu_img", "root_nodes", "state_sizes", "tags"]
 
 
 @contextlib.contextmanager
@@ -90,27 +91,36 @@ def qemu_img(path: Path, args: list[str], what: str, *, write: bool = True) -> s
     return done.stdout
 
 
-def tags(path: Path) -> list[str]:
-    """The names of the internal snapshots of the qcow2 disk at `path` (read-only, without taking
-    its lock: QEMU may hold it, and writes its snapshot table at once)."""
+def state_sizes(path: Path) -> dict[str, int]:
+    """The internal snapshots of the qcow2 disk at `path`: name -> bytes of VM state it holds (0 for
+    a disk-only one). Read-only, without taking its lock: QEMU may hold it, and writes its
+    snapshot table at once."""
     out = qemu_img(path, ["info", "--output=json", "-U", "--image-opts"], f"reading {path.name}", write=False)
     try:
         info = json.loads(out)
-        return [str(entry["name"]) for entry in info.get("snapshots", [])]
+        return {str(entry["name"]): int(entry.get("vm-state-size", 0)) for entry in info.get("snapshots", [])}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ToolError(f"qemu-img info gave no snapshot list for {path}", stderr=out[-2000:]) from exc
+
+
+def tags(path: Path) -> list[str]:
+    """The names of the internal snapshots of the qcow2 disk at `path` (see `state_sizes`)."""
+    return list(state_sizes(path))
 
 
 @dataclass(frozen=True)
 class VmBackend:
     """The snapshots of the VM whose directory is `home`. `disks`: its qcow2 disks (bare names in
-    `home`); `files`: what is copied whole; `monitor`: its running QEMU's, None when stopped."""
+    `home`, the root disk first); `files`: what is copied whole; `monitor`: its running QEMU's,
+    None when stopped; `others`: its writable disks that are not its own (pool volumes), said
+    when a stateful snapshot is refused for them."""
 
     home: Path
     disks: tuple[str, ...]
     files: tuple[str, ...] = ()
     monitor: Qmp | None = None
     freeze: bool = False  # QEMU makes a live snapshot atomic itself
+    others: tuple[str, ...] = ()
 
     def forget(self, name: str) -> None:
         for disk in self.disks:
@@ -136,20 +146,39 @@ class VmBackend:
             except BaseException:
                 self._undo(made, name)
                 raise
-        size = sum(os.lstat(self.home / disk).st_blocks * 512 for disk in self.disks)
-        size += sum(os.lstat(into / file).st_blocks * 512 for file in self.files)
         notes = ("disk-only: restoring it is like starting after a power cut",) if self.monitor else ()
-        return Captured(disks=self.disks, files=self.files, size=size, notes=notes)
+        return Captured(disks=self.disks, files=self.files, size=self._size(into), notes=notes)
 
-    def _capture_live(self, monitor: Qmp, name: str, into: Path) -> None:
+    def capture_state(self, name: str, into: Path) -> Captured:
+        """A stateful snapshot of the running (or paused) VM: see vmstate.py."""
+        if self.monitor is None:
+            raise StateError(
+                "a stateful snapshot saves the memory of a running VM, and this one is stopped",
+                hint="start it first, or take a disk-only snapshot: drop --stateful",
+            )
+        vmstate.preflight(self.monitor, self.disks, self.others)
+        self._capture_live(self.monitor, name, into, stateful=True)
+        return Captured(disks=self.disks, files=self.files, size=self._size(into), stateful=True)
+
+    def _size(self, into: Path) -> int:
+        size = sum(os.lstat(self.home / disk).st_blocks * 512 for disk in self.disks)
+        return size + sum(os.lstat(into / file).st_blocks * 512 for file in self.files)
+
+    def _capture_live(self, monitor: Qmp, name: str, into: Path, *, stateful: bool = False) -> None:
         nodes = root_nodes(monitor, [self.home / disk for disk in self.disks])
         paused_here = bool(self.files) and _run_state(monitor) == "running"
         if paused_here:  # the files must be copied as the disks are: nothing may run in between
             monitor.execute("stop")
         try:
-            actions = [{"type": "blockdev-snapshot-internal-sync", "data": {"device": node, "name": name}}
-                       for node in nodes]  # fmt: skip
-            if actions:
+            if stateful:
+                try:
+                    vmstate.save(monitor, name, nodes)
+                except BaseException:
+                    self._undo_present(name)  # QEMU stops at the first disk that fails
+                    raise
+            elif nodes:
+                actions = [{"type": "blockdev-snapshot-internal-sync", "data": {"device": node, "name": name}}
+                           for node in nodes]  # fmt: skip
                 monitor.execute("transaction", {"actions": actions})
             try:
                 self._copy_files(into)
@@ -159,6 +188,16 @@ class VmBackend:
         finally:
             if paused_here:
                 monitor.execute("cont")
+
+    def load_state(self, name: str, captured: Captured) -> None:
+        """Put the running (or paused, or not yet started: -S) VM back to stateful snapshot `name`,
+        disks and memory, and let it run on from there."""
+        if self.monitor is None:
+            raise StateError("a stateful snapshot is loaded into a running QEMU, and this VM is stopped")
+        if not captured.stateful or not captured.disks:
+            raise StateError(f"snapshot {name} holds no memory state: it is restored as a disk-only one")
+        nodes = root_nodes(self.monitor, [self.home / disk for disk in captured.disks])
+        vmstate.load(self.monitor, name, nodes)
 
     def _copy_files(self, into: Path) -> None:
         for file in self.files:
@@ -178,6 +217,15 @@ class VmBackend:
             except (ToolError, StateError) as exc:  # the first failure is the one to report
                 log.error("cannot remove snapshot %s of %s again: %s", name, disk, exc)
 
+    def _undo_present(self, name: str) -> None:
+        """Remove snapshot `name` from those disks that have it (after a failed save)."""
+        try:
+            present = [disk for disk in self.disks if name in tags(self.home / disk)]
+        except (ToolError, StateError) as exc:
+            log.error("cannot tell which disks hold snapshot %s: %s", name, exc)
+            return
+        self._undo(present, name)
+
     def _delete(self, disk: str, name: str) -> None:
         if self.monitor is not None:
             (node,) = root_nodes(self.monitor, [self.home / disk])
@@ -186,10 +234,14 @@ class VmBackend:
             self._img(disk, "-d", name, f"deleting snapshot {name} of {disk}")
 
     def check(self, name: str, captured: Captured, source: Path) -> None:
-        for disk in captured.disks:
+        for index, disk in enumerate(captured.disks):
             path = self.home / disk
-            if not path.is_file() or name not in tags(path):
+            sizes = state_sizes(path) if path.is_file() else {}
+            if name not in sizes:
                 raise StateError(f"snapshot {name} has lost its data: {path} holds no snapshot {name}",
+                                 hint=f"delete it: virtkit snapshot delete INSTANCE {name}")  # fmt: skip
+            if captured.stateful and index == 0 and not sizes[name]:
+                raise StateError(f"snapshot {name} has lost its memory state: {path} holds its disks only",
                                  hint=f"delete it: virtkit snapshot delete INSTANCE {name}")  # fmt: skip
         for file in captured.files:
             if not (source / file).is_file():

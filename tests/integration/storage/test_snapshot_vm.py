@@ -1,9 +1,12 @@
 """A VM's snapshots for real: qcow2 internal snapshots made, applied and deleted by qemu-img on a
 stopped VM's overlay disk (its backing image untouched), and through QMP on a running QEMU whose
-disk sits under a throttle filter, as virtkit runs them; failures undone."""
+disk sits under a throttle filter, as virtkit runs them; failures undone. Stateful ones: QEMU's
+snapshot-save/-load jobs (state in the root disk, jobs dismissed, a device blocking migration
+refused first). A guest resuming a counter is tested end to end in tests/e2e/test_snapshot_stateful.py."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -16,7 +19,7 @@ import pytest
 from virtkit.drivers.qemu.monitor import Monitor
 from virtkit.errors import StateError, ToolError
 from virtkit.storage.snapshots import Captured
-from virtkit.storage.vmsnap import UNDO, VmBackend, root_nodes, tags
+from virtkit.storage.vmsnap import UNDO, VmBackend, root_nodes, state_sizes, tags
 
 pytestmark = pytest.mark.skipif(
     shutil.which("qemu-img") is None or shutil.which("qemu-system-x86_64") is None, reason="needs QEMU"
@@ -127,13 +130,14 @@ def test_a_diskless_vm_has_nothing_to_snapshot(tmp_path: Path) -> None:
         VmBackend(tmp_path, ()).capture("s1", tmp_path)
 
 
-@pytest.fixture
-def running(vm: VmBackend) -> Iterator[tuple[VmBackend, Monitor]]:
-    """QEMU holding the two disks as virtkit attaches them (throttle over qcow2, virtio-blk), its
-    vCPUs never started (-S): the block layer is all this needs."""
+@contextlib.contextmanager
+def qemu(vm: VmBackend, *extra: str) -> Iterator[Monitor]:
+    """QEMU holding the VM's disks as virtkit attaches them (throttle over qcow2, virtio-blk), its
+    vCPUs never started (-S): the block layer and the migration code are all this needs."""
     socket, pidfile = vm.home / "monitor.sock", vm.home / "pid"
-    argv = ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-S", "-nodefaults", "-display", "none",
-            "-daemonize", "-pidfile", str(pidfile), "-qmp", f"unix:{socket},server=on,wait=off"]  # fmt: skip
+    argv = ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-m", "64M", "-S", "-nodefaults",
+            "-display", "none", "-daemonize", "-pidfile", str(pidfile),
+            "-qmp", f"unix:{socket},server=on,wait=off"]  # fmt: skip
     for index, disk in enumerate(vm.disks):
         node = f"disk{index}"
         argv += [
@@ -143,16 +147,21 @@ def running(vm: VmBackend) -> Iterator[tuple[VmBackend, Monitor]]:
             "-blockdev", f"driver=throttle,node-name={node},throttle-group=tg-{node},file={node}-image",
             "-device", f"virtio-blk-pci,drive={node},id={node}-dev",
         ]  # fmt: skip
-    subprocess.run(argv, check=True, timeout=30)
-    monitor = Monitor(socket, name="v1", timeout=30)
+    subprocess.run([*argv, *extra], check=True, timeout=30)
     try:
-        yield VmBackend(vm.home, vm.disks, vm.files, monitor), monitor
+        yield Monitor(socket, name="v1", timeout=30)
     finally:
         pid = int(pidfile.read_text())
         os.kill(pid, 9)
         deadline = time.monotonic() + 10
         while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+@pytest.fixture
+def running(vm: VmBackend) -> Iterator[tuple[VmBackend, Monitor]]:
+    with qemu(vm) as monitor:
+        yield VmBackend(vm.home, vm.disks, vm.files, monitor), monitor
 
 
 def test_running_vm_snapshot_through_qmp(running: tuple[VmBackend, Monitor], tmp_path: Path) -> None:
@@ -180,3 +189,52 @@ def test_running_vm_snapshot_through_qmp(running: tuple[VmBackend, Monitor], tmp
     live.remove("s2", captured)
     assert tags(root) == [] and tags(live.home / "data.qcow2") == []
     live.remove("s2", Captured(disks=live.disks))  # gone already: fine
+
+
+def test_a_stateful_snapshot_keeps_the_vm_state_in_the_root_disk(
+    running: tuple[VmBackend, Monitor], tmp_path: Path
+) -> None:
+    live, monitor = running
+    root, data = live.home / "root.qcow2", live.home / "data.qcow2"
+    into = tmp_path / "snap"
+    into.mkdir()
+    captured = live.capture_state("s1", into)
+    assert captured.stateful and captured.disks == ("root.qcow2", "data.qcow2")
+    assert state_sizes(root)["s1"] > 0 and state_sizes(data) == {"s1": 0}  # the state: in the root disk only
+    assert (into / "efivars.fd").read_bytes().startswith(b"boot order A")  # copied with the vCPUs stopped
+    assert monitor.query_status() == "prelaunch" and monitor.execute("query-jobs") == []  # job dismissed
+    live.check("s1", captured, into)
+    live.load_state("s1", captured)
+    assert monitor.query_status() == "running"  # -S until now: loaded, then let go
+    live.remove("s1", captured)  # through QEMU, state included
+    assert state_sizes(root) == {} and state_sizes(data) == {}
+
+
+def test_a_disk_only_snapshot_is_not_taken_for_a_stateful_one(
+    running: tuple[VmBackend, Monitor], tmp_path: Path
+) -> None:
+    live, monitor = running
+    into = tmp_path / "snap"
+    into.mkdir()
+    captured = live.capture("s0", into)
+    with pytest.raises(StateError, match="lost its memory state"):
+        live.check("s0", Captured(disks=captured.disks, files=captured.files, stateful=True), into)
+    with pytest.raises(ToolError, match="Snapshot 'nope' does not exist"):
+        live.load_state("nope", Captured(disks=live.disks, stateful=True))
+    assert monitor.execute("query-jobs") == []  # a failed job is dismissed too
+
+
+def test_a_device_that_blocks_migration_is_said(vm: VmBackend, tmp_path: Path) -> None:
+    shm = Path("/dev/shm") / f"virtkit-test-{os.getpid()}"
+    device = ["-object", f"memory-backend-file,id=shm0,share=on,mem-path={shm},size=1M",
+              "-device", "ivshmem-plain,memdev=shm0"]  # fmt: skip
+    try:
+        with qemu(vm, *device) as monitor:
+            backend = VmBackend(vm.home, vm.disks, vm.files, monitor)
+            refused = "QEMU cannot save this VM's state: Migration is disabled"
+            with pytest.raises(StateError, match=refused) as err:
+                backend.capture_state("s1", tmp_path)
+            assert "drop --stateful" in (err.value.hint or "")
+            assert tags(vm.home / "root.qcow2") == [] and monitor.query_status() == "prelaunch"
+    finally:
+        shm.unlink(missing_ok=True)

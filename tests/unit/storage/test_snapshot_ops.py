@@ -33,12 +33,15 @@ from virtkit.store import SqliteStore, open_store
 
 @dataclass
 class FakeBackend:
-    """Keeps a snapshot as one file, `state`, copied from the instance's `state` file."""
+    """Keeps a snapshot as one file, `state`, copied from the instance's `state` file; a stateful one
+    also keeps its `ram` file, which load_state puts back (and says its copied files are
+    `state_files`: with some, a running VM is stopped to restore them)."""
 
     home: Path
     calls: list[str]
     fail_on: set[str] = field(default_factory=set)
     freeze: bool = True
+    state_files: tuple[str, ...] = ()
 
     def _step(self, name: str) -> None:
         self.calls.append(name)
@@ -52,6 +55,17 @@ class FakeBackend:
         (into / "state").write_bytes((self.home / "state").read_bytes())
         self._step("capture")
         return Captured(files=("state",), size=5)
+
+    def capture_state(self, name: str, into: Path) -> Captured:
+        (into / "state").write_bytes((self.home / "state").read_bytes())
+        (into / "ram").write_bytes((self.home / "ram").read_bytes())
+        self._step("capture_state")
+        return Captured(files=self.state_files, size=7, stateful=True)
+
+    def load_state(self, name: str, captured: Captured) -> None:
+        self._step("load_state")
+        (self.home / "ram").write_bytes((self.home / "snapshots" / name / "ram").read_bytes())
+        (self.home / "state").write_bytes((self.home / "snapshots" / name / "state").read_bytes())
 
     def check(self, name: str, captured: Captured, source: Path) -> None:
         self._step("check")

@@ -38,6 +38,7 @@ COMMAND_TIMEOUT = 10.0
 _DISCONNECT_TIMEOUT = 2.0
 PERIPHERALS = "/machine/peripheral"  # where QOM lists the devices that have an id
 UNPLUG_POLL = 0.5  # seconds between looks for a device being unplugged, besides its event
+JOB_POLL = 0.5  # seconds between looks at a job (query-jobs), besides its JOB_STATUS_CHANGE events
 # QEMU's refusal of a second device_del while the guest has not yet answered the first
 _UNPLUG_PENDING = "process of unplug"
 
@@ -313,6 +314,49 @@ class Monitor:
                     log.warning("%s: %s", self.name, exc)
                     left.append(str(next(iter(arguments.values()))))
             return left
+
+    # --- jobs (snapshot-save, snapshot-load, snapshot-delete) -----------------------------------
+
+    def run_job(self, command: str, arguments: Mapping[str, object], timeout: float) -> None:
+        """Run the job command `command` (its `arguments` name the `job-id`, unique to this call) and
+        wait up to `timeout` seconds for the job to conclude (its JOB_STATUS_CHANGE events, and
+        query-jobs every JOB_POLL s in case one was missed), then dismiss it. ToolError with QEMU's
+        own reason when the job failed; when it did not conclude in time it is cancelled (and
+        dismissed, if it concludes at once)."""
+        _run(self._run_job(command, arguments, timeout))
+
+    async def _run_job(self, command: str, arguments: Mapping[str, object], timeout: float) -> None:
+        job = str(arguments["job-id"])
+
+        def mine(event: Message) -> bool:
+            data = event.get("data")
+            return isinstance(data, Mapping) and data.get("id") == job
+
+        async with self._session() as client:
+            listener = EventListener("JOB_STATUS_CHANGE", mine)
+            with client.listen(listener):
+                await self._command(client, command, arguments)
+                deadline = time.monotonic() + timeout
+                while (info := await self._job(client, job)).get("status") != "concluded":
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        with contextlib.suppress(ToolError):
+                            await self._command(client, "job-cancel", {"id": job})
+                            await self._command(client, "job-dismiss", {"id": job})
+                        raise ToolError(f"QEMU did not finish {command} for {self.name} within {timeout:g} s")
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(listener.get(), min(left, JOB_POLL))
+                await self._command(client, "job-dismiss", {"id": job})
+        if info.get("error"):
+            raise ToolError(f"QEMU could not {command} for {self.name}: {info['error']}")
+
+    async def _job(self, client: QMPClient, job: str) -> dict[str, Any]:
+        """What query-jobs says of job `job`; ToolError if QEMU does not list it."""
+        listed = await self._command(client, "query-jobs")
+        for entry in listed if isinstance(listed, list) else []:
+            if isinstance(entry, dict) and entry.get("id") == job:
+                return entry
+        raise ToolError(f"QEMU lost track of its {job} job for {self.name}: query-jobs gave {listed!r}")
 
     def block_nodes(self) -> list[str]:
         """The names of the block nodes QEMU has, sorted."""
