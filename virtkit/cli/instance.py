@@ -166,6 +166,7 @@ def _fields(view: InstanceView) -> list[tuple[str, str]]:
     for v in record.volumes:
         where = f"at {v.path}" if v.path else f"as disk {v.device}"
         fields.append((f"Volume {v.pool}/{v.name}", f"{v.type} volume {where}"))
-    fields += [(f"Config {key}", value) for key, value in sorted(record.config.items())]
+    shown = {k: v for k, v in record.config.items() if k != "snapshots_schedule_since"}  # bookkeeping
+    fields += [(f"Config {key}", value) for key, value in sorted(shown.items())]
     fields += [(f"Label {key}", value) for key, value in sorted(record.labels.items())]
     return fields

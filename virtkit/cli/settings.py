@@ -24,6 +24,11 @@ def set_command(name: str, settings: tuple[str, ...]) -> None:
       cpu.allowance=50%    hard quota of host CPU time (50% = half a host CPU; or 25ms/100ms)
       disk.iops=N          root disk I/O operations per second
       disk.bandwidth=SIZE  root disk bytes per second, e.g. 10MiB
+      snapshots.schedule=@daily        when `virtkit snapshot prune` takes one (@hourly,
+                                       @daily, @weekly, or cron such as "0 */6 * * *")
+      snapshots.expiry=7d              how long scheduled snapshots are kept (30m, 12h, 2w)
+      snapshots.pattern=auto-%Y%m%d    their names (strftime)
+      snapshots.schedule.stopped=true  take them of a stopped instance too
 
     Example: virtkit set web1 memory=192MiB cpu.allowance=50%
     """
