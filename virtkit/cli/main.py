@@ -64,6 +64,12 @@ COMMANDS = [
         "snapshot", "virtkit.cli.snapshot:snapshot_group", "Snapshots of instances: create, restore, delete.",
         "Storage",
     ),
+    LazyCommand(
+        "export", "virtkit.cli.backup:export_command", "Export an instance to a portable archive.", "Storage"
+    ),
+    LazyCommand(
+        "import", "virtkit.cli.backup:import_command", "Import an instance from an archive.", "Storage"
+    ),
     LazyCommand("image", "virtkit.cli.image:image_group", "Build, import, list and export images.", "Images"),
     LazyCommand("host", "virtkit.cli.host:host_group", "Check and describe this host.", "Host"),
     LazyCommand(

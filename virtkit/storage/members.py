@@ -4,6 +4,12 @@ Every parent directory is reached through `FdTree` (one component at a time, O_N
 member itself is created relative to its parent's fd with O_EXCL|O_NOFOLLOW (or symlinkat,
 linkat, mkdirat). Metadata is set on open fds, or with follow_symlinks=False for symlinks;
 directories get theirs at the end, when nothing more will be written inside them.
+
+`exact=True` (virtkit's own backups, storage/backupread.py) restores a tree as it was instead of
+making it harmless: setuid and setgid bits are kept, FIFOs and overlayfs whiteouts (0/0 character
+devices) are made (any other device node is refused), extended attributes in the `xattrs` set
+(and ``user.*``) are set from the members' pax headers (any other is refused), and runs of zero
+bytes become holes. `on_data` sees every chunk of file content written (for a checksum).
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ _NAME_MAX = 255
 _ID_MAX = 2**32 - 2
 OPAQUE = ".wh..wh..opq"
 WHITEOUT = ".wh."
+PAX_XATTR = "SCHILY.xattr."
+_HOLE = 64 * 1024  # zero runs of this size (aligned) are left as holes in exact mode
+_ZEROS = bytes(_HOLE)
 
 
 @dataclass
@@ -55,8 +64,12 @@ class Members:
         layer: bool,
         owners: bool,
         strict: bool,
+        exact: bool = False,
+        xattrs: frozenset[str] = frozenset(),
+        on_data: Callable[[bytes], None] | None = None,
     ) -> None:
         self.stats = ExtractStats()
+        self._exact, self._xattrs, self._on_data = exact, xattrs, on_data
         self.label = label
         self._limits = (limits.max_members, limits.max_path, limits.max_bytes)
         self._layer, self._strict = layer, strict
@@ -148,24 +161,55 @@ class Members:
             source = tar.extractfile(member)
             assert source is not None
             while chunk := source.read(1 * MiB):
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view) :]
+                if self._on_data is not None:
+                    self._on_data(chunk)
+                self._write(fd, chunk)
                 self.stats.bytes += len(chunk)
+            if self._exact:
+                os.ftruncate(fd, member.size)  # a file ending in a hole
             mode, uid, gid, mtime = self._meta(member)
             if self._owners:
                 os.fchown(fd, uid, gid)
+            self._set_xattrs(fd, member)  # after chown, which drops file capabilities
             os.fchmod(fd, mode)  # after chown, which would clear setgid bits
             _utime(mtime, lambda ns: os.utime(fd, ns=ns))
         finally:
             os.close(fd)
         self.stats.files += 1
 
+    def _write(self, fd: int, chunk: bytes) -> None:
+        """Write `chunk` at the file offset; in exact mode, aligned zero runs are skipped (holes)."""
+        view = memoryview(chunk)
+        if self._exact:
+            while len(view) >= _HOLE and view[:_HOLE] == _ZEROS:
+                os.lseek(fd, _HOLE, os.SEEK_CUR)
+                view = view[_HOLE:]
+        while view:
+            view = view[os.write(fd, view) :]
+
+    def _set_xattrs(self, fd: int, member: tarfile.TarInfo) -> None:
+        """Exact mode: the member's extended attributes, each one allowed (RejectedError otherwise)."""
+        if not self._exact:
+            return  # other imports leave extended attributes out
+        for key, value in member.pax_headers.items():
+            if not key.startswith(PAX_XATTR):
+                continue
+            name = key[len(PAX_XATTR) :]
+            if not (name in self._xattrs or name.startswith("user.")):
+                raise self.refuse(member.name, f"carries the extended attribute {name!r}, not accepted here")
+            os.setxattr(fd, name, value.encode("utf-8", "surrogateescape"))
+
     def _dir(self, member: tarfile.TarInfo, parts: list[str]) -> None:
         parent = self._tree.parent(parts)
         try:
             if not self._tree.clear(parent, parts[-1], keep_dir=True):
                 os.mkdir(parts[-1], 0o700, dir_fd=parent)
+            if self._exact and member.pax_headers:
+                fd = os.open(parts[-1], DIR_FLAGS, dir_fd=parent)
+                try:
+                    self._set_xattrs(fd, member)
+                finally:
+                    os.close(fd)
         finally:
             os.close(parent)
         self._dirs["/".join(parts)] = self._meta(member)
@@ -218,6 +262,9 @@ class Members:
         self.stats.hardlinks += 1
 
     def _device(self, member: tarfile.TarInfo, parts: list[str]) -> None:
+        if self._exact:
+            self._node(member, parts)
+            return
         if self._strict:
             raise self.refuse(member.name, "is a device node or FIFO, which imports do not accept")
         parent = self._tree.parent(parts)
@@ -227,6 +274,27 @@ class Members:
             os.close(parent)
         self._skipped.add("/".join(parts))
         self.stats.skipped_devices += 1
+
+    def _node(self, member: tarfile.TarInfo, parts: list[str]) -> None:
+        """Exact mode: a FIFO, or an overlayfs whiteout (a 0/0 character device); nothing else."""
+        whiteout = member.ischr() and (member.devmajor, member.devminor) == (0, 0)
+        if not (whiteout or member.isfifo()) or member.islnk():
+            raise self.refuse(member.name, "is a device node, which imports do not accept")
+        mode, uid, gid, mtime = self._meta(member)
+        parent = self._tree.parent(parts)
+        try:
+            self._tree.clear(parent, parts[-1], keep_dir=False)
+            if whiteout:
+                os.mknod(parts[-1], stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=parent)
+            else:
+                os.mkfifo(parts[-1], 0o600, dir_fd=parent)
+            if self._owners:
+                os.chown(parts[-1], uid, gid, dir_fd=parent, follow_symlinks=False)
+            os.chmod(parts[-1], mode, dir_fd=parent)  # a node made just now, not a symlink
+            _utime(mtime, lambda ns: os.utime(parts[-1], ns=ns, dir_fd=parent, follow_symlinks=False))
+        finally:
+            os.close(parent)
+        self.stats.whiteouts += whiteout
 
     # -- whiteouts (layers) -----------------------------------------------------------------------
 
@@ -279,6 +347,8 @@ class Members:
 
     def _meta(self, member: tarfile.TarInfo) -> tuple[int, int, int, float]:
         mode = member.mode & 0o7777
+        if self._exact:
+            return mode, member.uid, member.gid, float(member.mtime)
         # setuid anywhere, and setgid on files, grant privileges; setgid on a directory only
         # passes its group on to new files, so it stays.
         dropped = mode & (0o4000 if member.isdir() else 0o6000)

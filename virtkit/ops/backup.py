@@ -1,0 +1,462 @@
+"""Backups: `export` an instance to a portable archive, `import` one here (design: docs/backups.md).
+
+Export holds the instance's lock throughout and reads a consistent view of it: a stopped instance
+as it is; a running (or paused) VM through a temporary internal snapshot of its disks (taken by
+QEMU atomically, the UEFI variables copied with the vCPUs paused: storage/vmsnap.py), deleted
+again afterwards; a running container frozen while its writable layer is copied (as a snapshot
+is), then thawed. Both are consistent as after a power cut. The archive carries the instance's
+image, so it restores on a host that never had it.
+
+Import reads the whole archive into a staging directory under the state root and checks all of
+it (storage/backupread.py, storage/backupplace.py) before it registers anything. Then, under the
+new instance's lock: the image (the target's own if it has one with the same fingerprint, else
+the carried one, added to its image store), the record (a new UUID; NICs only on networks of the
+same name here, with new MACs and addresses), the driver's files (as `create` makes them), the
+imported disks and layers in their place, the saved runtime, the snapshots. A failure at any step
+removes all of it; the staging directory goes in every case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from virtkit import cloudinit
+from virtkit.drivers.base import InstancePaths, get_driver
+from virtkit.errors import ConflictError, NotFoundError, RejectedError, SpecError, StateError, VirtkitError
+from virtkit.images.staged import DISK, ROLES, ROOTFS, StagedImage
+from virtkit.images.store import ImageStore, fingerprint_files
+from virtkit.model import (
+    ImageRecord,
+    InstanceKind,
+    InstanceRecord,
+    InstanceState,
+    NetworkRecord,
+    SnapshotRecord,
+)
+from virtkit.ops.backupsince import apply_incremental
+from virtkit.ops.lifecycle import DriverFor
+from virtkit.ops.networks import Networks
+from virtkit.ops.nics import NicRequest, Nics
+from virtkit.ops.snapshots import Snapshots, backend_for
+from virtkit.storage import backupexport, backupplace, backupread
+from virtkit.storage.archive import remove_tree
+from virtkit.storage.backupexport import Parts, VmView
+from virtkit.storage.backupformat import IMAGE_TREE, UPPER, DiskEntry, FileEntry, Manifest, SinceEntry
+from virtkit.storage.backuptree import IdRange, shift_tree
+from virtkit.storage.backupwrite import COMPRESSIONS
+from virtkit.storage.snapshots import copy, snapshot_dir, sweep
+from virtkit.store import Store, atomic_write
+from virtkit.store.files import temp_name
+from virtkit.units import format_size, validate_name
+
+log = logging.getLogger(__name__)
+
+STAGING = "staging"  # ROOT/staging/: exports' converted disks, imports' unpacked archives
+PRESENT = ".vk-export"  # a running VM's temporary internal snapshot (no snapshot name starts with ".")
+CLOUD_INIT = "cloud-init."  # file IDs of the instance's cloud-init inputs
+
+
+@dataclass(frozen=True)
+class Exported:
+    path: Path
+    manifest: Manifest
+    size: int
+
+
+@dataclass(frozen=True)
+class Imported:
+    record: InstanceRecord
+    notes: list[str] = field(default_factory=list)
+    image: str = ""  # the image's fingerprint, and whether it was added here
+    image_added: bool = False
+
+
+class Backups:
+    """Export and import over one state root."""
+
+    def __init__(self, root: Path, store: Store, drivers: DriverFor = get_driver) -> None:
+        self.root, self.store, self.drivers = root, store, drivers
+        self.images = ImageStore(root, store)
+
+    # --- staging ----------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _staging(self, what: str) -> Iterator[Path]:
+        top = self.root / STAGING
+        top.mkdir(mode=0o700, parents=True, exist_ok=True)
+        sweep(top)  # what a killed virtkit left
+        path = top / temp_name(what)
+        os.mkdir(path, 0o700)
+        try:
+            yield path
+        finally:
+            remove_tree(path)
+            with contextlib.suppress(OSError):
+                top.rmdir()
+
+    # --- export -----------------------------------------------------------------------------------
+
+    def export(self, name: str, dest: Path, *, compression: str = "zstd", instance_only: bool = False,
+               since: str | None = None) -> Exported:  # fmt: skip
+        """Write instance `name` to the archive `dest` (refused if it exists)."""
+        if compression not in COMPRESSIONS:
+            raise SpecError(f"invalid compression {compression!r}: expected one of {', '.join(COMPRESSIONS)}")
+        wanted = validate_name(name)
+        with self.store.lock("instance", wanted), _host_errors(f"exporting {wanted}"):
+            record = self.store.get(InstanceRecord, wanted)
+            if record.kind is InstanceKind.CONTAINER and getattr(record, "layers", None):
+                raise StateError(
+                    f"container {record.name!r} is a linked clone: exporting one is not supported yet",
+                    hint=f"export a full copy of it instead: virtkit copy --full {record.name} NEW-NAME",
+                )
+            image = self._image_of(record)
+            snapshots = Snapshots(self.root, self.store, self.drivers).list(record.name)
+            base = self._since(record, snapshots, since)
+            chosen = [] if instance_only or base is not None else snapshots
+            parts = Parts()
+            with self._staging("export") as staging:
+                if record.kind is InstanceKind.VM:
+                    with self._vm_view(record, image, staging) as view:
+                        backupexport.gather_vm(view, chosen, staging, self.root, parts, since=base)
+                    idmap = ""
+                else:
+                    idmap = self._container_parts(record, image, chosen, staging, parts)
+                self._cloud_init(record, parts)
+                if base is None:  # an incremental goes onto an instance that has its image already
+                    backupexport.gather_tree(IMAGE_TREE, "image", self.images.path(image), None, parts)
+                instance = backupexport.instance_entry(record, idmap, parts.notes)
+                since_entry = None
+                if base is not None:
+                    since_entry = SinceEntry(snapshot=base.name,
+                                             origin=backupexport.origin(record.uuid, base))  # fmt: skip
+                carried = backupexport.image_entry(image) if base is None else None
+                document = backupexport.manifest(instance, carried,
+                                                 backupexport.snapshot_entries(record.uuid, chosen), parts,
+                                                 since_entry)  # fmt: skip
+                path = backupexport.write(dest, compression, document, parts)
+        return Exported(path, document, path.stat().st_size)
+
+    def _image_of(self, record: InstanceRecord) -> ImageRecord:
+        image = self.store.find(ImageRecord, record.image) if record.image else None
+        if image is None:
+            raise StateError(
+                f"the image instance {record.name!r} was made from is no longer here",
+                hint="a backup carries its instance's image: import or build that image again first",
+            )
+        return image
+
+    def _since(self, record: InstanceRecord, snapshots: list[SnapshotRecord], since: str | None
+               ) -> SnapshotRecord | None:  # fmt: skip
+        if since is None:
+            return None
+        if record.kind is not InstanceKind.VM:
+            raise SpecError("an incremental export (--since) is for VMs only: a container's layer goes whole")
+        found = next((s for s in snapshots if s.name == validate_name(since, what="snapshot name")), None)
+        if found is None:
+            raise NotFoundError(f"snapshot {since!r} of instance {record.name!r} not found")
+        return found
+
+    @contextlib.contextmanager
+    def _vm_view(self, record: InstanceRecord, image: ImageRecord, staging: Path) -> Iterator[VmView]:
+        """The VM's disks as export reads them; a running one's present held by a temporary snapshot."""
+        driver, paths = self.drivers(record.kind), InstancePaths.of(self.root, record.name)
+        live = driver.status(record, paths).pid is not None
+        backend = backend_for(record, paths, live)
+        disks, files = tuple(getattr(backend, "disks", ())), tuple(getattr(backend, "files", ()))
+        image_disk = self.images.path(image) / image.files[DISK] if DISK in image.files else None
+        if not live or not (disks or files):
+            yield VmView(paths.dir, disks, files, image_disk, live)
+            return
+        into = staging / "present"
+        into.mkdir(mode=0o700)
+        backend.forget(PRESENT)
+        captured = backend.capture(PRESENT, into)
+        try:
+            yield VmView(paths.dir, disks, files, image_disk, True, PRESENT, into)
+        finally:
+            still = driver.status(record, paths).pid is not None
+            try:
+                backend_for(record, paths, still).remove(PRESENT, captured)
+            except VirtkitError as exc:
+                log.error("cannot remove the temporary snapshot %s of %s: %s", PRESENT, record.name, exc)
+
+    def _container_parts(self, record: InstanceRecord, image: ImageRecord, chosen: list[SnapshotRecord],
+                         staging: Path, parts: Parts) -> str:  # fmt: skip
+        """The container's layer (copied while frozen if it runs) and its snapshots' layers."""
+        from virtkit.drivers.oci.plan import ContainerFiles
+        from virtkit.drivers.oci.rootfs import saved_shift
+
+        driver, paths = self.drivers(record.kind), InstancePaths.of(self.root, record.name)
+        shift = saved_shift(paths.dir)
+        ids = IdRange(shift.uid, shift.gid, shift.size) if shift is not None else None
+        lower = self.images.path(image) / image.files[ROOTFS]
+        upper = ContainerFiles(paths).upper
+        state = driver.status(record, paths).state
+        if state in (InstanceState.RUNNING, InstanceState.PAUSED):
+            copied = staging / UPPER
+            if state is InstanceState.RUNNING:
+                driver.pause(record, paths)
+            try:
+                copy(upper, copied, what="copying the writable layer")
+            finally:
+                if state is InstanceState.RUNNING:
+                    driver.resume(record, paths)
+            upper = copied
+        backupexport.gather_tree(UPPER, UPPER, upper, None, parts, ids=ids, lower=lower)
+        for snapshot in chosen:
+            top = snapshot_dir(paths.dir, snapshot.name) / UPPER
+            backupexport.gather_tree(f"{UPPER}@{snapshot.name}", UPPER, top, snapshot.name, parts,
+                                     ids=ids, lower=lower)  # fmt: skip
+        return shift.mode if shift is not None else "none"
+
+    def _cloud_init(self, record: InstanceRecord, parts: Parts) -> None:
+        directory = InstancePaths.of(self.root, record.name).dir / cloudinit.INPUT_DIR
+        for bare in (cloudinit.USER_DATA_FILE, cloudinit.SSH_KEYS_FILE):
+            path = directory / bare
+            if path.is_file() and not path.is_symlink():
+                size = path.stat().st_size
+                entry = FileEntry(id=CLOUD_INIT + bare, file=bare, role="cloud-init", size=size)
+                parts.files.append((entry, path))
+
+    # --- import -----------------------------------------------------------------------------------
+
+    def import_archive(self, source: Path, name: str | None = None) -> Imported:
+        """Restore the archive at `source` as a new instance (named as in it, or `name`)."""
+        target = validate_name(name) if name is not None else None
+        label = source.name
+        with _host_errors(f"importing {label}"), self._staging("import") as staging:
+            chosen: list[str] = []
+
+            def check(manifest: Manifest) -> None:
+                chosen.append(self._check_new(manifest, target, label))
+
+            staged = backupread.read(source, staging, label=label, check=check)
+            manifest = staged.manifest
+            plans = backupplace.disk_plan(manifest, label)
+            backupplace.check_disks(manifest, staged)
+            if manifest.since is not None:
+                record = apply_incremental(self, staged, plans, chosen[0], label)
+                return Imported(record, [f"applied the changes since snapshot {manifest.since.snapshot}"])
+            return self._register(staged, plans, chosen[0], label)
+
+    def _check_new(self, manifest: Manifest, target: str | None, label: str) -> str:
+        """The instance name to import as (checked before any data is read)."""
+        final = target or manifest.instance.name
+        if manifest.since is not None:  # an incremental goes on top of an instance that exists
+            self.store.get(InstanceRecord, final)
+        elif self.store.find(InstanceRecord, final) is not None:
+            raise ConflictError(
+                f"instance {final!r} already exists",
+                hint=f"import it under another name: virtkit import {label} NEW-NAME",
+            )
+        image = manifest.image
+        if manifest.since is None and (image is None or manifest.instance.kind not in image.kinds):
+            raise RejectedError(f"archive {label} is refused: it carries no image this instance can run from")
+        need = manifest.declared_bytes()
+        free = shutil.disk_usage(self.root).free
+        if need > free:
+            raise StateError(f"importing {label} needs up to {format_size(need)}; {self.root} has "
+                             f"{format_size(free)} free")  # fmt: skip
+        return final
+
+    def _register(self, staged: backupread.Staged, plans: dict[str, list[DiskEntry]], name: str,
+                  label: str) -> Imported:  # fmt: skip
+        manifest = staged.manifest
+        notes: list[str] = []
+        with self.store.lock("instance", name):
+            if self.store.find(InstanceRecord, name) is not None:
+                raise ConflictError(f"instance {name!r} already exists")
+            image, added = self._image(staged, label)
+            try:
+                image_dir = self.images.path(image)
+                base = image_dir / image.files[DISK] if DISK in image.files else None
+                built = backupplace.rebuild(plans, staged, base)
+                whole = bool(plans) and all(states[0].base is None for states in plans.values())
+                record = self._record(manifest, name, image, notes, whole=whole)
+                self._make(record, image, staged, built, notes)
+            except BaseException:
+                if added:
+                    with contextlib.suppress(VirtkitError, OSError):
+                        self.images.delete(image.fingerprint)
+                raise
+        return Imported(record, notes, image.fingerprint, added)
+
+    def _image(self, staged: backupread.Staged, label: str) -> tuple[ImageRecord, bool]:
+        """The target's image with the archive's fingerprint, else the carried one, added."""
+        entry = staged.manifest.image
+        assert entry is not None
+        tree = staged.trees[IMAGE_TREE]
+        existing = self.store.find(ImageRecord, entry.fingerprint)
+        complete = set(entry.files) <= set(ROLES) and all((tree / f).exists() for f in entry.files.values())
+        if existing is None and complete:  # the same content under another fingerprint: devices left out
+            existing = self.store.find(ImageRecord, fingerprint_files(tree, dict(entry.files)))
+        if existing is not None:
+            return existing, False
+        if DISK in entry.files:
+            from virtkit.storage.backupdisk import check_part
+
+            disk = entry.files[DISK]
+            check_part(tree / disk, f"the image's {disk} (in {label})", entry.virtual_size)
+        staged_image = StagedImage(
+            name=entry.name, kinds=[k.value for k in entry.kinds], arch=entry.arch, format=entry.format,
+            source=f"imported with an instance: {label} ({entry.source})"[:4096], files=dict(entry.files),
+            virtual_size=entry.virtual_size, properties=dict(entry.properties),
+            container=dict(entry.container),
+        )  # fmt: skip
+        self.images.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            record = self.images.commit(staged_image, tree, alias=self._free_alias(entry.aliases, entry.name))
+        except ValueError as exc:  # a role naming a file the tree does not have
+            raise RejectedError(f"archive {label} is refused: its image is incomplete ({exc})") from None
+        finally:
+            with contextlib.suppress(OSError):
+                self.images.dir.rmdir()  # a first image that did not come
+        return record, True
+
+    def _free_alias(self, aliases: list[str], name: str) -> str:
+        taken = {alias for image in self.store.list(ImageRecord) for alias in image.aliases}
+        first = aliases[0] if aliases else name
+        for candidate in [*aliases, *(f"{first}-imported{n or ''}" for n in range(100))]:
+            with contextlib.suppress(SpecError):
+                if validate_name(candidate[:63].rstrip("-"), what="image alias") not in taken:
+                    return candidate[:63].rstrip("-")
+        return f"imported-{os.urandom(4).hex()}"
+
+    def _record(self, manifest: Manifest, name: str, image: ImageRecord, notes: list[str], *,
+                whole: bool) -> InstanceRecord:  # fmt: skip
+        """The new record, stored with its NICs (kept on networks of the same name here). `whole`: its
+        disks rest on no image disk (a linked clone's, exported whole), as the record then says."""
+        entry = manifest.instance
+        record = InstanceRecord(name=name, kind=entry.kind, image=image.fingerprint, arch=entry.arch,
+                                cpus=entry.cpus, memory=entry.memory, config=dict(entry.config),
+                                labels=dict(entry.labels))  # fmt: skip
+        if whole and entry.kind is InstanceKind.VM and "base" in InstanceRecord.model_fields:
+            record = record.model_copy(update={"base": "own"})
+        requests = []
+        for nic in entry.nics:
+            if nic.network == "default" or self.store.find(NetworkRecord, nic.network) is not None:
+                requests.append(NicRequest(network=nic.network, limit=nic.limit, model=nic.model))
+            else:
+                notes.append(f"its NIC on network {nic.network!r} was dropped: there is no such network here")
+        nics = Nics(Networks(self.root, self.store))
+        if not requests:
+            return self.store.create(record)
+        with nics.networks.lock():
+            record.nics = nics.allocate(record, requests, allow_host=any(n.allow_host for n in entry.nics))
+            record = self.store.create(record)
+        for network in sorted({nic.network for nic in record.nics}):
+            nics.networks.reload(network)
+        return record
+
+    def _make(self, record: InstanceRecord, image: ImageRecord, staged: backupread.Staged,
+              built: dict[str, Path], notes: list[str]) -> None:  # fmt: skip
+        """The instance's files, its runtime and its snapshots; all of it removed on failure."""
+        driver, paths = self.drivers(record.kind), InstancePaths.of(self.root, record.name)
+        manifest = staged.manifest
+        try:
+            if paths.dir.exists():  # left by a crash: no record owns it, since ours is new
+                shutil.rmtree(paths.dir)
+            paths.dir.mkdir(parents=True, mode=0o750)
+            self._cloud_init_back(manifest, staged, paths)
+            image_dir = self.images.path(image)
+            driver.prepare(record, image, image_dir, paths)
+            snapshot_files: dict[str, dict[str, Path]] = {s.name: {} for s in manifest.snapshots}
+            if record.kind is InstanceKind.VM:
+                self._vm_files(manifest, staged, built, paths, snapshot_files)
+            else:
+                lower = image_dir / image.files[ROOTFS]
+                self._container_files(manifest, staged, paths, lower, snapshot_files)
+            runtime = driver.generate(record, image, image_dir, paths)
+            atomic_write(paths.runtime, json.dumps(runtime.to_dict(), indent=2))
+            self._snapshots(record, manifest, paths, snapshot_files, notes)
+        except BaseException:
+            self._undo(record, paths)
+            raise
+
+    @staticmethod
+    def _cloud_init_back(manifest: Manifest, staged: backupread.Staged, paths: InstancePaths) -> None:
+        inputs = [f for f in manifest.files if f.role == "cloud-init"]
+        if not inputs:
+            return
+        directory = paths.dir / cloudinit.INPUT_DIR
+        directory.mkdir(mode=0o700)
+        for entry in inputs:
+            if entry.file in (cloudinit.USER_DATA_FILE, cloudinit.SSH_KEYS_FILE):
+                os.rename(staged.parts[entry.id], directory / entry.file)
+
+    @staticmethod
+    def _vm_files(manifest: Manifest, staged: backupread.Staged, built: dict[str, Path], paths: InstancePaths,
+                  snapshot_files: dict[str, dict[str, Path]]) -> None:  # fmt: skip
+        for file, path in built.items():
+            backupplace.put(path, paths.dir / file)
+        for entry in manifest.files:
+            if entry.role == "instance":
+                backupplace.put(staged.parts[entry.id], paths.dir / entry.file)
+            elif entry.role == "snapshot" and entry.state is not None:
+                snapshot_files[entry.state][entry.file] = staged.parts[entry.id]
+
+    @staticmethod
+    def _container_files(manifest: Manifest, staged: backupread.Staged, paths: InstancePaths, lower: Path,
+                         snapshot_files: dict[str, dict[str, Path]]) -> None:  # fmt: skip
+        from virtkit.drivers.oci import rootfs
+        from virtkit.drivers.oci.plan import ContainerFiles
+
+        layout = ContainerFiles(paths)
+        shift = rootfs.saved_shift(paths.dir)
+        for tree in manifest.trees:
+            if tree.role != UPPER:
+                continue
+            top = staged.trees[tree.id]
+            if shift is not None:
+                shift_tree(top, IdRange(shift.uid, shift.gid, shift.size))
+                if shift.mode == rootfs.METACOPY:  # the image's files shown in the range, as `create` does
+                    scratch = staged.dir / f"scratch-{tree.id}"
+                    scratch.mkdir(mode=0o700)
+                    rootfs.prepare(rootfs.Layers(lower, top, scratch / "work", scratch / "merged", shift))
+            if tree.state is None:
+                backupplace.put(top, layout.upper)
+            else:
+                snapshot_files[tree.state][UPPER] = top
+
+    def _snapshots(self, record: InstanceRecord, manifest: Manifest, paths: InstancePaths,
+                   snapshot_files: dict[str, dict[str, Path]], notes: list[str]) -> None:  # fmt: skip
+        for entry in manifest.snapshots:
+            backupplace.snapshot_home(paths.dir, entry.name, snapshot_files.get(entry.name, {}))
+            if entry.stateful:
+                notes.append(f"snapshot {entry.name} comes back disk-only: memory state is not carried")
+            self.store.create(SnapshotRecord(
+                instance=record.name, name=entry.name, created_at=entry.created_at, size=entry.size,
+                disks=list(entry.disks), files=list(entry.files), live=entry.live or entry.stateful,
+                config={"origin": entry.origin},
+            ))  # fmt: skip
+
+    def _undo(self, record: InstanceRecord, paths: InstancePaths) -> None:
+        for snapshot in self.store.list(SnapshotRecord, instance=record.name):
+            self.store.delete(SnapshotRecord, record.name, snapshot.name)
+        if paths.dir.exists():
+            with contextlib.suppress(VirtkitError):
+                self.drivers(record.kind).cleanup(record, paths)
+            shutil.rmtree(paths.dir, ignore_errors=True)
+        if self.store.find(InstanceRecord, record.name) is not None:
+            self.store.delete(InstanceRecord, record.name)
+        Nics(Networks(self.root, self.store)).forget(record)
+        instances = paths.dir.parent
+        with contextlib.suppress(OSError):
+            instances.rmdir()
+
+
+@contextlib.contextmanager
+def _host_errors(doing: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise VirtkitError(f"{doing} failed: {exc.strerror or exc}{where}") from exc
+

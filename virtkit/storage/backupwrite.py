@@ -1,0 +1,305 @@
+"""Writing a backup archive: one pass, checksums computed as the bytes go out.
+
+The tar stream is written here (headers by `tarfile.TarInfo.tobuf`, pax format: long names, big
+sizes, extended attributes). Compression is the `zstd` or `gzip` binary, and the archive is a
+sequence of their frames (both formats read concatenated frames as one stream):
+
+- what is small (headers, the manifest, trees' files, small disks) goes through a compressor's
+  pipe, one process per run of such data;
+- a big file (a disk) is compressed by a compressor of its own reading the file itself — no pipe
+  (a pipe costs zstd a third of its speed here) — while a second thread hashes the same bytes
+  from the page cache; uncompressed, it is copied in the kernel (copy_file_range).
+
+The archive is written under a hidden temporary name beside its destination and renamed into place
+only when complete and synced: an interrupted export never leaves a plausible but truncated archive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import IO
+
+from virtkit.errors import ConflictError, StoreError, ToolError
+from virtkit.images.tools import missing_tool
+from virtkit.storage.backupformat import CHECKSUMS, DISKS, FILES, MANIFEST, TREES
+from virtkit.storage.backuptree import Entry, tarinfo_line
+from virtkit.store.files import temp_name
+
+log = logging.getLogger(__name__)
+
+COMPRESSORS = {
+    "zstd": (["zstd", "-q", "-c", "-3", "-T0"], "zstd"),
+    "gzip": (["gzip", "-c", "-6"], "gzip"),
+}
+COMPRESSIONS = ("zstd", "gzip", "none")
+CHUNK = 4 << 20
+BIG = 64 << 20  # files from this size get a compressor of their own
+PIPE_SIZE = 1 << 20
+RECORD = tarfile.RECORDSIZE
+FINISH_TIMEOUT = 3600.0  # a compressor's run over one file
+
+
+class ArchiveWriter:
+    """The archive being written to `dest` (refused if it exists) with `compression`."""
+
+    def __init__(self, dest: Path, compression: str) -> None:
+        self.dest = Path(os.path.abspath(dest))
+        if os.path.lexists(self.dest):
+            raise ConflictError(f"{self.dest} already exists", hint="choose another file name or remove it")
+        if not self.dest.parent.is_dir():
+            raise StoreError(f"cannot write {self.dest}: {self.dest.parent} is not a directory")
+        self.partial = self.dest.with_name(temp_name(self.dest.name))
+        self.position = 0
+        self.sums: dict[str, dict[str, str]] = {DISKS: {}, FILES: {}, TREES: {}}
+        self.manifest_sum = ""
+        self.compression = compression
+        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="vk-export-hash")
+        self._proc: subprocess.Popen[bytes] | None = None  # the compressor of the current run
+        self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close/abort)
+        self._fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self._sink = self._fd if compression == "none" else -1
+
+    # --- compressors --------------------------------------------------------------------------------
+
+    def _spawn(self, stdin: int) -> subprocess.Popen[bytes]:
+        argv, package = COMPRESSORS[self.compression]
+        try:
+            return subprocess.Popen(argv, stdin=stdin, stdout=self._fd, stderr=self._stderr)
+        except FileNotFoundError:
+            raise missing_tool(argv[0], package) from None
+
+    def _begin_run(self) -> None:
+        self._proc = self._spawn(subprocess.PIPE)
+        assert self._proc.stdin is not None
+        self._sink = self._proc.stdin.fileno()
+        with contextlib.suppress(OSError):  # fewer, larger writes; the default (64 KiB) works too
+            fcntl.fcntl(self._sink, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+
+    def _end_run(self) -> None:
+        """Let the current compressor finish its frames (the output's offset is then at their end)."""
+        if self._proc is None:
+            return
+        proc, self._proc, self._sink = self._proc, None, -1
+        assert proc.stdin is not None
+        proc.stdin.close()
+        self._wait(proc)
+
+    def _wait(self, proc: subprocess.Popen[bytes]) -> None:
+        try:
+            code = proc.wait(timeout=FINISH_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise self._failed(f"it did not finish within {FINISH_TIMEOUT:g} s") from None
+        if code != 0:
+            raise self._failed(f"exit status {code}")
+
+    # --- the stream -------------------------------------------------------------------------------
+
+    def _out(self, data: bytes | memoryview) -> None:
+        if self._sink < 0:
+            self._begin_run()
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._sink, view) :]
+        except BrokenPipeError:
+            raise self._failed("it stopped reading") from None
+        self.position += len(data)
+
+    def _header(self, info: tarfile.TarInfo) -> None:
+        self._out(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+
+    def _pad(self, size: int) -> None:
+        rest = size % tarfile.BLOCKSIZE
+        if rest:
+            self._out(bytes(tarfile.BLOCKSIZE - rest))
+
+    def _copy(self, fd: int, size: int, digest: hashlib._Hash, what: str, head: bytes = b"") -> None:
+        """`size` bytes of `fd` from its start (the first ones replaced by `head`) into the stream,
+        hashed on the way: each chunk is hashed by a second thread while this one writes it (both
+        release the GIL), so hashing and compressing run side by side."""
+        buffer = bytearray(CHUNK)
+        view = memoryview(buffer)
+        done = 0
+        while done < size:
+            count = os.preadv(fd, [view[: min(CHUNK, size - done)]], done)
+            if count == 0:
+                raise StoreError(f"{what} shrank while it was being exported", hint="export it again")
+            if done < len(head):
+                start = min(len(head) - done, count)
+                view[:start] = head[done : done + start]
+            hashed = self._hasher.submit(digest.update, view[:count])
+            try:
+                self._out(view[:count])
+            finally:
+                hashed.result()
+            done += count
+        self._pad(size)
+
+    def _copy_big(self, fd: int, size: int, digest: hashlib._Hash, what: str, head: bytes) -> None:
+        """As `_copy`, for a big file: after `head` (written through the stream), the rest of the
+        file goes to a compressor reading it itself (or is copied by the kernel), hashed meanwhile."""
+        self._out(head)
+        self._end_run()
+        hashed = self._hasher.submit(_hash_file, fd, size, digest, head)
+        try:
+            os.lseek(fd, len(head), os.SEEK_SET)
+            if self.compression == "none":
+                _copy_range(fd, self._fd, size - len(head))
+            else:
+                self._wait(self._spawn(fd))
+            if os.lseek(fd, 0, os.SEEK_CUR) != size:  # the compressor shares this offset
+                raise StoreError(f"{what} changed size while it was being exported", hint="export it again")
+        finally:
+            hashed.result()
+        self.position += size - len(head)
+        self._pad(size)
+
+    def add_bytes(self, name: str, data: bytes) -> str:
+        """A small regular member; its sha256."""
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+        self._header(info)
+        self._out(data)
+        self._pad(len(data))
+        return hashlib.sha256(data).hexdigest()
+
+    def add_manifest(self, document: dict[str, object]) -> None:
+        self.manifest_sum = self.add_bytes(MANIFEST, json.dumps(document, indent=1).encode())
+
+    def add_file(self, kind: str, part: str, fd: int, size: int, head: bytes = b"") -> None:
+        """The open file `fd` (`size` bytes; its start replaced by `head`) as member KIND/PART."""
+        info = tarfile.TarInfo(f"{kind}/{part}")
+        info.size, info.mode, info.mtime = size, 0o600, int(time.time())
+        digest = hashlib.sha256()
+        self._header(info)
+        if size >= BIG and len(head) < size:
+            self._copy_big(fd, size, digest, part, head)
+        else:
+            self._copy(fd, size, digest, part, head)
+        self.sums[kind][part] = digest.hexdigest()
+
+    def add_tree(self, part: str, entries: Iterable[Entry]) -> tuple[int, int]:
+        """A directory tree as members under trees/PART/; (entries, content bytes)."""
+        tree = hashlib.sha256()
+        count = total = 0
+        prefix = f"{TREES}/{part}"
+        for entry in entries:
+            info = entry.info
+            relative = "" if info.name == "." else info.name
+            link = info.linkname
+            info.name = f"{prefix}/{relative}" if relative else prefix
+            if info.type == tarfile.LNKTYPE:
+                info.linkname = f"{prefix}/{link}"
+            content = ""
+            if info.type == tarfile.REGTYPE:
+                content = self._tree_file(entry, info)
+                total += info.size
+            else:
+                info.size = 0
+                self._header(info)
+            tree.update(tarinfo_line(info, relative, link, content))
+            count += 1
+        self.sums[TREES][part] = tree.hexdigest()
+        return count, total
+
+    def _tree_file(self, entry: Entry, info: tarfile.TarInfo) -> str:
+        assert entry.path is not None
+        fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            if os.fstat(fd).st_size != info.size:
+                raise StoreError(f"{entry.path} changed while it was being exported", hint="export it again")
+            digest = hashlib.sha256()
+            self._header(info)
+            if info.size >= BIG:
+                self._copy_big(fd, info.size, digest, str(entry.path), b"")
+            else:
+                self._copy(fd, info.size, digest, str(entry.path))
+            return digest.hexdigest()
+        finally:
+            os.close(fd)
+
+    # --- the end ----------------------------------------------------------------------------------
+
+    def close(self) -> Path:
+        """Write the checksums and the end of the archive, finish compressing, sync, rename into
+        place; the archive's path."""
+        try:
+            document = {"manifest": self.manifest_sum, **self.sums}
+            self.add_bytes(CHECKSUMS, json.dumps(document, indent=1, sort_keys=True).encode())
+            end = self.position + 2 * tarfile.BLOCKSIZE
+            self._out(bytes(end - self.position + (-end) % RECORD))
+            self._end_run()
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            os.rename(self.partial, self.dest)
+        except BaseException:
+            self.abort()
+            raise
+        self._release()
+        return self.dest
+
+    def _failed(self, why: str) -> ToolError:
+        self._stderr.seek(0)
+        said = self._stderr.read(4096).decode(errors="replace").strip()
+        argv = COMPRESSORS.get(self.compression, ([], ""))[0]
+        return ToolError(f"compressing {self.dest.name} failed: {argv[0] if argv else '?'}: {why}",
+                         argv=list(argv), stderr=said)  # fmt: skip
+
+    def abort(self) -> None:
+        """Stop the compressor and remove the partial archive."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            with contextlib.suppress(OSError):
+                assert proc.stdin is not None
+                proc.stdin.close()
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.partial)
+        self._release()
+
+    def _release(self) -> None:
+        self._hasher.shutdown(wait=True)
+        self._stderr.close()
+
+
+def _hash_file(fd: int, size: int, digest: hashlib._Hash, head: bytes) -> None:
+    """`digest` updated with `head` then the bytes of `fd` after it, up to `size` (pread: the
+    file's offset is the compressor's)."""
+    digest.update(head)
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    done = len(head)
+    while done < size:
+        count = os.preadv(fd, [view[: min(CHUNK, size - done)]], done)
+        if count == 0:
+            raise StoreError("a file shrank while it was being exported", hint="export it again")
+        digest.update(view[:count])
+        done += count
+
+
+def _copy_range(source: int, dest: int, count: int) -> None:
+    while count > 0:
+        copied = os.copy_file_range(source, dest, min(count, 1 << 30))
+        if copied == 0:
+            raise StoreError("a file shrank while it was being exported", hint="export it again")
+        count -= copied
