@@ -37,6 +37,7 @@ __all__ = [
     "InstanceRecord",
     "InstanceState",
     "KiB",
+    "LayerId",
     "MiB",
     "Name",
     "NetworkRecord",
@@ -58,6 +59,8 @@ __all__ = [
 
 
 Name = Annotated[str, AfterValidator(validate_name)]
+# A shared read-only layer under ROOT/layers/ (see docs/clones.md): a uuid4 without dashes.
+LayerId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 
 
 def _now() -> float:
@@ -136,6 +139,12 @@ class InstanceRecord(Record):
     boot: dict[str, float] = Field(default_factory=dict)  # boot phases of the last start, in seconds
     nics: list[Nic] = Field(default_factory=list)
     volumes: list[VolumeAttachment] = Field(default_factory=list)  # in the order they were attached
+    # Linked clones (docs/clones.md): the shared read-only layers under the instance's own top (its
+    # root.qcow2, its upper/), nearest first; and what the last of them rests on: `image` (the
+    # image's disk or tree), `own` (a VM disk without backing file, a container's own base/ tree)
+    # or `layer` (a container whose last layer is a whole tree of its own).
+    layers: list[LayerId] = Field(default_factory=list)
+    base: str = Field(default="image", pattern=r"^(image|own|layer)$")
 
 
 class ImageRecord(Record):

@@ -322,7 +322,9 @@ def resume_command(name: str) -> None:
 
 @click.command("delete")
 @click.argument("name", type=INSTANCE_NAME)
-@click.option("--force", "-f", is_flag=True, help="Stop it first if it runs.")
+@click.option("--force", "-f", is_flag=True,
+              help="Stop it first if it runs; delete it even if linked clones rest on it (they keep "
+              "its layers).")  # fmt: skip
 @json_option
 def delete_command(name: str, force: bool) -> None:
     """Delete an instance and its files (its image stays)."""

@@ -70,6 +70,11 @@ COMMANDS = [
     LazyCommand(
         "import", "virtkit.cli.backup:import_command", "Import an instance from an archive.", "Storage"
     ),
+    LazyCommand(
+        "copy", "virtkit.cli.copy:copy_command", "Copy an instance: linked clone, full copy, flatten.",
+        "Storage",
+    ),
+    LazyCommand("publish", "virtkit.cli.copy:publish_command", "Make an image of an instance.", "Images"),
     LazyCommand("image", "virtkit.cli.image:image_group", "Build, import, list and export images.", "Images"),
     LazyCommand("host", "virtkit.cli.host:host_group", "Check and describe this host.", "Host"),
     LazyCommand(

@@ -19,7 +19,7 @@ from pathlib import Path
 from virtkit import cloudinit
 from virtkit.drivers.base import Driver, ExecResult, InstancePaths, Runtime, Status, get_driver
 from virtkit.drivers.console import Console
-from virtkit.errors import NotFoundError, SpecError, StateError, StoreError
+from virtkit.errors import ConflictError, NotFoundError, SpecError, StateError, StoreError
 from virtkit.images.store import ImageStore
 from virtkit.model import (
     Forward,
@@ -371,15 +371,20 @@ class Lifecycle:
         paths = self.paths(record.name)
         with self.store.lock("instance", record.name):
             state = driver.status(record, paths).state
+            if state is not InstanceState.STOPPED and state is not InstanceState.ERROR and not force:
+                raise StateError(
+                    f"instance {name!r} is {state.value}: stop it first",
+                    hint=f"or delete it anyway: virtkit delete --force {name}",
+                )
+            _refuse_if_cloned(self.root, self.store, record, force=force)
             if state is not InstanceState.STOPPED and state is not InstanceState.ERROR:
-                if not force:
-                    raise StateError(
-                        f"instance {name!r} is {state.value}: stop it first",
-                        hint=f"or delete it anyway: virtkit delete --force {name}",
-                    )
                 driver.stop(record, paths, force=True, timeout=STOP_TIMEOUT)
             driver.cleanup(record, paths)
             self._remove(record, paths)
+        if (self.root / "layers").exists():
+            from virtkit.storage.layers import collect
+
+            collect(self.root, self.store)  # the layers only it used (docs/clones.md)
         return record
 
     def _change(
@@ -422,6 +427,25 @@ class Lifecycle:
         with_root = self.root / "instances"
         if with_root.exists() and not os.listdir(with_root):
             with_root.rmdir()
+
+
+def _refuse_if_cloned(root: Path, store: Store, record: InstanceRecord, *, force: bool) -> None:
+    """ConflictError naming the linked clones resting on a layer frozen from `record`, unless
+    `force` (the layers then stay, for the clones: docs/clones.md)."""
+    if not (root / "layers").exists():
+        return
+    from virtkit.storage.layers import dependents
+
+    clones = dependents(store, root, record)
+    if clones and not force:
+        raise ConflictError(
+            f"instance {record.name!r} has linked clones resting on layers frozen from it: "
+            + ", ".join(clones),
+            hint=f"delete it anyway, keeping the layers for them: virtkit delete --force {record.name}; "
+            f"or flatten them first: virtkit copy --flatten {clones[0]}",
+        )
+    if clones:
+        log.info("deleting %s; its layers stay for %s", record.name, ", ".join(clones))
 
 
 def _read_from(path: Path, offset: int) -> tuple[bytes, int]:

@@ -89,17 +89,19 @@ class OciDriver:
     ) -> Runtime:
         ids = idmap.plan(record, paths)
         spec = build_spec(record, image, image_dir, paths, ids.shift)
-        lower = str(image_dir / image.files[ROOTFS])
+        lower, layers = _lowers(record, image, image_dir, paths)
         volumes = mounts.plan(record.volumes, paths.dir)
         config: dict[str, object] = {
             "spec": spec.to_dict(),
-            "lower": lower,
+            "lower": str(lower),
             "ready_marker": image.properties.get("ready_marker", ""),
             "bundle": build_config(spec, volumes),
             CONFIG_KEY: _oci_runtime(paths),
         }
         if volumes:
             config["volumes"] = [mount.to_dict() for mount in volumes]
+        if layers:
+            config["layers"] = [str(layer) for layer in layers]
         notices = [ids.notice(record.name)] if ids.notice(record.name) else []
         if spec.privileged:
             notices.append(
@@ -118,11 +120,12 @@ class OciDriver:
         if shift is not None:  # its root (no host root) must enter the directory to reach its rootfs
             os.chown(paths.dir, 0, shift.gid)
             os.chmod(paths.dir, 0o750)
-        lower = image_dir / image.files[ROOTFS]
-        rootfs.prepare(rootfs.Layers(lower, files.upper, files.work, files.merged, shift))
+        lower, layers = _lowers(record, image, image_dir, paths)
+        rootfs.prepare(rootfs.Layers(lower, files.upper, files.work, files.merged, shift, layers))
 
     def _layers(self, runtime: Runtime, files: ContainerFiles) -> rootfs.Layers:
-        return rootfs.Layers(Path(runtime.config["lower"]), files.upper, files.work, files.merged)
+        return rootfs.Layers(Path(runtime.config["lower"]), files.upper, files.work, files.merged,
+                             extra=_saved_layers(runtime))  # fmt: skip
 
     def start(
         self, record: InstanceRecord, runtime: Runtime, paths: InstancePaths, plugged: Plugged = None
@@ -269,7 +272,8 @@ class OciDriver:
         volumes = mounts.saved(runtime.config)
         mounts.attach_stages(volumes, rootfs.saved_shift(paths.dir))
         try:
-            return foreground.run_bundle(runtime.config["bundle"], lower, paths, runc, cid)
+            return foreground.run_bundle(runtime.config["bundle"], lower, paths, runc, cid,
+                                         extra=_saved_layers(runtime))  # fmt: skip
         finally:
             mounts.detach_stages(volumes)
 
@@ -351,6 +355,26 @@ class OciDriver:
         from virtkit.drivers.oci import files
 
         return files.pull(files.Container(record.name, container_id(record), _runc(paths), paths), path, sink)
+
+
+def _lowers(
+    record: InstanceRecord, image: ImageRecord, image_dir: Path, paths: InstancePaths
+) -> tuple[Path, tuple[Path, ...]]:
+    """The container's read-only layers: the bottom one (the image's tree, or for a full copy or a
+    flattened clone its own base/, or its last layer) and the shared layers above it, nearest
+    first (docs/clones.md)."""
+    from virtkit.storage.layers import layer_path, root_of
+
+    layers = tuple(layer_path(root_of(paths.dir), layer, record.kind) for layer in record.layers)
+    if record.base == "own":
+        return paths.dir / "base", layers
+    if record.base == "layer" and layers:
+        return layers[-1], layers[:-1]
+    return image_dir / image.files[ROOTFS], layers
+
+
+def _saved_layers(runtime: Runtime) -> tuple[Path, ...]:
+    return tuple(Path(layer) for layer in runtime.config.get("layers", []))
 
 
 def _saved_runtime(paths: InstancePaths) -> Runtime:

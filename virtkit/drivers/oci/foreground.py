@@ -33,12 +33,14 @@ FORWARD_ALL = False
 
 
 def run_bundle(
-    config: dict[str, Any], lower: Path, paths: InstancePaths, runc: Runc, cid: str
-) -> tuple[int, str]:
-    """Make the container's files in `paths.dir`, mount its rootfs over `lower`, run `config` (an
-    OCI config.json) until its command ends and unmount: (exit status, runc's own error or "")."""
+    config: dict[str, Any], lower: Path, paths: InstancePaths, runc: Runc, cid: str,
+    extra: tuple[Path, ...] = (),
+) -> tuple[int, str]:  # fmt: skip
+    """Make the container's files in `paths.dir`, mount its rootfs over `lower` (and a linked
+    clone's layers, `extra`), run `config` (an OCI config.json) until its command ends and
+    unmount: (exit status, runc's own error or "")."""
     files = ContainerFiles(paths)
-    layers = rootfs.Layers(lower, files.upper, files.work, files.merged)
+    layers = rootfs.Layers(lower, files.upper, files.work, files.merged, extra=extra)
     if not files.upper.exists():  # a one-shot container: made now (an instance's, at its create)
         rootfs.prepare(layers)
     files.bundle.mkdir(mode=0o755, exist_ok=True)

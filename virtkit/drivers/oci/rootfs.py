@@ -81,6 +81,13 @@ class Layers:
     # None: the Shift saved in the instance directory (upper's parent), if any; a caller that does
     # not say still mounts a metacopy upper layer with metacopy=on.
     shift: Shift | None = None
+    # A linked clone's shared layers between upper and lower, nearest first (docs/clones.md): owned
+    # by the container's own ids like the image's tree, and shown in its range the same way.
+    extra: tuple[Path, ...] = ()
+
+    @property
+    def lowers(self) -> tuple[Path, ...]:
+        return (*self.extra, self.lower)
 
 
 def saved_shift(instance_dir: Path) -> Shift | None:
@@ -147,7 +154,7 @@ def prepare(layers: Layers) -> None:
 def mount(layers: Layers) -> None:
     """Mount the overlay at `layers.merged` (nothing to do if it already is)."""
     stage = layers.merged.parent / STAGE
-    for path in (layers.lower, layers.upper, layers.work, layers.merged, stage):
+    for path in (*layers.lowers, layers.upper, layers.work, layers.merged, stage):
         if any(char in str(path) for char in ",:\n"):
             raise SpecError(f"path {path} holds a character overlayfs options cannot carry (, : or newline)")
     if mounted(layers.merged):
@@ -158,30 +165,44 @@ def mount(layers: Layers) -> None:
     options = f"upperdir={layers.upper},workdir={layers.work}"
     if shift is None or shift.mode == METACOPY:
         options += ",metacopy=on" if shift is not None else ""
-        _overlay(f"lowerdir={layers.lower},{options}", layers.merged)
+        _overlay(f"lowerdir={':'.join(map(str, layers.lowers))},{options}", layers.merged)
         return
+    stages = [_stage(layers.merged, index) for index in range(len(layers.lowers))]
+    try:
+        for lower, point in zip(layers.lowers, stages, strict=True):
+            _attach(lower, point, shift)
+        _overlay(f"lowerdir={':'.join(map(str, stages))},{options}", layers.merged)
+    finally:
+        for point in stages:  # the overlay holds its own clone of each layer
+            if mounted(point):
+                _detach(point)
+
+
+def _stage(merged: Path, index: int) -> Path:
+    """Where lower layer `index` (0: the nearest; the image's tree when there are no layers) is
+    attached idmapped while the overlay is mounted: `lower` beside the merged tree, then `lower.N`."""
+    return merged.parent / (STAGE if index == 0 else f"{STAGE}.{index}")
+
+
+def _attach(lower: Path, stage: Path, shift: Shift) -> None:
     stage.mkdir(mode=0o700, exist_ok=True)
     if mounted(stage):  # left by a crash between the two mounts
         _detach(stage)
     try:
-        idmount.attach_idmapped(layers.lower, stage, shift.uid, shift.gid, shift.size)
+        idmount.attach_idmapped(lower, stage, shift.uid, shift.gid, shift.size)
     except OSError as exc:
         raise HostCapabilityError(
             f"cannot attach the image's files idmapped for the container's ids: {exc}",
             hint="see `virtkit host check` (user namespaces and idmapped mounts)",
         ) from exc
-    try:
-        _overlay(f"lowerdir={stage},{options}", layers.merged)
-    finally:
-        _detach(stage)  # the overlay holds its own clone of the layer
 
 
 def unmount(merged: Path) -> None:
     """Unmount the overlay, and the idmapped image if a crash left it attached (nothing mounted
     is fine)."""
-    stage = merged.parent / STAGE
-    if mounted(stage):
-        _detach(stage)
+    for stage in [merged.parent / STAGE, *sorted(merged.parent.glob(f"{STAGE}.[0-9]*"))]:
+        if mounted(stage):
+            _detach(stage)
     if mounted(merged):
         try:
             idmount.unmount(merged)

@@ -41,6 +41,10 @@ def make_root_disk(
     size = requested_size(record)
     if DISK in image.files:
         base = image_dir / image.files[DISK]
+        if record.layers:  # a linked clone: over the nearest of its shared layers (docs/clones.md)
+            from virtkit.storage.layers import layer_path, root_of
+
+            base = layer_path(root_of(disk.parent), record.layers[0], record.kind)
         if size is not None and image.virtual_size and size < image.virtual_size:
             raise SpecError(
                 f"disk size {format_size(size)} is smaller than image {image.name}'s "

@@ -337,8 +337,16 @@ def build_spec(
     check_room(spec)
     # Volumes are not among the files QEMU's user must reach: virtkit opens them and passes descriptors.
     opened = [paths.dir, image_dir, *(image_dir / name for name in image.files.values())]
+    opened += _layers(record, paths)
     spec, confined = confine(spec, record, opened + ([Path(iso)] if iso else []), who())
     return spec, notices + confined
+
+
+def _layers(record: InstanceRecord, paths: InstancePaths) -> list[Path]:
+    """The shared layers under the VM's disk (linked clones): QEMU's user must read them too."""
+    from virtkit.storage.layers import layer_path, root_of
+
+    return [layer_path(root_of(paths.dir), layer, record.kind) for layer in record.layers]
 
 
 def _nics(record: InstanceRecord, devices: Devices, machine: Machine) -> tuple[NicSpec, ...]:
