@@ -5,7 +5,6 @@ tested in tests/integration/storage/test_snapshot_*.py)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,13 +21,11 @@ from virtkit.errors import (
     ToolError,
     VirtkitError,
 )
-from virtkit.images.staged import DISK, ROOTFS, StagedImage
 from virtkit.model import InstanceKind, InstanceRecord, InstanceState, SnapshotRecord
-from virtkit.ops.images import add_staged
 from virtkit.ops.lifecycle import Lifecycle, Request
 from virtkit.ops.snapshots import Snapshots
 from virtkit.storage.snapshots import Backend, Captured
-from virtkit.store import SqliteStore, open_store
+from virtkit.store import SqliteStore
 
 
 @dataclass
@@ -81,31 +78,8 @@ class FakeBackend:
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "root"
-
-
-@pytest.fixture
-def store(root: Path) -> Iterator[SqliteStore]:
-    with open_store(root) as opened:
-        yield opened
-
-
-@pytest.fixture
 def fake() -> FakeDriver:
     return FakeDriver(InstanceKind.CONTAINER)
-
-
-@pytest.fixture
-def life(root: Path, store: SqliteStore, fake: FakeDriver) -> Lifecycle:
-    def make(staging: Path) -> StagedImage:
-        (staging / "disk.qcow2").write_bytes(b"disk")
-        (staging / "rootfs").mkdir()
-        return StagedImage("tiny", ["vm", "container"], "x86_64", "tiny", "t",
-                           files={DISK: "disk.qcow2", ROOTFS: "rootfs"})  # fmt: skip
-
-    add_staged(root, store, make, alias="tiny")
-    return Lifecycle(root, store, drivers=lambda kind: fake)
 
 
 @pytest.fixture

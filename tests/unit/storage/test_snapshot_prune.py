@@ -5,7 +5,6 @@ ones; catch-up, stopped instances, name clashes, hand-made snapshots and per-ins
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,15 +13,13 @@ from tests.unit.storage.test_snapshot_ops import FakeBackend
 from virtkit.drivers.base import InstancePaths
 from virtkit.drivers.fake import FakeDriver
 from virtkit.errors import NotFoundError, SpecError
-from virtkit.images.staged import DISK, ROOTFS, StagedImage
 from virtkit.model import InstanceKind, InstanceRecord
-from virtkit.ops.images import add_staged
 from virtkit.ops.lifecycle import Lifecycle, Request
 from virtkit.ops.prune import Pruner
 from virtkit.ops.settings import changed_record
 from virtkit.ops.snapshots import BackendFor, Snapshots
 from virtkit.storage.snapshots import Backend
-from virtkit.store import SqliteStore, open_store
+from virtkit.store import SqliteStore
 
 UTC = dt.UTC
 HOUR, DAY = 3600.0, 86400.0
@@ -46,17 +43,6 @@ def at(text: str) -> float:
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "root"
-
-
-@pytest.fixture
-def store(root: Path) -> Iterator[SqliteStore]:
-    with open_store(root) as opened:
-        yield opened
-
-
-@pytest.fixture
 def fake() -> FakeDriver:
     return FakeDriver(InstanceKind.CONTAINER)
 
@@ -64,18 +50,6 @@ def fake() -> FakeDriver:
 @pytest.fixture
 def clock() -> Clock:
     return Clock("2026-01-05 10:30")  # a Monday
-
-
-@pytest.fixture
-def life(root: Path, store: SqliteStore, fake: FakeDriver) -> Lifecycle:
-    def make(staging: Path) -> StagedImage:
-        (staging / "disk.qcow2").write_bytes(b"disk")
-        (staging / "rootfs").mkdir()
-        return StagedImage("tiny", ["vm", "container"], "x86_64", "tiny", "t",
-                           files={DISK: "disk.qcow2", ROOTFS: "rootfs"})  # fmt: skip
-
-    add_staged(root, store, make, alias="tiny")
-    return Lifecycle(root, store, drivers=lambda kind: fake)
 
 
 def backends_of(fake: FakeDriver) -> BackendFor:

@@ -5,7 +5,6 @@ a start with the vCPUs stopped (-S) then a load; a failed load stops it and says
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,13 +13,11 @@ from tests.unit.storage.test_snapshot_ops import FakeBackend, tree
 from virtkit.drivers.base import InstancePaths, Plugged, Runtime
 from virtkit.drivers.fake import FakeDriver
 from virtkit.errors import StateError, VirtkitError
-from virtkit.images.staged import DISK, ROOTFS, StagedImage
 from virtkit.model import InstanceKind, InstanceRecord, InstanceState
-from virtkit.ops.images import add_staged
 from virtkit.ops.lifecycle import Lifecycle, Request
 from virtkit.ops.snapshots import Snapshots
 from virtkit.storage.snapshots import Backend
-from virtkit.store import SqliteStore, open_store
+from virtkit.store import SqliteStore
 
 
 class ArgvDriver(FakeDriver):
@@ -34,31 +31,8 @@ class ArgvDriver(FakeDriver):
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "root"
-
-
-@pytest.fixture
-def store(root: Path) -> Iterator[SqliteStore]:
-    with open_store(root) as opened:
-        yield opened
-
-
-@pytest.fixture
 def fake() -> ArgvDriver:
     return ArgvDriver(InstanceKind.VM)
-
-
-@pytest.fixture
-def life(root: Path, store: SqliteStore, fake: FakeDriver) -> Lifecycle:
-    def make(staging: Path) -> StagedImage:
-        (staging / "disk.qcow2").write_bytes(b"disk")
-        (staging / "rootfs").mkdir()
-        return StagedImage("tiny", ["vm", "container"], "x86_64", "tiny", "t",
-                           files={DISK: "disk.qcow2", ROOTFS: "rootfs"})  # fmt: skip
-
-    add_staged(root, store, make, alias="tiny")
-    return Lifecycle(root, store, drivers=lambda kind: fake)
 
 
 @pytest.fixture

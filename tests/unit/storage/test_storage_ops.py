@@ -5,7 +5,6 @@ refused while attached, and every failure leaving neither record nor directory."
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,18 +13,7 @@ from virtkit.errors import ConflictError, NotFoundError, SpecError, StateError, 
 from virtkit.model import GiB, MiB, PoolRecord, TiB, VolumeRecord, VolumeType
 from virtkit.ops.storage import DEFAULT_POOL, Storage, volume_size, volume_type
 from virtkit.storage import pools, volumes
-from virtkit.store import SqliteStore, open_store
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "root"
-
-
-@pytest.fixture
-def store(root: Path) -> Iterator[SqliteStore]:
-    with open_store(root) as opened:
-        yield opened
+from virtkit.store import SqliteStore
 
 
 @pytest.fixture

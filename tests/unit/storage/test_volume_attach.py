@@ -3,7 +3,6 @@ refused, and every refusal or failure leaving both records and the saved runtime
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,6 @@ import pytest
 from virtkit.drivers.base import InstancePaths, Runtime
 from virtkit.drivers.fake import FakeDriver
 from virtkit.errors import ConflictError, NotFoundError, SpecError, StateError, ToolError
-from virtkit.images.staged import DISK, ROOTFS, StagedImage
 from virtkit.model import (
     ImageRecord,
     InstanceKind,
@@ -21,11 +19,10 @@ from virtkit.model import (
     VolumeRecord,
     VolumeType,
 )
-from virtkit.ops.images import add_staged
 from virtkit.ops.lifecycle import Lifecycle, Request
 from virtkit.ops.storage import Storage
 from virtkit.ops.volumes import MAX_VOLUMES, Volumes, mount_path
-from virtkit.store import SqliteStore, open_store
+from virtkit.store import SqliteStore
 
 
 class VolumeFake(FakeDriver):
@@ -61,31 +58,8 @@ class VolumeFake(FakeDriver):
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "root"
-
-
-@pytest.fixture
-def store(root: Path) -> Iterator[SqliteStore]:
-    with open_store(root) as opened:
-        yield opened
-
-
-@pytest.fixture
 def fake() -> VolumeFake:
     return VolumeFake()
-
-
-@pytest.fixture
-def life(root: Path, store: SqliteStore, fake: VolumeFake) -> Lifecycle:
-    def make(staging: Path) -> StagedImage:
-        (staging / "disk.qcow2").write_bytes(b"disk")
-        (staging / "rootfs").mkdir()
-        return StagedImage("tiny", ["vm", "container"], "x86_64", "tiny", "t",
-                           files={DISK: "disk.qcow2", ROOTFS: "rootfs"})  # fmt: skip
-
-    add_staged(root, store, make, alias="tiny")
-    return Lifecycle(root, store, drivers=lambda kind: fake)
 
 
 @pytest.fixture
