@@ -282,13 +282,13 @@ class Networks:
     def refresh_firewall(self) -> list[str]:
         """Render virtkit's tables from the store and swap them in (remove them when there is no
         network); the foreign forward chains that had to be opened to our bridges again."""
-        from virtkit.network import nft
+        from virtkit.network import nft, nftforeign
 
         with self.lock():
             networks = self.store.list(NetworkRecord)
             if not networks:
                 nft.remove()
-                nft.close_foreign()
+                nftforeign.close_foreign()
                 return []
             by_name = {r.name: r for r in networks}
             net_rules = [
@@ -306,7 +306,7 @@ class Networks:
             nft.apply(nft.render(net_rules, ports, self._forward_rules(networks)))
             # A foreign forward chain with policy drop (Docker's) would drop what ours accepts:
             # our bridges are let through there (what we put there before replaced, atomically).
-            return nft.open_foreign([r.bridge for r in networks])
+            return nftforeign.open_foreign([r.bridge for r in networks])
 
     def _forward_rules(self, networks: list[NetworkRecord]) -> list[ForwardRules]:
         from virtkit.network import nft

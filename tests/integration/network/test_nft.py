@@ -30,7 +30,7 @@ import pytest
 
 from tests.netns import Namespace, own_netns
 from virtkit.errors import ToolError
-from virtkit.network import nft
+from virtkit.network import nft, nftforeign
 from virtkit.network.nft import ForwardRules, NetRules, PortRules
 
 pytestmark = pytest.mark.root
@@ -840,14 +840,14 @@ def test_foreign_forward_drop_is_opened_for_our_bridges_and_closed_again(lab: La
     lab.apply()
     _foreign_drop(kind)
     before = host_run(["nft", "-s", "list", "table", "ip", "filter"]).stdout
-    assert nft.foreign_forward_drops() == ["ip filter FORWARD"]
+    assert nftforeign.foreign_forward_drops() == ["ip filter FORWARD"]
     same_bridge = Probe(a1, "tcp", lab.guests["a2"].port.ip)
     with open("/proc/sys/net/bridge/bridge-nf-call-iptables") as f:
         br_netfilter = f.read().strip() == "1"  # bridged frames then pass the forward hooks too
     assert_reach(fails=[Probe(a1, "tcp", INTERNET), *([same_bridge] if br_netfilter else [])])
 
-    nft.open_foreign(["vk-a", "vk-b", "vk-c"])
-    nft.open_foreign(["vk-a", "vk-b", "vk-c"])  # replaces, does not pile up
+    nftforeign.open_foreign(["vk-a", "vk-b", "vk-c"])
+    nftforeign.open_foreign(["vk-a", "vk-b", "vk-c"])  # replaces, does not pile up
     listing = host_run(["nft", "-s", "list", "table", "ip", "filter"]).stdout
     assert listing.count('comment "virtkit"') == 6
     if kind == "docker":
@@ -861,8 +861,8 @@ def test_foreign_forward_drop_is_opened_for_our_bridges_and_closed_again(lab: La
         ],  # our table still rules
     )
 
-    nft.close_foreign()
-    nft.close_foreign()
+    nftforeign.close_foreign()
+    nftforeign.close_foreign()
     assert host_run(["nft", "-s", "list", "table", "ip", "filter"]).stdout == before
     assert_reach(fails=[Probe(a1, "tcp", INTERNET)])
 
@@ -872,7 +872,7 @@ def test_no_foreign_drop_means_nothing_to_open(lab: Lab) -> None:
     host_run(["nft", "add", "chain", "ip", "filter", "FORWARD", "{ type filter hook forward priority 0; }"])
     lab.apply()
     before = host_run(["nft", "-s", "list", "ruleset"]).stdout  # -s: counters move by themselves
-    assert nft.foreign_forward_drops() == []
-    nft.open_foreign(["vk-a"])
-    nft.close_foreign()
+    assert nftforeign.foreign_forward_drops() == []
+    nftforeign.open_foreign(["vk-a"])
+    nftforeign.close_foreign()
     assert host_run(["nft", "-s", "list", "ruleset"]).stdout == before

@@ -21,7 +21,7 @@ import pytest
 
 from tests.netns import own_netns
 from virtkit.errors import SpecError, ToolError
-from virtkit.network import nft
+from virtkit.network import nft, nftforeign
 from virtkit.network.nft import ForwardRules, NetRules, PortRules
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -310,9 +310,9 @@ def test_same_port_number_for_tcp_and_udp_is_fine() -> None:
 
 
 def test_open_foreign_refuses_unsafe_bridge_names(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(nft, "_ruleset", lambda: pytest.fail("read the ruleset before validating"))
+    monkeypatch.setattr(nftforeign, "_ruleset", lambda: pytest.fail("read the ruleset before validating"))
     with pytest.raises(SpecError):
-        nft.open_foreign(['vk-a" accept'])
+        nftforeign.open_foreign(['vk-a" accept'])
 
 
 # ---------------------------------------------------------------- foreign firewalls, from canned JSON
@@ -362,7 +362,7 @@ def fake_nft(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], str]]:
 
 
 def test_foreign_forward_drops_lists_only_other_ipv4_dropping_forward_chains(fake_nft: Any) -> None:
-    assert nft.foreign_forward_drops() == ["ip filter FORWARD", "inet admin fwd"]
+    assert nftforeign.foreign_forward_drops() == ["ip filter FORWARD", "inet admin fwd"]
 
 
 def _commands(stdin: str) -> list[dict[str, Any]]:
@@ -372,7 +372,7 @@ def _commands(stdin: str) -> list[dict[str, Any]]:
 def test_open_foreign_replaces_old_rules_and_prefers_docker_user(
     fake_nft: list[tuple[list[str], str]],
 ) -> None:
-    nft.open_foreign(["vk-b", "vk-a", "vk-a"])
+    nftforeign.open_foreign(["vk-b", "vk-a", "vk-a"])
     args, stdin = fake_nft[-1]
     assert args == ["-j", "-f", "-"]
     commands = _commands(stdin)
@@ -396,7 +396,7 @@ def test_open_foreign_replaces_old_rules_and_prefers_docker_user(
 def test_close_foreign_deletes_only_rules_with_our_comment_outside_our_table(
     fake_nft: list[tuple[list[str], str]],
 ) -> None:
-    nft.close_foreign()
+    nftforeign.close_foreign()
     commands = _commands(fake_nft[-1][1])
     assert [c["delete"]["rule"]["handle"] for c in commands] == [7, 9]
 
@@ -404,9 +404,9 @@ def test_close_foreign_deletes_only_rules_with_our_comment_outside_our_table(
 def test_open_foreign_with_no_bridge_deletes_what_close_foreign_deletes(
     fake_nft: list[tuple[list[str], str]],
 ) -> None:
-    nft.open_foreign([])
+    nftforeign.open_foreign([])
     opened = _commands(fake_nft[-1][1])
-    nft.close_foreign()
+    nftforeign.close_foreign()
     assert opened == _commands(fake_nft[-1][1])
 
 
@@ -454,7 +454,7 @@ def test_unreadable_ruleset_is_a_tool_error(monkeypatch: pytest.MonkeyPatch) -> 
         nft, "_run", lambda args, stdin="": subprocess.CompletedProcess(["nft", *args], 0, "not json", "")
     )
     with pytest.raises(ToolError):
-        nft.foreign_forward_drops()
+        nftforeign.foreign_forward_drops()
 
 
 def test_missing_nft_is_a_host_capability_error(monkeypatch: pytest.MonkeyPatch) -> None:
