@@ -6,9 +6,9 @@ own [Install] sections, so no systemd needs to run on the build host.
 
 What every instance of the image then gets at first boot: a fresh machine-id (the file is left
 empty), fresh SSH host keys (generated before sshd starts), DHCP on every en*/eth* interface by
-systemd-networkd, a locked root password, cloud-init reading a NoCloud seed when one is attached,
-and qemu-guest-agent started by udev when the org.qemu.guest_agent.0 port appears (Debian's unit
-is bound to that device).
+systemd-networkd, a locked root password, cloud-init reading a NoCloud seed when one is attached
+(and growing the root filesystem to fill a bigger disk, `launch --disk`), and qemu-guest-agent
+started by udev when the org.qemu.guest_agent.0 port appears (Debian's unit is bound to that device).
 
 A container's systemd (PID 1, halted by SIGRTMIN+3) runs without the units that need hardware,
 a kernel of its own or CAP_SYS_ADMIN (`CONTAINER_MASKS`; the rest skip themselves on their
@@ -159,6 +159,12 @@ def cloud_config() -> str:
         "ssh_genkeytypes: [ed25519]\n"
         "# keep the hostname cloud-init sets resolvable (/etc/hosts names 127.0.1.1 after it)\n"
         "manage_etc_hosts: localhost\n"
+        "# the root disk is a bare ext4 filesystem (no partition table): nothing for growpart;\n"
+        "# resizefs grows the filesystem to fill a bigger disk (launch --disk) at every boot,\n"
+        "# before the boot goes on (resize2fs online: well under a second)\n"
+        "growpart:\n"
+        "  mode: \"off\"\n"
+        "resize_rootfs: true\n"
         "# the image has no bootloader (virtkit boots its kernel directly)\n"
         "grub_dpkg:\n"
         "  enabled: false\n"

@@ -102,11 +102,13 @@ def build_initramfs(
     modules: Sequence[tuple[str, bytes, Sequence[str]]],
     release: str,
     module_list: str,
+    extra: Sequence[tuple[str, bytes, int]] = (),
     gzip_level: int | None = 6,
 ) -> int:
     """Write an initramfs: the `rootfs` tree, `/init` (a script), and `modules` ((name, contents,
     conditions) in load order) as /lib/modules/<release>/<name>.ko, listed in that order in
-    `module_list`, one "name /lib/modules/<release>/<name>.ko [condition...]" per line.
+    `module_list`, one "name /lib/modules/<release>/<name>.ko [condition...]" per line; then the
+    `extra` files ((path, contents, mode): binaries and their libraries), in the order given.
 
     `gzip_level` None leaves the archive uncompressed (the kernel reads both). Returns its size.
     """
@@ -124,6 +126,9 @@ def build_initramfs(
         listing.append(" ".join([name, f"/{moddir}/{name}.ko", *conditions]) + "\n")
     writer.parents(module_list)
     writer.file(module_list, "".join(listing).encode())
+    for path, data, mode in extra:
+        writer.parents(path)
+        writer.file(path, data, mode)
     writer.finish()
     raw = buffer.getvalue()
     data = raw if gzip_level is None else compress(raw, level=gzip_level)

@@ -1,10 +1,11 @@
 """`virtkit image build tiny`: the small busybox guest every test and demo uses, as a VM and a container.
 
 It is made of a Debian kernel (fetched and unpacked in the cache, see `kernel`), an initramfs
-carrying exactly the modules a virtio or emulated-device VM needs, a busybox root tree (see
-`tinyroot` and `tinyinit`), and that tree again as a 64 MiB ext4 root disk in qcow2, made with
-`mkfs.ext4 -d` without mounting anything. Only the download is slow; everything else takes a few
-seconds, so nothing but the unpacked kernel package is cached.
+carrying exactly the modules a virtio or emulated-device VM needs and resize2fs (`tinyresize`: a VM
+given a bigger disk grows its root filesystem at boot), a busybox root tree (see `tinyroot` and
+`tinyinit`), and that tree again as a 64 MiB ext4 root disk in qcow2, made with `mkfs.ext4 -d`
+without mounting anything. Only the download is slow; everything else takes a few seconds, so
+nothing but the unpacked kernel package is cached.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from virtkit.images.tinyinit import (
     READY_PORT,
     guest_files,
 )
+from virtkit.images.tinyresize import RESIZE2FS, resize_files
 from virtkit.images.tinyroot import Busybox, agent_script, applet_paths, find_busybox, make_rootfs
 from virtkit.images.tools import require_tool, run_tool
 from virtkit.units import MiB
@@ -113,7 +115,7 @@ def _build(staging: Path, *, cache: Path, arch: str, progress: Progress) -> Stag
     progress("writing the initramfs", 0.6)
     modules = _initramfs_modules(kernel)
     build_initramfs(staging / "initrd.img", rootfs=rootfs, init=INITRAMFS_INIT, modules=modules,
-                    release=kernel.release, module_list=MODULE_LIST_PATH)
+                    release=kernel.release, module_list=MODULE_LIST_PATH, extra=resize_files(cache, arch))
     progress("copying the kernel", 0.7)
     shutil.copyfile(kernel.vmlinuz, staging / "vmlinuz")
     if kernel.vmlinux is not None:
@@ -186,6 +188,8 @@ def _describe(kernel: Kernel, busybox: Busybox, arch: str, modules: list[str]) -
         "root_fstype": "ext4",
         "init": "/sbin/init",
         "modules": ",".join(modules),
+        # the initramfs grows the root filesystem to fill a bigger disk (launch --disk)
+        "grow_root": f"/{RESIZE2FS}",
     }
     if kernel.vmlinux is not None:
         properties["vmlinux"] = "vmlinux"  # uncompressed PVH ELF: direct boot without decompression

@@ -2,7 +2,8 @@
 
 Boot in a VM: the kernel runs the initramfs `/init` (INITRAMFS_INIT), which loads the modules
 listed in /lib/modules/virtkit.load (passing it any `module.param=value` from the kernel command
-line, as modprobe would), finds the root disk, mounts it and switch_root's into /sbin/init there;
+line, as modprobe would), finds the root disk, mounts it, grows its filesystem when the disk is
+bigger (`launch --disk`: resize2fs, online, logged on the console) and switch_root's into /sbin/init there;
 without a disk it goes on from the initramfs, which holds the same root tree. /sbin/init is busybox
 init: its sysinit script (RCS) mounts what is missing, names the host, starts DHCP in the background,
 the power-button daemon and the command agent, then prints READY_MARKER on the console and on the
@@ -30,6 +31,7 @@ UDHCPC_SCRIPT_PATH = "/etc/udhcpc/default.script"  # where busybox udhcpc looks 
 IFUP_PATH = "/usr/lib/virtkit/ifup"  # DHCP on a NIC that appears (boot or hot-plug), stopped when it goes
 VM_MARKER = "/dev/.virtkit-vm"  # made by the initramfs; boot scripts act as in a VM only if present
 MODULE_LIST_PATH = "/lib/modules/virtkit.load"  # "name /lib/modules/<release>/name.ko" per line
+GROW_MIN = 4 << 20  # the root filesystem is grown when its disk is at least this much bigger
 
 INITRAMFS_INIT = r"""#!/bin/sh
 # virtkit tiny initramfs: load the modules, find the root disk, switch to it (or run from here).
@@ -128,8 +130,47 @@ if [ "$root" != none ] && ! find_root; then
 	[ -n "$found" ] || [ -z "$root" ] || echo "virtkit: root device $root not found" >&2
 fi
 
+# The disk may be bigger than its filesystem (virtkit launch --disk): grow the filesystem to fill
+# it, online (mounted, so no fsck first), before switching to it. Nothing is done unless the disk
+# is at least GROW_MIN larger (resize2fs leaves out a last block group too small for its metadata).
+fs_bytes() {
+	# ext4 superblock words from byte 1024: 1 blocks_count_lo, 6 log_block_size, 14 magic (low
+	# half), 24 feature_incompat (0x80: 64bit), 84 blocks_count_hi
+	set -- $(od -An -v -tu4 -j1024 -N340 "$1" 2>/dev/null)
+	size=
+	[ $# -eq 85 ] && [ $((${15} & 0xffff)) -eq $((0xef53)) ] || return 1
+	hi=${85}
+	[ $((${25} & 0x80)) -ne 0 ] || hi=0
+	size=$((($2 + (hi << 32)) * (1024 << $7)))
+}
+centiseconds() {
+	read -r up idle < /proc/uptime
+	cs=${up#*.}
+	cs=$((${up%.*} * 100 + ${cs#0}))
+}
+grow_root() {
+	command -v resize2fs >/dev/null || return 0
+	read -r sectors < "@SYSBLOCK@/${1##*/}/size" && fs_bytes "$1" || return 0
+	disk=$((sectors * 512)) old=$size
+	[ $((disk - old)) -ge @GROW_MIN@ ] || return 0
+	echo "virtkit: growing the root filesystem on $1 from $((old >> 20)) MiB" \
+		"to its disk's $((disk >> 20)) MiB"
+	centiseconds
+	start=$cs
+	if out=$(resize2fs "$1" 2>&1) && fs_bytes "$1"; then
+		centiseconds
+		cs=$((cs - start))
+		printf 'virtkit: root filesystem on %s grown online to %d MiB in %d.%02d s\n' \
+			"$1" $((size >> 20)) $((cs / 100)) $((cs % 100))
+	else
+		printf '%s\n' "$out" | sed 's/^/virtkit: resize2fs: /'
+		echo "virtkit: cannot grow the root filesystem on $1; it keeps its $((old >> 20)) MiB" >&2
+	fi
+}
+
 if [ -n "$found" ]; then
 	if mount -t ext4 -o rw,noatime "$found" /newroot; then
+		grow_root "$found"
 		if [ -e "/newroot$init" ] || [ -L "/newroot$init" ]; then
 			mount --move /dev /newroot/dev
 			mount --move /proc /newroot/proc
@@ -142,7 +183,8 @@ if [ -n "$found" ]; then
 	echo "virtkit: cannot use $found as root; running from the initramfs" >&2
 fi
 exec "$init"
-""".replace("@MODULE_LIST@", MODULE_LIST_PATH).replace("@VM_MARKER@", VM_MARKER)
+""".replace("@MODULE_LIST@", MODULE_LIST_PATH).replace("@VM_MARKER@", VM_MARKER).replace(
+    "@SYSBLOCK@", "/sys/class/block").replace("@GROW_MIN@", str(GROW_MIN))
 
 FUNCTIONS = r"""# virtkit tiny: shell functions shared by the boot scripts (sourced, not run).
 

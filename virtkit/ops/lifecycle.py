@@ -257,6 +257,11 @@ class Lifecycle:
         check_resources(kind, request.cpus, request.memory)
         config, given = cloudinit.take_inputs(dict(request.config or {}))
         if request.disk is not None:
+            if kind is InstanceKind.CONTAINER:
+                raise SpecError("--disk sizes a VM's root disk; a container's root filesystem is a "
+                                "directory with no size of its own",
+                                hint="give the container a volume: virtkit volume create default NAME "
+                                "--size SIZE, then virtkit volume attach")
             config["disk_size"] = str(request.disk)
         return InstanceRecord(
             name=validate_name(request.name),

@@ -134,6 +134,15 @@ def test_cloud_init_keeps_the_boot_short_and_the_hostname_resolvable() -> None:
     assert "grub_dpkg:\n  enabled: false\n" in text  # no bootloader in the image
 
 
+def test_cloud_init_grows_the_bare_root_filesystem_and_leaves_partitions_alone() -> None:
+    text = cloud_config()
+    # The root disk has no partition table (debiandisk): resizefs grows the filesystem itself, at
+    # every boot and before the boot goes on (true, not cloud-init's "noblock"); growpart has
+    # nothing to do ("off" quoted: YAML would read a bare off as false).
+    assert "\nresize_rootfs: true\n" in text
+    assert '\ngrowpart:\n  mode: "off"\n' in text
+
+
 def test_no_waiting_for_a_network_without_ethernet() -> None:
     text = config_files(VM)["etc/systemd/system/systemd-networkd-wait-online.service.d/virtkit.conf"]
     assert text.startswith("[Unit]\nConditionPathExistsGlob=/sys/class/net/e*\n")

@@ -139,3 +139,19 @@ def test_initramfs_can_be_left_uncompressed(tmp_path: Path) -> None:
     build_initramfs(out, rootfs=tmp_path / "rootfs", init="", modules=[], release="r",
                     module_list="lib/modules/virtkit.load", gzip_level=None)
     assert out.read_bytes().startswith(b"070701")
+
+
+def test_initramfs_carries_extra_binaries_with_their_directories(tmp_path: Path) -> None:
+    (tmp_path / "rootfs" / "sbin").mkdir(parents=True)
+    out = tmp_path / "initrd.img"
+    build_initramfs(out, rootfs=tmp_path / "rootfs", init="", modules=[], release="r",
+                    module_list="lib/modules/virtkit.load",
+                    extra=[("sbin/resize2fs", b"R", 0o755), ("lib/x86_64-linux-gnu/libc.so.6", b"C", 0o755),
+                           ("lib64/ld-linux-x86-64.so.2", b"L", 0o755)])
+    members = {name: (mode, data) for name, mode, data in read_newc(gzip.decompress(out.read_bytes()))}
+    assert members["sbin/resize2fs"] == (stat.S_IFREG | 0o755, b"R")
+    assert members["lib/x86_64-linux-gnu/libc.so.6"][1] == b"C"
+    assert stat.S_ISDIR(members["lib/x86_64-linux-gnu"][0]) and stat.S_ISDIR(members["lib64"][0])
+    with pytest.raises(ValueError, match="duplicate"):  # an extra file never shadows one of the tree
+        build_initramfs(out, rootfs=tmp_path / "rootfs", init="", modules=[], release="r",
+                        module_list="lib/modules/virtkit.load", extra=[("sbin", b"", 0o755)])

@@ -14,11 +14,12 @@ from pathlib import Path
 from virtkit.errors import ConflictError, SpecError
 from virtkit.images.staged import DISK
 from virtkit.images.tools import run_tool
-from virtkit.model import GiB, ImageRecord, InstanceRecord, format_size, parse_size
+from virtkit.model import GiB, ImageRecord, InstanceRecord, TiB, format_size, parse_size
 
 log = logging.getLogger(__name__)
 
 EMPTY_DISK_SIZE = 8 * GiB  # an ISO install's disk when no --disk size is given (sparse)
+MAX_DISK_SIZE = 64 * TiB  # as a volume's (storage/volumes.py): beyond it a size is a typo, not a disk
 QEMU_IMG_TIMEOUT = 60.0
 
 
@@ -29,7 +30,13 @@ def remove_quietly(path: Path) -> None:
 
 def requested_size(record: InstanceRecord) -> int | None:
     text = record.config.get("disk_size")
-    return parse_size(text, what="disk size") if text else None
+    if not text:
+        return None
+    size = parse_size(text, what="disk size")
+    if size > MAX_DISK_SIZE:
+        raise SpecError(f"disk size {format_size(size)} is more than a root disk may have "
+                        f"({format_size(MAX_DISK_SIZE)})", hint="give a smaller --disk, e.g. 20GiB")
+    return size
 
 
 def make_root_disk(
