@@ -14,7 +14,7 @@ DEBIAN_PACKAGES=(
     busybox-static debootstrap cpio zstd xz-utils
     iproute2 nftables dnsmasq-base
     skopeo umoci
-    procps util-linux kmod e2fsprogs
+    procps util-linux kmod e2fsprogs openssl
     xorriso
     fdisk extlinux syslinux-common isolinux dosfstools mtools systemd-boot-efi  # firmware boot media (tests)
 )
@@ -66,6 +66,8 @@ make_qemu_user() {
         useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
             --groups kvm virtkit-qemu
     fi
+    # Members of this group may use the API's Unix socket (`virtkit serve`), as incus-admin does.
+    getent group virtkit >/dev/null || groupadd --system virtkit
 }
 
 setup() {

@@ -15,7 +15,9 @@ meets them, so the CLI and the API only ever handle this tree::
     ├── HostCapabilityError         this host lacks what the request needs (KVM, a cgroup controller)
     ├── ToolError                   an external tool (qemu-img, runc, nft, ...) failed
     ├── RejectedError               an image or archive was refused as unsafe or malformed
-    └── StoreError                  the state root or database cannot be used
+    ├── StoreError                  the state root or database cannot be used
+    └── RemoteError                 a virtkit server cannot be reached, or answered nonsense
+        └── AuthError               the server refused the credentials (401) or the role (403)
 """
 
 from __future__ import annotations
@@ -104,3 +106,11 @@ class RejectedError(VirtkitError):
 
 class StoreError(VirtkitError):
     """The state root or its database cannot be used."""
+
+
+class RemoteError(VirtkitError):
+    """A virtkit server (a remote) cannot be reached, or did not answer as the API says."""
+
+
+class AuthError(RemoteError):
+    """The server refused the request's credentials (401) or its token's role (403)."""

@@ -47,8 +47,10 @@ __all__ = [
     "PiB",
     "PoolRecord",
     "Record",
+    "Role",
     "SnapshotRecord",
     "TiB",
+    "TokenRecord",
     "VolumeAttachment",
     "VolumeRecord",
     "VolumeType",
@@ -304,3 +306,28 @@ class OperationRecord(Record):
     message: str = ""
     error: str | None = None
     result: dict[str, Any] = Field(default_factory=dict)
+
+
+class Role(StrEnum):
+    """What an API token may do: viewer reads; operator also acts on instances; admin does all."""
+
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+    def allows(self, needed: Role) -> bool:
+        order = [Role.VIEWER, Role.OPERATOR, Role.ADMIN]
+        return order.index(self) >= order.index(needed)
+
+
+class TokenRecord(Record):
+    """An API bearer token. Only the SHA-256 of the secret is kept: it cannot be shown again."""
+
+    TABLE: ClassVar[str] = "tokens"
+    KEY: ClassVar[tuple[str, ...]] = ("name",)
+
+    name: Name
+    role: Role = Role.VIEWER
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    expires_at: float | None = None
+    last_used_at: float | None = None

@@ -80,6 +80,8 @@ COMMANDS = [
     LazyCommand(
         "operation", "virtkit.cli.operation:operation_group", "Watch long-running operations.", "Server"
     ),
+    LazyCommand("serve", "virtkit.cli.serve:serve_command", "Serve the REST API.", "Server"),
+    LazyCommand("token", "virtkit.cli.token:token_group", "API tokens: create, list, revoke.", "Server"),
 ]
 
 

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from virtkit.errors import HostCapabilityError, SpecError
 from virtkit.units import MiB, format_size
+
+if TYPE_CHECKING:
+    from virtkit.store import Store
 
 MIN_MEMORY = 32 * MiB
 MIN_CONTAINER_CPUS = 0.01
@@ -45,3 +49,26 @@ def check_resources(kind: str, cpus: float, memory: int) -> None:
             f"memory {format_size(memory)} is more than this host has ({format_size(total)})",
             hint="ask for less with --memory",
         )
+
+
+def host_usage(root: Path, store: Store) -> dict[str, Any]:
+    """What the host has (CPUs, memory, the state root's disk) and what its instances are given:
+    `GET /1.0/host/resources`. "given" counts every defined instance, running or not."""
+    from virtkit.model import InstanceRecord
+
+    records = store.list(InstanceRecord)
+    disk = os.statvfs(root)
+    return {
+        "cpus": {"total": os.cpu_count() or 1, "given": sum(r.cpus for r in records)},
+        "memory": {"total": host_memory(), "available": _available(),
+                   "given": sum(r.memory for r in records)},
+        "disk": {"total": disk.f_blocks * disk.f_frsize, "free": disk.f_bavail * disk.f_frsize},
+        "instances": len(records),
+    }
+
+
+def _available(meminfo: Path = Path("/proc/meminfo")) -> int:
+    for line in meminfo.read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0

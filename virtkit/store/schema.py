@@ -62,7 +62,16 @@ _V1 = [
         updated_at REAL NOT NULL)""",
 ]
 
-MIGRATIONS: list[list[str]] = [_V1]
+# v2: API tokens (`virtkit token create`).
+_V2 = [
+    """CREATE TABLE tokens (
+        name TEXT NOT NULL PRIMARY KEY,
+        data TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL)""",
+]
+
+MIGRATIONS: list[list[str]] = [_V1, _V2]
 
 
 def quote(identifier: str) -> str:

@@ -12,7 +12,7 @@ from virtkit.errors import StoreError
 from virtkit.model import InstanceRecord, Record
 from virtkit.store import SqliteStore, known_version, open_store, schema
 
-TABLES = {"instances", "images", "networks", "pools", "volumes", "snapshots", "operations"}
+TABLES = {"instances", "images", "networks", "pools", "volumes", "snapshots", "operations", "tokens"}
 
 
 def version_rows(db: Path) -> list[tuple[int]]:
@@ -71,13 +71,13 @@ def test_a_database_from_a_newer_virtkit_is_refused(root: Path) -> None:
 def test_missing_migrations_are_applied_forward(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with open_store(root) as store:
         store.create(sample(InstanceRecord))
-    v2 = ["CREATE TABLE extra (name TEXT PRIMARY KEY)", "INSERT INTO extra VALUES ('x')"]
-    monkeypatch.setattr(schema, "MIGRATIONS", [*schema.MIGRATIONS, v2])
+    extra = ["CREATE TABLE extra (name TEXT PRIMARY KEY)", "INSERT INTO extra VALUES ('x')"]
+    monkeypatch.setattr(schema, "MIGRATIONS", [*schema.MIGRATIONS, extra])
 
     with open_store(root) as store:
         assert store.get(InstanceRecord, "web1").name == "web1"
     db = root / "virtkit.db"
-    assert version_rows(db) == [(known_version(),)] == [(2,)]
+    assert version_rows(db) == [(known_version(),)] == [(len(schema.MIGRATIONS),)]
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT name FROM extra").fetchall() == [("x",)]
 
@@ -92,7 +92,7 @@ def test_a_failing_migration_leaves_the_database_as_it_was(
     with pytest.raises(StoreError, match="syntax error"):
         open_store(root)
     db = root / "virtkit.db"
-    assert version_rows(db) == [(1,)]
+    assert version_rows(db) == [(known_version() - 1,)]
     assert "extra" not in tables(db)
 
 
