@@ -30,6 +30,7 @@ from virtkit.model import (
     MiB,
     validate_name,
 )
+from virtkit.ops import events
 from virtkit.ops.networks import Networks
 from virtkit.ops.nics import NicRequest, Nics
 from virtkit.ops.resources import check_resources
@@ -135,6 +136,7 @@ class Lifecycle:
             except BaseException:
                 self._remove(record, paths)
                 raise
+        events.emit(self.root, "instance", "created", name, kind=kind.value, image=image.fingerprint)
         return record, runtime
 
     def _store_new(self, record: InstanceRecord, request: Request) -> InstanceRecord:
@@ -311,7 +313,9 @@ class Lifecycle:
                 driver.cleanup(record, paths)
                 raise
             record.state, record.started_at, record.boot = InstanceState.RUNNING, started, boot
-            return self.store.put(record)
+            record = self.store.put(record)
+        events.emit(self.root, "instance", "started", record.name, boot=boot)
+        return record
 
     def run_foreground(self, name: str) -> tuple[int, str]:
         """Start a stopped instance with the caller's stdio and wait until it ends (`virtkit run`).
@@ -344,7 +348,7 @@ class Lifecycle:
             driver.stop(record, paths, force=force, timeout=timeout)
             driver.cleanup(record, paths)
 
-        return self._change(name, act, InstanceState.STOPPED)
+        return self._change(name, act, InstanceState.STOPPED, "stopped")
 
     def restart(
         self, name: str, *, force: bool = False, timeout: float = STOP_TIMEOUT, wait: bool = False
@@ -360,7 +364,7 @@ class Lifecycle:
                 raise StateError(f"instance {name!r} is {state.value}: only a running instance can be paused")
             driver.pause(record, paths)
 
-        return self._change(name, act, InstanceState.PAUSED)
+        return self._change(name, act, InstanceState.PAUSED, "paused")
 
     def resume(self, name: str) -> InstanceRecord:
         def act(record: InstanceRecord, driver: Driver, paths: InstancePaths, state: InstanceState) -> None:
@@ -368,7 +372,7 @@ class Lifecycle:
                 raise StateError(f"instance {name!r} is {state.value}: only a paused instance can be resumed")
             driver.resume(record, paths)
 
-        return self._change(name, act, InstanceState.RUNNING)
+        return self._change(name, act, InstanceState.RUNNING, "resumed")
 
     def delete(self, name: str, *, force: bool = False) -> InstanceRecord:
         record = self.store.get(InstanceRecord, validate_name(name))
@@ -386,6 +390,7 @@ class Lifecycle:
                 driver.stop(record, paths, force=True, timeout=STOP_TIMEOUT)
             driver.cleanup(record, paths)
             self._remove(record, paths)
+        events.emit(self.root, "instance", "deleted", record.name)
         if (self.root / "layers").exists():
             from virtkit.storage.layers import collect
 
@@ -397,6 +402,7 @@ class Lifecycle:
         name: str,
         act: Callable[[InstanceRecord, Driver, InstancePaths, InstanceState], None],
         new_state: InstanceState,
+        event: str,
     ) -> InstanceRecord:
         record = self.store.get(InstanceRecord, validate_name(name))
         driver = self.drivers(record.kind)
@@ -404,7 +410,9 @@ class Lifecycle:
         with self.store.lock("instance", record.name):
             act(record, driver, paths, driver.status(record, paths).state)
             record.state = new_state
-            return self.store.put(record)
+            record = self.store.put(record)
+        events.emit(self.root, "instance", event, record.name)
+        return record
 
     # --- files ----------------------------------------------------------------------------------
 

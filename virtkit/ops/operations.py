@@ -83,6 +83,7 @@ class Operations:
         self._running: dict[str, Context] = {}
         self._cancellable: set[str] = set()
         self._guard = threading.Lock()
+        self._serial: dict[str, threading.Lock] = {}  # per target: its operations run one at a time
 
     def recover(self) -> list[OperationRecord]:
         stale = []
@@ -99,7 +100,10 @@ class Operations:
             if cancellable:
                 self._cancellable.add(record.id)
         events.emit(self.root, "operation", "created", target, id=record.id, operation=action)
-        thread = threading.Thread(target=self._run, args=(context, work), name=f"op-{action}", daemon=True)
+        with self._guard:
+            serial = self._serial.setdefault(target, threading.Lock()) if target else threading.Lock()
+        thread = threading.Thread(target=self._run, args=(context, work, serial), name=f"op-{action}",
+                                  daemon=True)  # fmt: skip
         thread.start()
         return record
 
@@ -141,7 +145,11 @@ class Operations:
             record = self.store.get(OperationRecord, record.id)
         return record
 
-    def _run(self, context: Context, work: Work) -> None:
+    def _run(self, context: Context, work: Work, serial: threading.Lock) -> None:
+        with serial:  # one operation at a time per target (in no promised order)
+            self._run_now(context, work)
+
+    def _run_now(self, context: Context, work: Work) -> None:
         self.update(context.id, status=OperationStatus.RUNNING)
         try:
             context.check_cancelled()
