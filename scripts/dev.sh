@@ -96,7 +96,7 @@ bench() {
 run_tests() {
     setup
     echo "==> ruff"
-    "$VENV/bin/ruff" check virtkit tests benchmarks
+    "$VENV/bin/ruff" check virtkit tests benchmarks examples
     echo "==> mypy --strict"
     "$VENV/bin/mypy"
     echo "==> pytest"
