@@ -49,6 +49,7 @@ __all__ = [
     "Record",
     "Role",
     "SnapshotRecord",
+    "StackRecord",
     "TiB",
     "TokenRecord",
     "VolumeAttachment",
@@ -331,3 +332,17 @@ class TokenRecord(Record):
     digest: str = Field(pattern=r"^[0-9a-f]{64}$")
     expires_at: float | None = None
     last_used_at: float | None = None
+
+
+class StackRecord(Record):
+    """A stack `virtkit apply` made: the spec it last applied, and the networks and volumes it
+    created (those, and the instances labelled with its name, are what `destroy` removes)."""
+
+    TABLE: ClassVar[str] = "stacks"
+    KEY: ClassVar[tuple[str, ...]] = ("name",)
+
+    name: Name
+    file: str = ""
+    spec: dict[str, Any] = Field(default_factory=dict)
+    networks: list[str] = Field(default_factory=list)
+    volumes: list[str] = Field(default_factory=list)  # "POOL/NAME"

@@ -80,6 +80,9 @@ COMMANDS = [
     LazyCommand(
         "operation", "virtkit.cli.operation:operation_group", "Watch long-running operations.", "Server"
     ),
+    LazyCommand("apply", "virtkit.cli.stack:apply_command", "Make instances match a stack file.", "Stacks"),
+    LazyCommand("destroy", "virtkit.cli.stack:destroy_command", "Remove what a stack file owns.", "Stacks"),
+    LazyCommand("scale", "virtkit.cli.stack:scale_command", "Change a stack group's count.", "Stacks"),
     LazyCommand("serve", "virtkit.cli.serve:serve_command", "Serve the REST API.", "Server"),
     LazyCommand("token", "virtkit.cli.token:token_group", "API tokens: create, list, revoke.", "Server"),
 ]

@@ -77,6 +77,7 @@ class Request:
     nics: tuple[NicRequest, ...] = ()
     publish: tuple[Forward, ...] = ()
     allow_host: bool = False
+    labels: dict[str, str] | None = None  # key=value tags (`virtkit apply` marks what it owns)
 
 
 class Lifecycle:
@@ -273,13 +274,13 @@ class Lifecycle:
             cpus=request.cpus,
             memory=request.memory,
             config=config,
+            labels=dict(request.labels or {}),
         ), given
 
     def _kind(self, wanted: InstanceKind | None, image: ImageRecord) -> InstanceKind:
         kinds = list(image.kinds)
         if wanted is None:
-            # Like Incus: a container when the image can be one, else what it can be.
-            wanted = InstanceKind.CONTAINER if InstanceKind.CONTAINER in kinds or not kinds else kinds[0]
+            wanted = default_kind(image)
         if wanted not in kinds:
             can = " or ".join(k.value for k in kinds) or "nothing"
             raise SpecError(
@@ -440,6 +441,12 @@ class Lifecycle:
         with_root = self.root / "instances"
         if with_root.exists() and not os.listdir(with_root):
             with_root.rmdir()
+
+
+def default_kind(image: ImageRecord) -> InstanceKind:
+    """Like Incus: a container when the image can be one, else what it can be."""
+    kinds = list(image.kinds)
+    return InstanceKind.CONTAINER if InstanceKind.CONTAINER in kinds or not kinds else kinds[0]
 
 
 def _refuse_if_cloned(root: Path, store: Store, record: InstanceRecord, *, force: bool) -> None:

@@ -71,7 +71,16 @@ _V2 = [
         updated_at REAL NOT NULL)""",
 ]
 
-MIGRATIONS: list[list[str]] = [_V1, _V2]
+# v3: stacks (`virtkit apply`).
+_V3 = [
+    """CREATE TABLE stacks (
+        name TEXT NOT NULL PRIMARY KEY,
+        data TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL)""",
+]
+
+MIGRATIONS: list[list[str]] = [_V1, _V2, _V3]
 
 
 def quote(identifier: str) -> str:
