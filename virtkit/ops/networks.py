@@ -223,12 +223,15 @@ class Networks:
         """Tell the network's dnsmasq about the NICs now on it (when it runs)."""
         from virtkit.network.dnsmasq import Dnsmasq
 
-        record = self.store.find(NetworkRecord, name)
-        if record is None:
-            return
-        server = Dnsmasq(self.directory(name))
-        if server.pid() is not None:
-            server.reload(self.dnsmasq_config(record))
+        # Under the networks lock: launches in parallel (several commands, or `apply`) each
+        # rewrite the hosts files, and two writers of one file must not cross.
+        with self.lock():
+            record = self.store.find(NetworkRecord, name)
+            if record is None:
+                return
+            server = Dnsmasq(self.directory(name))
+            if server.pid() is not None:
+                server.reload(self.dnsmasq_config(record))
 
     def dnsmasq_config(self, record: NetworkRecord) -> Config:
         from virtkit.network.dnsmasq import Config, Host

@@ -10,10 +10,11 @@ the networks and volumes its StackRecord says it created — and lists steps, li
     > start      web-4                          exists (an interrupted apply) but is stopped
     - delete     web-5                          beyond `count`, newest (highest index) first
 
-Instance steps run in parallel (bounded), networks and volumes before them and their deletions
-after. One failure does not stop the others; each step is whole or undone by the op it calls. An
-interrupted apply (Ctrl-C) lets the running steps finish and skips the rest: the next apply plans
-what is left. An instance with a stack's name but not its label is never touched: the plan refuses.
+Instance steps run in parallel (bounded; deletions first and wider, since a graceful stop is
+mostly waiting), networks and volumes before them and their deletions after. One failure does not
+stop the others; each step is whole or undone by the op it calls. An interrupted apply (Ctrl-C)
+lets the running steps finish and skips the rest: the next apply plans what is left. An instance
+with a stack's name but not its label is never touched: the plan refuses.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 SPEC_LABEL = "virtkit.spec"  # digest of what cannot change in place; a new one means recreate
 PARALLEL = 4
+DELETE_WIDTH = 4  # deletions run this many times --parallel at once
 STOP_TIMEOUT = 30.0
 SYMBOLS = {"create": "+", "change": "~", "recreate": "-/+", "start": ">", "delete": "-"}
 
@@ -195,9 +197,14 @@ class Stacks:
         applied = Applied()
         record = self._stack_record(plan)
         first = [s for s in plan.steps if s.kind != "instance" and s.action == "create"]
-        middle = [s for s in plan.steps if s.kind == "instance"]
+        removed = [s for s in plan.steps if s.kind == "instance" and s.action == "delete"]
+        middle = [s for s in plan.steps if s.kind == "instance" and s.action != "delete"]
         last = [s for s in plan.steps if s.kind != "instance" and s.action == "delete"]
-        for batch, width in ((first, 1), (middle, max(1, parallel)), (last, 1)):
+        wide = max(1, parallel)
+        # A graceful stop is mostly waiting for the guest (busybox init alone takes a second):
+        # deletions run wider than the CPU-bound launches.
+        batches = ((first, 1), (removed, wide * DELETE_WIDTH), (middle, wide), (last, 1))
+        for batch, width in batches:
             self._run(plan, batch, width, applied, progress, record)
             if applied.interrupted:
                 started = {*applied.done, *(f for f, _ in applied.failed)}
@@ -259,6 +266,12 @@ class Stacks:
             log.warning("%s %s failed: %s", step.action, step.target, error)
             progress(step, "failed", error)
             raise
+        except Exception as exc:  # a bug: this step fails, the others go on, the record is kept
+            log.exception("%s %s failed", step.action, step.target)
+            bug = VirtkitError(f"internal error: {type(exc).__name__}: {exc}",
+                               hint="rerun with --debug for the traceback, and report it as a bug")
+            progress(step, "failed", bug)
+            raise bug from exc
         progress(step, "done", None)
 
     def _do(self, plan: Plan, step: Step, record: StackRecord) -> None:
