@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.netns import own_netns
 from virtkit.drivers.base import InstancePaths
 from virtkit.drivers.fake import FakeDriver
 from virtkit.errors import ConflictError, NotFoundError, SpecError, StateError, ToolError
@@ -93,6 +95,14 @@ class FakeChain:
 @pytest.fixture
 def chain(root: Path) -> FakeChain:
     return FakeChain(root)
+
+
+@pytest.fixture(autouse=True)
+def private_network() -> Iterator[None]:
+    """A clone's NICs make the networks refresh the firewall for real (nft): in a namespace of
+    the test's own, never the machine's."""
+    with own_netns():
+        yield
 
 
 @pytest.fixture
