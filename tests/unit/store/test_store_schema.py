@@ -12,7 +12,8 @@ from virtkit.errors import StoreError
 from virtkit.model import InstanceRecord, Record
 from virtkit.store import SqliteStore, known_version, open_store, schema
 
-TABLES = {"instances", "images", "networks", "pools", "volumes", "snapshots", "operations", "tokens", "stacks"}
+TABLES = {"instances", "images", "networks", "pools", "volumes", "snapshots", "operations", "tokens",
+          "stacks"}
 
 
 def version_rows(db: Path) -> list[tuple[int]]:

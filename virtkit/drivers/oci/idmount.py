@@ -85,11 +85,17 @@ def user_namespace(uid: int, gid: int, size: int) -> Iterator[int]:
     """
     ready_r, ready_w = os.pipe()
     hold_r, hold_w = os.pipe()
+    limit = os.sysconf("SC_OPEN_MAX")
+    low, high = sorted((ready_w, hold_r))
     pid = os.fork()
     if pid == 0:  # the child: only async-signal-safe calls, then _exit
         try:
-            os.close(ready_r)
-            os.close(hold_w)
+            # Every descriptor but its two ends goes: a child forked meanwhile by another thread
+            # holds copies of the parent's, and one that kept this child's hold_w would never let
+            # it see EOF (two parallel container starts waited on each other for ever).
+            os.closerange(3, low)
+            os.closerange(low + 1, high)
+            os.closerange(high + 1, limit)
             code = 0 if _libc.unshare(CLONE_NEWUSER) == 0 else ctypes.get_errno() or 1
             os.write(ready_w, bytes([min(code, 255)]))
             os.read(hold_r, 1)
