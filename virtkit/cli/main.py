@@ -76,6 +76,10 @@ COMMANDS = [
     ),
     LazyCommand("publish", "virtkit.cli.copy:publish_command", "Make an image of an instance.", "Images"),
     LazyCommand("image", "virtkit.cli.image:image_group", "Build, import, list and export images.", "Images"),
+    LazyCommand(
+        "import-vm", "virtkit.cli.v2v:import_vm_command", "Import a VM from VMware, VirtualBox, Xen...",
+        "Images",
+    ),
     LazyCommand("host", "virtkit.cli.host:host_group", "Check and describe this host.", "Host"),
     LazyCommand(
         "operation", "virtkit.cli.operation:operation_group", "Watch long-running operations.", "Server"

@@ -272,6 +272,31 @@ class Storage:
         log.info("volume %s/%s: %s, %s", record.name, name, kind, format_size(made))
         return volume
 
+    def adopt_volume(self, pool: str, name: str, disk: Path) -> VolumeRecord:
+        """Make block volume `name` in `pool` of the qcow2 file `disk` (an imported disk, already
+        checked), moved into the pool; a failure leaves neither volume file nor record."""
+        name = validate_name(name, what="volume name")
+        with self.lock():
+            record = self.pool(pool)
+            if self.store.find(VolumeRecord, record.name, name) is not None:
+                raise ConflictError(
+                    f"volume {name!r} already exists in pool {record.name!r}", hint="choose another name"
+                )
+            pools.check_healthy(record.path, record.name)
+            path = volumes.volume_path(record.path, name, VolumeType.BLOCK)
+            volumes.clean_stale(path.parent)
+            made = volumes.adopt_block(path, disk)
+            volume = VolumeRecord(
+                pool=record.name, name=name, size=made, type=VolumeType.BLOCK, format="qcow2"
+            )
+            try:
+                volume = self.store.create(volume)
+            except BaseException:
+                volumes.purge(volumes.retire(path))
+                raise
+        log.info("volume %s/%s: imported, %s", record.name, name, format_size(made))
+        return volume
+
     def resize_volume(self, pool: str, name: str, size: str | int, *, force: bool = False) -> VolumeRecord:
         """Grow a volume; shrink a block volume only with `force` (data past the new end is lost)."""
         wanted = volumes.round_size(volume_size(size))

@@ -11,10 +11,12 @@ names whose process is gone are swept by `clean_stale`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import re
+import shutil
 import stat
 from pathlib import Path
 
@@ -67,6 +69,27 @@ def create_block(path: Path, size: int) -> int:
         os.chmod(tmp, VOLUME_MODE)
         made = virtual_size(tmp)
         os.link(tmp, path)  # unlike rename, never replaces what appeared meanwhile
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return made
+
+
+def adopt_block(path: Path, disk: Path) -> int:
+    """Move the qcow2 disk `disk` (an imported, checked one) to `path`, as `create_block` puts a new
+    one there; its virtual size. A failure leaves nothing at `path`."""
+    check_free_name(path)
+    tmp = path.with_name(temp_name(path.name))
+    try:
+        try:
+            os.rename(disk, tmp)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            shutil.copyfile(disk, tmp)  # a qcow2 holds no holes worth keeping
+        os.chmod(tmp, VOLUME_MODE)
+        made = virtual_size(tmp)
+        os.link(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
