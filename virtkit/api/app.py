@@ -1,14 +1,17 @@
 """The REST API: a FastAPI application over the same ops/ layer the CLI uses.
 
-Versioned under /1.0/. Every error is a JSON document {"error", "message", "hint"} with the status
-api/errors.py gives its class; bodies past the context's `max_body` get 413 before they are read
-whole. Routes live in api/routes/, one module per resource.
+Versioned under /1.0/. Over TCP the caller's token is checked first of all (auth.Authenticate):
+a refused request is not routed, nor its body read. Every error is a JSON document {"error",
+"message", "hint"} with the status api/errors.py gives its class, and is documented as such in the
+OpenAPI document; bodies past the context's `max_body` get 413 before they are read whole. Routes
+live in api/routes/, one module per resource.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,9 +20,10 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from virtkit import __version__
-from virtkit.api.auth import Authenticator
+from virtkit.api.auth import Authenticate, Authenticator
 from virtkit.api.context import ApiContext
 from virtkit.api.errors import status_of
+from virtkit.api.schemas import ErrorDocument
 from virtkit.errors import VirtkitError
 from virtkit.ops.operations import Operations
 from virtkit.ops.tokens import Tokens
@@ -28,6 +32,15 @@ from virtkit.store import Store
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024  # JSON requests; uploads (imports) have their own limit
+# Documented on every route (the OpenAPI document must say what a client may get back).
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorDocument, "description": text} for status, text in [
+        (400, "Invalid request"), (401, "No valid token"), (403, "The token's role is too low"),
+        (404, "Not found"), (409, "Conflict with the current state"), (413, "Request body too large"),
+        (422, "Invalid request"), (429, "Too many failed authentications"),
+        (503, "The host cannot do this"),
+    ]
+}  # fmt: skip
 _NAMES = {400: "SpecError", 401: "AuthError", 403: "AuthError", 404: "NotFoundError",
           405: "SpecError", 409: "ConflictError", 413: "SpecError", 422: "SpecError", 429: "AuthError"}
 
@@ -42,6 +55,7 @@ def create_app(root: Path, store: Store, *, local: bool, max_body: int = MAX_BOD
     otherwise every request needs a token."""
     app = FastAPI(
         title="virtkit", version=__version__, openapi_url="/1.0/openapi.json", docs_url=None, redoc_url=None,
+        responses=ERRORS,
     )
     operations = Operations(root, store)
     auth = Authenticator(None if local else Tokens(store))
@@ -52,6 +66,7 @@ def create_app(root: Path, store: Store, *, local: bool, max_body: int = MAX_BOD
     for router in ROUTERS:
         app.include_router(router)
     app.add_middleware(BodyLimit, limit=max_body)
+    app.add_middleware(Authenticate, auth=auth)  # outermost: nothing runs for a refused request
     return app
 
 
@@ -62,7 +77,8 @@ def _handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
-        response = document(exc.status_code, str(exc.detail))
+        hint = "ask an admin for a token with that role" if exc.status_code == 403 else None
+        response = document(exc.status_code, str(exc.detail), hint)
         for key, value in (exc.headers or {}).items():
             response.headers[key] = value
         return response

@@ -30,7 +30,9 @@ def context(request: Request) -> ApiContext:
 
 
 def caller(request: Request) -> Caller:
-    return context(request).auth.caller(request)
+    """Who made the request: found by the Authenticate middleware (TCP), or the local socket's admin."""
+    found = getattr(request.state, "caller", None)
+    return found if isinstance(found, Caller) else context(request).auth.caller(request)
 
 
 def role(needed: Role) -> Callable[..., ApiContext]:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from virtkit.errors import SpecError
 from virtkit.model import Role
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ class InstanceBody(Strict):
     nics: list[str] = Field(default_factory=list, max_length=16)
     publish: list[str] = Field(default_factory=list, max_length=64)
     allow_host: bool = False
+    labels: dict[str, str] = Field(default_factory=dict, max_length=64)
     start: bool = True
     wait: bool = False
 
@@ -56,7 +58,16 @@ class InstanceBody(Strict):
             nics=tuple(parse_nic(text) for text in self.nics),
             publish=tuple(parse_publish(text, self.name) for text in self.publish),
             allow_host=self.allow_host,
+            labels=self._labels(),
         )  # fmt: skip
+
+    def _labels(self) -> dict[str, str]:
+        for key, value in self.labels.items():
+            if not key or len(key) > 128 or len(value) > 256:
+                raise SpecError(f"invalid label {key[:60]!r}: keys of 1-128 characters, values up to 256")
+            if key.startswith("virtkit."):
+                raise SpecError(f"label {key[:60]!r}: labels under virtkit. are virtkit's own")
+        return dict(self.labels)
 
 
 class ActionBody(Strict):
@@ -82,6 +93,14 @@ class TokenBody(Strict):
     name: str = Name
     role: Role = Role.VIEWER
     expires: str | None = Field(default=None, max_length=32)
+
+
+class ErrorDocument(BaseModel):
+    """What every error answer is: the error's class, what was wrong, and what to do."""
+
+    error: str
+    message: str
+    hint: str | None = None
 
 
 class WaitQuery(Strict):

@@ -1,4 +1,8 @@
-"""Long-running operations: run in a thread, recorded with their progress, waited for, cancelled."""
+"""Long-running operations: run in a thread, recorded with their progress, waited for, cancelled.
+
+Each emits `operation` events: created, running (its turn has come: operations on one target run
+one at a time), progress, and how it ended (success, failure, cancelled).
+"""
 
 from __future__ import annotations
 
@@ -150,8 +154,10 @@ class Operations:
             self._run_now(context, work)
 
     def _run_now(self, context: Context, work: Work) -> None:
-        self.update(context.id, status=OperationStatus.RUNNING)
         try:
+            record = self.update(context.id, status=OperationStatus.RUNNING)
+            events.emit(self.root, "operation", "running", record.target, id=record.id,
+                        operation=record.action)  # fmt: skip
             context.check_cancelled()
             result = work(context) or {}
         except Cancelled:

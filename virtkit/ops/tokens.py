@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 from dataclasses import dataclass
 
-from virtkit.errors import SpecError
+from virtkit.errors import SpecError, StoreError
 from virtkit.model import Role, TokenRecord, validate_name
 from virtkit.ops.schedule import parse_duration
 from virtkit.store import Store
 
+log = logging.getLogger(__name__)
+
 PREFIX = "vkt_"
 SECRET_BYTES = 32
 MAX_TOKEN_LENGTH = 200  # what a header may carry before we even hash it
+USE_RESOLUTION = 60.0  # seconds: last_used_at is written at most this often, not on every request
 
 
 @dataclass(frozen=True)
@@ -101,4 +105,20 @@ class Tokens:
                 found = record
         if found is None or expired(found):
             return None
-        return found
+        return self._used(found)
+
+    def _used(self, record: TokenRecord) -> TokenRecord:
+        """`record` with its last use noted (at most every USE_RESOLUTION seconds); a token revoked
+        meanwhile is not brought back."""
+        now = time.time()
+        if record.last_used_at is not None and now - record.last_used_at < USE_RESOLUTION:
+            return record
+        try:
+            with self.store.transaction():
+                current = self.store.find(TokenRecord, record.name)
+                if current is None or current.digest != record.digest:
+                    return record
+                return self.store.put(current.model_copy(update={"last_used_at": now}))
+        except StoreError as exc:  # a busy store must not refuse a valid token
+            log.warning("could not record the use of token %s: %s", record.name, exc)
+            return record
