@@ -90,6 +90,17 @@ class Status:
 
 
 @dataclass(frozen=True)
+class Stats:
+    """What a running instance has used of the host so far, as the kernel or its runtime counts it
+    (`Driver.stats`). None: not counted here (never a guess)."""
+
+    cpu_seconds: float | None = None  # CPU time of everything that runs for it
+    memory_bytes: int | None = None  # memory in use now
+    disk_read_bytes: int | None = None
+    disk_write_bytes: int | None = None
+
+
+@dataclass(frozen=True)
 class ExecResult:
     exit_code: int
     stdout: bytes
@@ -142,6 +153,11 @@ class Driver(Protocol):
 
     def status(self, record: InstanceRecord, paths: InstancePaths) -> Status:
         """The live state, re-derived from pidfile, /proc and sockets."""
+
+    def stats(self, record: InstanceRecord, paths: InstancePaths) -> Stats:
+        """The instance's counters (CPU time, memory, disk bytes) right now; None for what this
+        host does not count (all of them for an instance that is not running: ops ask only running
+        and paused ones). Its network bytes are its host-side devices' (ops/metrics.py)."""
 
     def exec(
         self, record: InstanceRecord, paths: InstancePaths, argv: Sequence[str], timeout: float

@@ -8,7 +8,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from virtkit.drivers.base import ByteSink, ByteSource, ExecResult, InstancePaths, Plugged, Runtime, Status
+from virtkit.drivers.base import (
+    ByteSink,
+    ByteSource,
+    ExecResult,
+    InstancePaths,
+    Plugged,
+    Runtime,
+    Stats,
+    Status,
+)
 from virtkit.drivers.console import Console
 from virtkit.errors import ConflictError, NotFoundError, SpecError, StateError, ToolError
 from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState, Nic, VolumeAttachment
@@ -25,6 +34,7 @@ class FakeDriver:
         self.updated: dict[str, Runtime] = {}  # the runtime each running instance was updated to
         # Files inside, by instance UUID then path: (bytes, uid, gid, mode); S_IFDIR in mode: a directory.
         self.files: dict[str, dict[str, tuple[bytes, int, int, int]]] = {}
+        self.counters: dict[str, Stats] = {}  # what `stats` reports of a running instance, by UUID
 
     def _step(self, name: str) -> None:
         self.calls.append(name)
@@ -72,6 +82,12 @@ class FakeDriver:
     def status(self, record: InstanceRecord, paths: InstancePaths) -> Status:
         state = self.states.get(record.uuid, InstanceState.STOPPED)
         return Status(state=state, pid=4242 if state is not InstanceState.STOPPED else None)
+
+    def stats(self, record: InstanceRecord, paths: InstancePaths) -> Stats:
+        self._step("stats")
+        if self.states.get(record.uuid, InstanceState.STOPPED) is InstanceState.STOPPED:
+            return Stats()
+        return self.counters.get(record.uuid, Stats())
 
     def exec(
         self, record: InstanceRecord, paths: InstancePaths, argv: Sequence[str], timeout: float

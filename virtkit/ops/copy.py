@@ -258,6 +258,35 @@ class Copies:
 
     # --- checks and locks -----------------------------------------------------------------------
 
+    def check(self, source: str, target: str, *, snapshot: str | None = None) -> InstanceRecord:
+        """What `copy` would refuse before it changes anything, raised now, without a lock (for
+        callers that answer before the work runs, as the API does; `copy` checks again): bad or
+        equal names, an unknown source or snapshot, a taken target, a source not stopped."""
+        src_name = validate_name(source)
+        dst_name = validate_name(target, what="new instance name")
+        snap = validate_name(snapshot, what="snapshot name") if snapshot is not None else None
+        if src_name == dst_name:
+            raise ConflictError(f"cannot copy {src_name} onto itself", hint="give the copy another name")
+        record = self.store.get(InstanceRecord, src_name)
+        if self.store.find(InstanceRecord, dst_name) is not None:
+            raise ConflictError(f"instance {dst_name!r} already exists",
+                                hint="pick another name, or delete it first")  # fmt: skip
+        self._refuse_leftover(dst_name)
+        if snap is not None:
+            self.store.get(SnapshotRecord, src_name, snap)
+        else:
+            self._require_stopped(record, "copied")
+        return record
+
+    def check_flatten(self, name: str) -> InstanceRecord:
+        """What `flatten` would refuse before it changes anything, raised now, without a lock (as
+        `check` for `copy`): an unknown instance, one on no layer, one not stopped."""
+        record = self.store.get(InstanceRecord, validate_name(name))
+        if not record.layers:
+            raise StateError(f"instance {record.name!r} rests on no layer: there is nothing to flatten")
+        self._require_stopped(record, "flattened")
+        return record
+
     @contextlib.contextmanager
     def _locked(self, *names: str) -> Iterator[None]:
         """The instances' locks in name order (two copies never wait on each other), then the

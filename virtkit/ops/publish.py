@@ -37,6 +37,25 @@ class Publisher:
         self.store = store
         self.copies = Copies(root, store, drivers)
 
+    def check(self, name: str, *, alias: str | None = None, snapshot: str | None = None) -> str:
+        """What `publish` would refuse before it changes anything, raised now, without a lock (for
+        callers that answer before the work runs, as the API does; `publish` checks again); the
+        alias the image would get."""
+        wanted = validate_name(name)
+        chosen = validate_name(alias or wanted, what="image alias")
+        snap = validate_name(snapshot, what="snapshot name") if snapshot is not None else None
+        holder = next((image for image in self.copies.images().list() if chosen in image.aliases), None)
+        if holder is not None:
+            raise ConflictError(f"image alias {chosen!r} is already image {holder.fingerprint[:12]}'s",
+                                hint="pick another with --alias, or remove it: virtkit image alias remove "
+                                f"{chosen}")  # fmt: skip
+        record = self.store.get(InstanceRecord, wanted)
+        if snap is not None:
+            self.store.get(SnapshotRecord, wanted, snap)
+        else:
+            self.copies._require_stopped(record, "published")
+        return chosen
+
     def publish(self, name: str, *, alias: str | None = None, snapshot: str | None = None) -> ImageRecord:
         """Make an image of instance `name` (stopped), or of its snapshot `snapshot`; named `alias`
         (default: the instance's name), which no other image may hold."""

@@ -169,6 +169,20 @@ class Snapshots:
                 remove_tree(staged)
                 raise
 
+    def check_create(
+        self, instance: str, name: str | None = None, *, stateful: bool = False
+    ) -> InstanceRecord:
+        """What `create` would refuse before it makes anything, raised now, without a lock (for
+        callers that answer before the work runs, as the API does; `create` checks again): bad
+        names, an unknown instance, a taken snapshot name, a stateful snapshot not possible now."""
+        record = self.store.get(InstanceRecord, validate_name(instance))
+        if name is not None:
+            self._free_name(record.name, validate_name(name, what="snapshot name"))
+        if stateful:
+            live = self.drivers(record.kind).status(record, self.paths(record.name)).pid is not None
+            _check_stateful(record, live)
+        return record
+
     def _free_name(self, instance: str, name: str | None) -> str:
         """`name`, refused if the instance has a snapshot by that name; else the next snapN."""
         if name is None:

@@ -9,6 +9,7 @@ wait_ready  the image's readiness marker in what this boot wrote to the containe
 stop      the init's own stop signal, until only PID 1 is left or it exits (systemd: until it
           exits, systemd.py); then SIGKILL
 status    runc's state (which guards the init PID by its start time), conmon's exit file
+stats     its cgroup's CPU time, memory and block I/O bytes (stats.py)
 exec      `runc exec`, exit code passed through
 volumes   bind mounts of filesystem volumes, idmapped: staged at each start (mounts.py), or moved
           into a running container's mount namespace (mountns.py)
@@ -23,7 +24,16 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from virtkit.drivers.base import ByteSink, ByteSource, ExecResult, InstancePaths, Plugged, Runtime, Status
+from virtkit.drivers.base import (
+    ByteSink,
+    ByteSource,
+    ExecResult,
+    InstancePaths,
+    Plugged,
+    Runtime,
+    Stats,
+    Status,
+)
 from virtkit.drivers.cgroup import Cgroup
 from virtkit.drivers.console import Console
 from virtkit.drivers.nics import remove_ports
@@ -232,6 +242,12 @@ class OciDriver:
         if status == "stopped" and code:  # it ended by itself, not by virtkit's stop (which cleans up)
             return Status(InstanceState.ERROR, reason=_exit_reason(code), details={"exit_code": code})
         return Status(InstanceState.STOPPED, reason=_exit_reason(code) if code is not None else "")
+
+    def stats(self, record: InstanceRecord, paths: InstancePaths) -> Stats:
+        """Its cgroup's counters (stats.py): there while runc keeps the container."""
+        from virtkit.drivers.oci.stats import cgroup_stats
+
+        return cgroup_stats(Cgroup(cgroup_of(container_id(record)).lstrip("/")))
 
     def exec(
         self, record: InstanceRecord, paths: InstancePaths, argv: Sequence[str], timeout: float

@@ -8,6 +8,7 @@ start     QEMU spawned detached (process.py); returns once its monitor answers
 wait_ready  bounded watch of the guest's readiness (boot.py)
 stop      ACPI power button, then `quit`, then SIGKILL; pause/resume via QMP (monitor.py)
 status    re-derived from the pidfile (guarded by the UUID), QMP and the runtime log
+stats     CPU time and memory of its cgroup, its disks' bytes from QMP (stats.py)
 exec      through the in-guest agent's virtio-serial port (agent.py)
 plug_nic / unplug_nic  NICs of a running q35 VM through QMP (hotplug.py)
 attach_volume / detach_volume  block volumes: checked for the next start, or plugged into and out of
@@ -25,7 +26,16 @@ from dataclasses import replace
 from pathlib import Path
 
 from virtkit import cloudinit
-from virtkit.drivers.base import ByteSink, ByteSource, ExecResult, InstancePaths, Plugged, Runtime, Status
+from virtkit.drivers.base import (
+    ByteSink,
+    ByteSource,
+    ExecResult,
+    InstancePaths,
+    Plugged,
+    Runtime,
+    Stats,
+    Status,
+)
 from virtkit.drivers.cgroup import Cgroup
 from virtkit.drivers.console import Console
 from virtkit.drivers.nics import remove_ports
@@ -241,6 +251,17 @@ class QemuDriver:
             return Status(InstanceState.ERROR, pid=pid, reason=f"QEMU reports {qemu_status}", details=details)
         state = InstanceState.PAUSED if qemu_status in PAUSED else InstanceState.RUNNING
         return Status(state, pid=pid, details=details)
+
+    def stats(self, record: InstanceRecord, paths: InstancePaths) -> Stats:
+        """Its cgroup's (or QEMU's own) CPU time and memory, its disks' bytes from QMP (stats.py)."""
+        from virtkit.drivers.qemu.stats import vm_stats
+
+        pid = process.running_pid(paths.pidfile, record.uuid)
+        if pid is None:
+            return Stats()
+        boot = BootRecord.load(VmFiles(paths).boot)
+        cgroup = boot.spec.cgroup if boot is not None and boot.spec.uuid == record.uuid else None
+        return vm_stats(record.name, pid, cgroup, paths.monitor)
 
     def exec(
         self, record: InstanceRecord, paths: InstancePaths, argv: Sequence[str], timeout: float
