@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from virtkit.cli.context import get_context, json_option
+from virtkit.cli.context import INSTANCE, get_context, json_option
 from virtkit.cli.output import print_fields, print_json, print_table
-from virtkit.cli.params import INSTANCE_NAME
 from virtkit.units import format_size
 
 if TYPE_CHECKING:
@@ -35,15 +34,30 @@ def _row(view: InstanceView) -> tuple[str, ...]:
 
 
 @click.command("list")
+@click.argument("where", metavar="[REMOTE:]", required=False, default=None)
 @json_option
-def list_command() -> None:
-    """List instances: name, type, live state, IPv4 addresses, CPUs, memory, image, age."""
-    from virtkit.ops import oneshots
-    from virtkit.ops.lifecycle import Lifecycle
+def list_command(where: str | None) -> None:
+    """List instances: name, type, live state, IPv4 addresses, CPUs, memory, image, age.
+
+    `virtkit list web:` lists those of remote web (as --remote web does)."""
+    from virtkit.cli.lifecycle import lifecycle
 
     ctx = get_context()
-    views = Lifecycle(ctx.root, ctx.store()).views()
-    running = oneshots.live(ctx.root)  # `virtkit run --rm` containers: not registered, shown while they run
+    if where is not None:
+        from virtkit.api.remotes import split_target
+        from virtkit.errors import SpecError
+
+        remote, rest = split_target(where)
+        if remote is None or rest:
+            raise SpecError(f"invalid list argument {where[:80]!r}: expected REMOTE:",
+                            hint="e.g. virtkit list web:")  # fmt: skip
+        ctx.address(remote)
+    views = lifecycle().views()
+    running: list[dict[str, Any]] = []
+    if not ctx.is_remote():
+        from virtkit.ops import oneshots
+
+        running = oneshots.live(ctx.root)  # `virtkit run --rm` containers: unregistered, shown while they run
     if ctx.json:
         print_json([view.to_dict() for view in views] + [_oneshot(one) for one in running])
         return
@@ -63,15 +77,15 @@ def _oneshot(one: dict[str, object]) -> dict[str, object]:
 
 
 @click.command("show")
-@click.argument("name", type=INSTANCE_NAME)
+@click.argument("name", type=INSTANCE)
 @click.option("--runtime", is_flag=True, help="Print the saved runtime (the exact QEMU command line).")
 @json_option
 def show_command(name: str, runtime: bool) -> None:
     """Show one instance: live state, process, resources, boot phases."""
-    from virtkit.ops.lifecycle import Lifecycle
+    from virtkit.cli.lifecycle import lifecycle
 
     ctx = get_context()
-    life = Lifecycle(ctx.root, ctx.store())
+    life = lifecycle()
     if runtime:
         saved = life.runtime(name)
         if ctx.json:

@@ -1,30 +1,88 @@
-"""`virtkit launch|create|start|stop|restart|pause|resume|delete|exec`: instances' lifecycle."""
+"""`virtkit launch|create|start|stop|restart|pause|resume|delete|exec`: instances' lifecycle.
+
+The seams `lifecycle()`, `settings()`, `operations()` and `events()` give the local ops objects,
+or, when a remote is in effect (--remote, REMOTE:INSTANCE, `remote switch`), their counterparts in
+api/remote.py with the same methods and return types: commands render both the same way.
+"""
 
 from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from virtkit.cli.context import get_context, json_option
+from virtkit.cli.context import INSTANCE, get_context, json_option
 from virtkit.cli.output import print_json
-from virtkit.cli.params import INSTANCE_NAME, SizeType
+from virtkit.cli.params import SizeType
 
 if TYPE_CHECKING:
-    from virtkit.model import InstanceRecord
+    from virtkit.api.remote import RemoteLifecycle, RemoteOperations, RemoteSettings
+    from virtkit.errors import VirtkitError
+    from virtkit.model import InstanceRecord, OperationRecord, OperationStatus
     from virtkit.ops.lifecycle import Lifecycle, Request
+    from virtkit.ops.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def lifecycle() -> Lifecycle:
+def lifecycle() -> Lifecycle | RemoteLifecycle:
+    ctx = get_context()
+    if ctx.is_remote():
+        from virtkit.api.remote import RemoteLifecycle
+
+        return RemoteLifecycle(ctx.client())
     from virtkit.ops.lifecycle import Lifecycle
 
-    ctx = get_context()
     return Lifecycle(ctx.root, ctx.store())
+
+
+def settings() -> Settings | RemoteSettings:
+    ctx = get_context()
+    if ctx.is_remote():
+        from virtkit.api.remote import RemoteSettings
+
+        return RemoteSettings(ctx.client())
+    from virtkit.ops.settings import Settings
+
+    return Settings(ctx.root, ctx.store())
+
+
+class LocalOperations:
+    """This host's operations, as RemoteOperations gives a server's."""
+
+    def list(self, status: OperationStatus | None = None) -> list[OperationRecord]:
+        from virtkit.ops.operations import list_operations
+
+        return list_operations(get_context().store(), status)
+
+    def get(self, operation_id: str) -> OperationRecord:
+        from virtkit.ops.operations import get_operation
+
+        return get_operation(get_context().store(), operation_id)
+
+
+def operations() -> LocalOperations | RemoteOperations:
+    ctx = get_context()
+    if ctx.is_remote():
+        from virtkit.api.remote import RemoteOperations
+
+        return RemoteOperations(ctx.client())
+    return LocalOperations()
+
+
+def events(types: list[str] | None, *, ticks: bool = False) -> Generator[dict[str, Any], None, None]:
+    """Events as they happen, of `types` only when given; with `ticks`, an empty dict now and then
+    while none comes (the first once the stream is open)."""
+    ctx = get_context()
+    if ctx.is_remote():
+        yield from ctx.client().events(types, keepalives=ticks)
+        return
+    from virtkit.ops.events import follow
+
+    yield from follow(ctx.root, types=frozenset(types) if types else None, heartbeat=1.0 if ticks else None)
 
 
 def _say(record: InstanceRecord, message: str) -> None:
@@ -144,6 +202,10 @@ def _define_options(func: F) -> F:
             "--allow-host", is_flag=True,
             help="Let the instance reach the host's own services (not only DHCP/DNS on its gateway).",
         ),
+        click.option(
+            "--label", "labels", multiple=True, metavar="KEY=VALUE",
+            help="Tag the instance (repeatable); `stop --label KEY=VALUE` and the others act on the tagged.",
+        ),
         click.option("--dry-run", is_flag=True, help="Print what would run, and do nothing."),
     ]
     # click lists decorator parameters in reverse order of application: these come after the above.
@@ -170,8 +232,16 @@ def _as_request(func: Callable[..., None]) -> Callable[..., None]:
                 value = "\n".join(value) or None
             if value is not None:
                 config[key] = str(value)
+        from virtkit.ops.bulk import parse_labels
+
         kind = options.pop("kind")
         network = _network_request(options)
+        labels = parse_labels(options.pop("labels"))
+        reserved = [key for key in labels if key.startswith("virtkit.")]
+        if reserved:
+            from virtkit.errors import SpecError
+
+            raise SpecError(f"label {reserved[0]!r}: labels under virtkit. are virtkit's own")
         request = Request(
             image=options.pop("image"),
             name=options.pop("name"),
@@ -181,6 +251,7 @@ def _as_request(func: Callable[..., None]) -> Callable[..., None]:
             disk=options.pop("disk"),
             config=config,
             arch=options.pop("arch"),
+            labels=labels,
             **network,
         )
         func(request, **options)
@@ -220,7 +291,7 @@ def _notices(notices: list[str]) -> None:
 
 @click.command("launch")
 @click.argument("image")
-@click.argument("name", type=INSTANCE_NAME)
+@click.argument("name", type=INSTANCE)
 @_define_options
 @click.option("--wait", is_flag=True, help="Return once the guest says it is ready.")
 @json_option
@@ -238,7 +309,7 @@ def launch_command(request: Request, dry_run: bool, wait: bool) -> None:
 
 @click.command("create")
 @click.argument("image")
-@click.argument("name", type=INSTANCE_NAME)
+@click.argument("name", type=INSTANCE)
 @_define_options
 @json_option
 @_as_request
@@ -264,18 +335,70 @@ def _dry_run(request: Request) -> None:
         click.echo(command_line(runtime.argv))
 
 
+def _many(func: F) -> F:
+    """NAME... or --all or --label KEY=VALUE: one instance, or several in parallel."""
+    for option in reversed([
+        click.argument("names", nargs=-1, type=INSTANCE),
+        click.option("--all", "every", is_flag=True, help="Every instance."),
+        click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
+                     help="The instances with this label (repeat: all of them)."),
+        click.option("--parallel", type=click.IntRange(1, 64), default=8, show_default=True,
+                     help="With several instances: how many at once."),
+    ]):  # fmt: skip
+        func = option(func)
+    return func
+
+
+def _each(names: tuple[str, ...], every: bool, labels: tuple[str, ...], parallel: int,
+          act: Callable[[str], InstanceRecord], past: str) -> None:  # fmt: skip
+    """One instance as ever (its error is the command's); several: one line each as they end,
+    a summary, exit code 1 if any failed (the others still ran)."""
+    import threading
+
+    from virtkit.ops import bulk
+
+    if len(names) == 1 and not every and not labels:
+        _say(act(names[0]), f"Instance {names[0]} {past}.")
+        return
+    ctx = get_context()
+    chosen = bulk.select(lifecycle(), names, every=every, labels=bulk.parse_labels(labels))
+    guard = threading.Lock()
+
+    def report(name: str, _record: InstanceRecord | None, error: VirtkitError | None) -> None:
+        if ctx.json:
+            return
+        with guard:
+            if error is None:
+                click.echo(f"Instance {name} {past}.")
+            else:
+                click.echo(f"Error: {name}: {error.message}", err=True)
+
+    outcome = bulk.run(chosen, act, parallel=parallel, report=report)
+    if ctx.json:
+        done = [record.model_dump(mode="json") for _, record in outcome.done]
+        failed = [{"name": name, **error.to_dict()} for name, error in outcome.failed]
+        print_json({"done": done, "failed": failed})
+    elif not chosen:
+        click.echo("No instances match.")
+    else:
+        click.echo(f"{len(outcome.done)} {past}, {len(outcome.failed)} failed.")
+    if outcome.failed:
+        click.get_current_context().exit(1)
+
+
 @click.command("start")
-@click.argument("name", type=INSTANCE_NAME)
+@_many
 @click.option("--wait", is_flag=True, help="Return once the guest says it is ready.")
 @json_option
-def start_command(name: str, wait: bool) -> None:
-    """Start a stopped instance."""
-    record = lifecycle().start(name, wait=wait)
-    _say(record, f"Instance {name} started.")
+def start_command(names: tuple[str, ...], every: bool, labels: tuple[str, ...], parallel: int,
+                  wait: bool) -> None:  # fmt: skip
+    """Start stopped instances: NAME..., --all or --label KEY=VALUE."""
+    life = lifecycle()
+    _each(names, every, labels, parallel, lambda name: life.start(name, wait=wait), "started")
 
 
 @click.command("stop")
-@click.argument("name", type=INSTANCE_NAME)
+@_many
 @click.option("--force", "-f", is_flag=True, help="Stop at once (power cut), not gracefully.")
 @click.option(
     "--timeout",
@@ -285,25 +408,30 @@ def start_command(name: str, wait: bool) -> None:
     help="Seconds to wait for a graceful stop before forcing it.",
 )
 @json_option
-def stop_command(name: str, force: bool, timeout: float) -> None:
-    """Stop an instance: gracefully (ACPI power button, guest agent, SIGTERM), then forced."""
-    record = lifecycle().stop(name, force=force, timeout=timeout)
-    _say(record, f"Instance {name} stopped.")
+def stop_command(names: tuple[str, ...], every: bool, labels: tuple[str, ...], parallel: int, force: bool,
+                 timeout: float) -> None:  # fmt: skip
+    """Stop instances (NAME..., --all, --label): gracefully (ACPI power button, guest agent,
+    SIGTERM), then forced."""
+    life = lifecycle()
+    _each(names, every, labels, parallel, lambda name: life.stop(name, force=force, timeout=timeout),
+          "stopped")
 
 
 @click.command("restart")
-@click.argument("name", type=INSTANCE_NAME)
+@_many
 @click.option("--force", "-f", is_flag=True, help="Stop at once, not gracefully.")
 @click.option("--wait", is_flag=True, help="Return once the guest says it is ready.")
 @json_option
-def restart_command(name: str, force: bool, wait: bool) -> None:
-    """Stop then start an instance."""
-    record = lifecycle().restart(name, force=force, wait=wait)
-    _say(record, f"Instance {name} restarted.")
+def restart_command(names: tuple[str, ...], every: bool, labels: tuple[str, ...], parallel: int, force: bool,
+                    wait: bool) -> None:  # fmt: skip
+    """Stop then start instances: NAME..., --all or --label KEY=VALUE."""
+    life = lifecycle()
+    _each(names, every, labels, parallel, lambda name: life.restart(name, force=force, wait=wait),
+          "restarted")
 
 
 @click.command("pause")
-@click.argument("name", type=INSTANCE_NAME)
+@click.argument("name", type=INSTANCE)
 @json_option
 def pause_command(name: str) -> None:
     """Freeze a running instance (its CPUs stop; memory is kept)."""
@@ -312,7 +440,7 @@ def pause_command(name: str) -> None:
 
 
 @click.command("resume")
-@click.argument("name", type=INSTANCE_NAME)
+@click.argument("name", type=INSTANCE)
 @json_option
 def resume_command(name: str) -> None:
     """Unfreeze a paused instance."""
@@ -321,15 +449,16 @@ def resume_command(name: str) -> None:
 
 
 @click.command("delete")
-@click.argument("name", type=INSTANCE_NAME)
+@_many
 @click.option("--force", "-f", is_flag=True,
               help="Stop it first if it runs; delete it even if linked clones rest on it (they keep "
               "its layers).")  # fmt: skip
 @json_option
-def delete_command(name: str, force: bool) -> None:
-    """Delete an instance and its files (its image stays)."""
-    record = lifecycle().delete(name, force=force)
-    _say(record, f"Instance {name} deleted.")
+def delete_command(names: tuple[str, ...], every: bool, labels: tuple[str, ...], parallel: int,
+                   force: bool) -> None:  # fmt: skip
+    """Delete instances and their files (their images stay): NAME..., --all or --label KEY=VALUE."""
+    life = lifecycle()
+    _each(names, every, labels, parallel, lambda name: life.delete(name, force=force), "deleted")
 
 
 @click.command("exec", context_settings={"ignore_unknown_options": True})
@@ -338,7 +467,7 @@ def delete_command(name: str, force: bool) -> None:
     "--timeout", type=click.FloatRange(0.1, 86400), default=60, show_default=True,
     help="VMs: seconds the guest agent may take. A container's command streams as long as it runs.",
 )  # fmt: skip
-@click.argument("name", type=INSTANCE_NAME)
+@click.argument("name", type=INSTANCE)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_command(name: str, command: tuple[str, ...], tty: bool, timeout: float) -> None:
     """Run COMMAND inside instance NAME; its output and exit code become virtkit's.

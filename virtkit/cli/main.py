@@ -89,7 +89,19 @@ COMMANDS = [
     LazyCommand("scale", "virtkit.cli.stack:scale_command", "Change a stack group's count.", "Stacks"),
     LazyCommand("serve", "virtkit.cli.serve:serve_command", "Serve the REST API.", "Server"),
     LazyCommand("token", "virtkit.cli.token:token_group", "API tokens: create, list, revoke.", "Server"),
+    LazyCommand(
+        "remote", "virtkit.cli.remote:remote_group", "Remote servers: add, list, remove, switch.", "Server"
+    ),
+    LazyCommand("monitor", "virtkit.cli.monitor:monitor_command", "Print events as they happen.", "Server"),
 ]
+
+# What goes through the API client when a remote is in effect; `remote` and `serve` are always
+# about this host. Any other command refuses a remote rather than silently acting here.
+REMOTE_COMMANDS = frozenset({
+    "launch", "create", "start", "stop", "restart", "pause", "resume", "delete", "exec", "list", "show",
+    "set", "operation", "monitor",
+})  # fmt: skip
+HOST_COMMANDS = frozenset({"remote", "serve"})
 
 
 @click.group(
@@ -105,10 +117,15 @@ COMMANDS = [
     show_default=f"$VIRTKIT_ROOT or {default_root()}",
     help="State root: where virtkit keeps everything it owns.",
 )
+@click.option(
+    "--remote", metavar="NAME", default=None,
+    help="Act on this remote server (`virtkit remote list`); `local` is this host.  "
+    "[default: the one of `virtkit remote switch`]",
+)  # fmt: skip
 @click.option("--json", "json_output", is_flag=True, help="Print JSON documents instead of text.")
 @click.option("--debug", is_flag=True, help="Show debug logs and full tracebacks.")
 @click.pass_context
-def cli(ctx: click.Context, root: Path, json_output: bool, debug: bool) -> None:
+def cli(ctx: click.Context, root: Path, remote: str | None, json_output: bool, debug: bool) -> None:
     """virtkit: virtual machines and containers on this Linux server.
 
     Run `virtkit host check` first to see what this host can do.
@@ -118,9 +135,26 @@ def cli(ctx: click.Context, root: Path, json_output: bool, debug: bool) -> None:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    obj = CliContext(root=root, json=json_output, debug=debug)
+    obj = CliContext(root=root, json=json_output, debug=debug, remote=remote)
     ctx.obj = obj
     ctx.call_on_close(obj.close)
+    _check_remote(obj, ctx.invoked_subcommand)
+
+
+def _check_remote(obj: CliContext, command: str | None) -> None:
+    """A remote named with --remote exists; a command that cannot go through one refuses it."""
+    if obj.remote is not None:
+        from virtkit.units import validate_name
+
+        if obj.remote != "local":
+            obj.remotes().get(validate_name(obj.remote, what="remote name"))
+    if command is None or command in REMOTE_COMMANDS or command in HOST_COMMANDS or not obj.is_remote():
+        return
+    from virtkit.errors import SpecError
+
+    given = "--remote" if obj.remote is not None else "the default remote (`virtkit remote switch`)"
+    raise SpecError(f"`virtkit {command}` does not work through a remote yet, and {given} is "
+                    f"{obj.remote_name()!r}", hint="add --remote local to act on this host")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,11 +26,11 @@ def operation_group() -> None:
 @json_option
 def list_command(status: str | None) -> None:
     """List operations, oldest first."""
+    from virtkit.cli.lifecycle import operations
     from virtkit.model import OperationStatus
-    from virtkit.ops.operations import list_operations
 
     ctx = get_context()
-    records = list_operations(ctx.store(), OperationStatus(status) if status else None)
+    records = operations().list(OperationStatus(status) if status else None)
     if ctx.json:
         print_json([record.model_dump(mode="json") for record in records])
         return
@@ -46,10 +46,10 @@ def list_command(status: str | None) -> None:
 @json_option
 def show_command(operation_id: str) -> None:
     """Show one operation: status, progress, error and result."""
-    from virtkit.ops.operations import get_operation
+    from virtkit.cli.lifecycle import operations
 
     ctx = get_context()
-    record = get_operation(ctx.store(), operation_id)
+    record = operations().get(operation_id)
     if ctx.json:
         print_json(record.model_dump(mode="json"))
         return

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import click
 
-from virtkit.cli.context import get_context, json_option
+from virtkit.cli.context import INSTANCE, get_context, json_option
 from virtkit.cli.output import print_json
-from virtkit.cli.params import INSTANCE_NAME
 
 
 @click.command("set")
-@click.argument("name", type=INSTANCE_NAME)
+@click.argument("name", type=INSTANCE)
 @click.argument("settings", nargs=-1, required=True, metavar="KEY=VALUE...")
 @json_option
 def set_command(name: str, settings: tuple[str, ...]) -> None:
@@ -32,11 +31,12 @@ def set_command(name: str, settings: tuple[str, ...]) -> None:
 
     Example: virtkit set web1 memory=192MiB cpu.allowance=50%
     """
-    from virtkit.ops.settings import Settings, parse_assignments
+    from virtkit.cli.lifecycle import settings as seam
+    from virtkit.ops.settings import parse_assignments
 
     assignments = parse_assignments(settings)
     ctx = get_context()
-    record, live = Settings(ctx.root, ctx.store()).set(name, assignments)
+    record, live = seam().set(name, assignments)
     if ctx.json:
         print_json({**record.model_dump(mode="json"), "applied_live": live})
         return
