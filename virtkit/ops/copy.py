@@ -94,19 +94,9 @@ class Copies:
         src_name = validate_name(source)
         dst_name = validate_name(target, what="new instance name")
         snap = validate_name(snapshot, what="snapshot name") if snapshot is not None else None
-        if src_name == dst_name:
-            raise ConflictError(f"cannot copy {src_name} onto itself", hint="give the copy another name")
-        self.store.get(InstanceRecord, src_name)
+        self.check(src_name, dst_name, snapshot=snap)  # before the locks: a typo never waits
         with self._locked(src_name, dst_name), _host_errors(f"copying {src_name} to {dst_name}"):
-            record = self.store.get(InstanceRecord, src_name)
-            if self.store.find(InstanceRecord, dst_name) is not None:
-                raise ConflictError(f"instance {dst_name!r} already exists",
-                                    hint="pick another name, or delete it first")  # fmt: skip
-            self._refuse_leftover(dst_name)
-            if snap is not None:
-                self.store.get(SnapshotRecord, src_name, snap)
-            else:
-                self._require_stopped(record, "copied")
+            record = self.check(src_name, dst_name, snapshot=snap)  # again, now under them
             image = self.images().store.get(ImageRecord, record.image or "")
             image_dir = self.images().path(image)
             if full:
