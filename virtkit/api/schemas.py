@@ -58,7 +58,7 @@ class InstanceBody(Strict):
             nics=tuple(parse_nic(text) for text in self.nics),
             publish=tuple(parse_publish(text, self.name) for text in self.publish),
             allow_host=self.allow_host,
-            labels=self._labels(),
+            labels=self._labels() or None,
         )  # fmt: skip
 
     def _labels(self) -> dict[str, str]:

@@ -31,7 +31,7 @@ from urllib.parse import quote
 
 import httpx
 
-from virtkit.api.client import Client
+from virtkit.api.client import Client, _verify
 from virtkit.api.errors import from_document
 from virtkit.errors import AuthError, RemoteError, SpecError, VirtkitError
 
@@ -44,9 +44,12 @@ class Streams:
     """The streaming endpoints of one virtkit server (a Unix socket or https URL, as Client)."""
 
     def __init__(self, url: str, *, token: str | None = None, certificate: str | Path | None = None,
-                 timeout: float = DEFAULT_TIMEOUT, client: Client | None = None) -> None:  # fmt: skip
+                 timeout: float = DEFAULT_TIMEOUT, client: Client | None = None,
+                 pinned: bool = False) -> None:  # fmt: skip
+        """`pinned`: `certificate` is the server's own, accepted by its fingerprint (as Client's)."""
         self.url, self.token, self.timeout = url, token, timeout
-        self.client = client or Client(url, token=token, certificate=certificate, timeout=timeout)
+        self.client = client or Client(url, token=token, certificate=certificate, timeout=timeout,
+                                       pinned=pinned)
         self._owns_client = client is None
         self._ssl: ssl.SSLContext | None = None
         headers = {"User-Agent": "virtkit-client"} | ({"Authorization": f"Bearer {token}"} if token else {})
@@ -54,18 +57,19 @@ class Streams:
             self._http = httpx.Client(transport=httpx.HTTPTransport(uds=url[5:]), base_url="http://virtkit",
                                       headers=headers, timeout=timeout)  # fmt: skip
         elif url.startswith("https://"):
-            self._ssl = ssl.create_default_context(cafile=str(certificate) if certificate else None)
+            verify = _verify(certificate, pinned)
+            self._ssl = verify if isinstance(verify, ssl.SSLContext) else ssl.create_default_context()
             self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, verify=self._ssl,
                                       timeout=timeout)  # fmt: skip
         else:
             raise SpecError(f"invalid remote URL {url[:80]!r}", hint="use unix:PATH or https://HOST:PORT")
 
     @classmethod
-    def of(cls, client: Client, *, token: str | None = None,
-           certificate: str | Path | None = None) -> Streams:  # fmt: skip
+    def of(cls, client: Client, *, token: str | None = None, certificate: str | Path | None = None,
+           pinned: bool = False) -> Streams:  # fmt: skip
         """Streams of the server `client` talks to (its token and certificate given again: Client
         keeps them to itself)."""
-        return cls(client.url, token=token, certificate=certificate, client=client)
+        return cls(client.url, token=token, certificate=certificate, client=client, pinned=pinned)
 
     def close(self) -> None:
         self._http.close()

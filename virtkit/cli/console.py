@@ -19,6 +19,7 @@ import click
 from virtkit.cli.params import INSTANCE_NAME
 
 if TYPE_CHECKING:
+    from virtkit.api.remote_console import RemoteConsole
     from virtkit.drivers.console import Console
 from virtkit.errors import StateError
 
@@ -40,7 +41,7 @@ def console_command(name: str, show_log: bool) -> None:
     if show_log:
         _write(lifecycle().logs(name))
         return
-    console = lifecycle().open_console(name)
+    console = _open(name)
     interactive = sys.stdin.isatty()
     if interactive:
         click.echo(f"Connected to the console of {name}; Ctrl-] detaches.", err=True)
@@ -51,6 +52,20 @@ def console_command(name: str, show_log: bool) -> None:
         console.close()
     if interactive:
         click.echo(f"\r\nDetached from {name}.", err=True)
+
+
+def _open(name: str) -> Console | RemoteConsole:
+    """This host's console of NAME, or the remote's in effect over its WebSocket."""
+    from virtkit.cli.context import get_context
+    from virtkit.cli.lifecycle import lifecycle
+
+    ctx = get_context()
+    if not ctx.is_remote():
+        return lifecycle().open_console(name)
+    from virtkit.api.remote_console import RemoteConsole
+    from virtkit.cli.backup import remote_streams
+
+    return RemoteConsole.open(remote_streams(), name)
 
 
 @click.command("logs")
@@ -70,7 +85,7 @@ def _write(chunks: Iterator[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def _raw_terminal(interactive: bool, console: Console) -> Iterator[None]:
+def _raw_terminal(interactive: bool, console: Console | RemoteConsole) -> Iterator[None]:
     """The user's terminal in raw mode (keys go to the console as typed), its size given to the
     console's terminal now and whenever the window changes."""
     if not interactive:
@@ -93,7 +108,7 @@ def _raw_terminal(interactive: bool, console: Console) -> Iterator[None]:
         signal.signal(signal.SIGWINCH, previous)
 
 
-def _relay(conn: Console, interactive: bool) -> None:
+def _relay(conn: Console | RemoteConsole, interactive: bool) -> None:
     """Copy stdin to the console and the console to stdout until Ctrl-], the console closes, or
     (piped input) stdin ends and the console has gone quiet."""
     stdin, stdout = sys.stdin.fileno(), sys.stdout.buffer

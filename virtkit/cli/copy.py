@@ -3,14 +3,44 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from virtkit.cli.context import get_context, json_option
 from virtkit.cli.output import print_json
 from virtkit.cli.params import INSTANCE_NAME, NameType
 
+if TYPE_CHECKING:
+    from virtkit.api.remote_snapshots import RemoteCopies, RemotePublisher
+    from virtkit.ops.copy import Copies
+    from virtkit.ops.publish import Publisher
+
 SNAPSHOT_NAME = NameType("snapshot name")
 ALIAS = NameType("image alias")
+
+
+def copies() -> Copies | RemoteCopies:
+    """This host's copy verbs, or those of the remote in effect (api/remote_snapshots.py)."""
+    ctx = get_context()
+    if ctx.is_remote():
+        from virtkit.api.remote_snapshots import RemoteCopies
+
+        return RemoteCopies(ctx.client())
+    from virtkit.ops.copy import Copies
+
+    return Copies(ctx.root, ctx.store())
+
+
+def publisher() -> Publisher | RemotePublisher:
+    ctx = get_context()
+    if ctx.is_remote():
+        from virtkit.api.remote_snapshots import RemotePublisher
+
+        return RemotePublisher(ctx.client())
+    from virtkit.ops.publish import Publisher
+
+    return Publisher(ctx.root, ctx.store())
 
 
 @click.command("copy")
@@ -36,15 +66,13 @@ def copy_command(source: str, target: str | None, snapshot: str | None, full: bo
 
     `virtkit copy --flatten NAME` makes a clone independent of its layers."""
     from virtkit.errors import SpecError
-    from virtkit.ops.copy import Copies
 
     ctx = get_context()
-    copies = Copies(ctx.root, ctx.store())
     if flatten:
         if target is not None or full or snapshot is not None:
             raise SpecError("--flatten takes one instance and no other option",
                             hint=f"virtkit copy --flatten {source}")  # fmt: skip
-        record = copies.flatten(source)
+        record = copies().flatten(source)
         if ctx.json:
             print_json(record.model_dump(mode="json"))
         else:
@@ -52,7 +80,7 @@ def copy_command(source: str, target: str | None, snapshot: str | None, full: bo
         return
     if target is None:
         raise SpecError("missing TARGET: the new instance's name", hint=f"virtkit copy {source} NEW-NAME")
-    copied = copies.copy(source, target, snapshot=snapshot, full=full)
+    copied = copies().copy(source, target, snapshot=snapshot, full=full)
     if ctx.json:
         print_json(copied.to_dict())
         return
@@ -73,10 +101,8 @@ def copy_command(source: str, target: str | None, snapshot: str | None, full: bo
 def publish_command(name: str, alias: str | None, snapshot: str | None) -> None:
     """Make an image of stopped instance NAME (or of its snapshot SNAP) in the image store, for
     `virtkit launch`."""
-    from virtkit.ops.publish import Publisher
-
     ctx = get_context()
-    image = Publisher(ctx.root, ctx.store()).publish(name, alias=alias, snapshot=snapshot)
+    image = publisher().publish(name, alias=alias, snapshot=snapshot)
     if ctx.json:
         print_json(image.model_dump(mode="json"))
         return

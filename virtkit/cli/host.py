@@ -27,7 +27,7 @@ def host_group() -> None:
     type=SizeType("--min-free size", minimum=0),
     default="10GiB",
     show_default=True,
-    help="Warn when the state root's filesystem has less free space than this.",
+    help="Warn when the state root's filesystem has less free space than this (not through a remote).",
 )
 @json_option
 def check_command(min_free: int) -> None:
@@ -35,10 +35,20 @@ def check_command(min_free: int) -> None:
 
     Exit code: 0 everything required is there, 1 something required fails, 2 the check cannot run.
     """
-    from virtkit.ops.host import check_host
-
     ctx = get_context()
-    report = check_host(ctx.root, min_free=min_free)
+    if ctx.is_remote():
+        from virtkit.api.remote_host import RemoteHost
+
+        source = click.get_current_context().get_parameter_source("min_free")
+        if source is not None and source.name != "DEFAULT":
+            from virtkit.api.remote_common import refuse
+
+            refuse("host check --min-free", "the server checks with its own threshold (10GiB)")
+        report = RemoteHost(ctx.client()).check()
+    else:
+        from virtkit.ops.host import check_host
+
+        report = check_host(ctx.root, min_free=min_free)
     if ctx.json:
         print_json(report.to_dict())
     else:

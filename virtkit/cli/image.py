@@ -14,9 +14,82 @@ from virtkit.cli.params import NameType
 from virtkit.units import format_size
 
 if TYPE_CHECKING:
+    from virtkit.api.remote_images import RemoteImages
+    from virtkit.images.staged import Progress
     from virtkit.model import ImageRecord
 
 ALIAS = NameType("image alias")
+ImageList = list["ImageRecord"]
+Names = list[str]
+
+
+class LocalImages:
+    """This host's image store, as RemoteImages gives a server's."""
+
+    def __init__(self) -> None:
+        ctx = get_context()
+        self.root, self.store = ctx.root, ctx.store()
+
+    def list(self) -> list[ImageRecord]:
+        from virtkit.ops.images import list_images
+
+        return list_images(self.root, self.store)
+
+    def get(self, ref: str) -> ImageRecord:
+        from virtkit.ops.images import get_image
+
+        return get_image(self.root, self.store, ref)
+
+    def path(self, record: ImageRecord) -> Path:
+        from virtkit.ops.images import image_store
+
+        return image_store(self.root, self.store).path(record)
+
+    def delete(self, ref: str) -> ImageRecord:
+        from virtkit.ops.images import delete_image
+
+        return delete_image(self.root, self.store, ref)
+
+    def add_alias(self, ref: str, alias: str) -> ImageRecord:
+        from virtkit.ops.images import add_alias
+
+        return add_alias(self.root, self.store, ref, alias)
+
+    def remove_alias(self, alias: str) -> ImageRecord:
+        from virtkit.ops.images import remove_alias
+
+        return remove_alias(self.root, self.store, alias)
+
+    def build_tiny(self, arch: str, progress: Progress) -> ImageRecord:
+        from virtkit.ops.images import build_tiny_image
+
+        return build_tiny_image(self.root, self.store, arch=arch, progress=progress)
+
+    def build_debian(self, release: str, packages: Names, arch: str, flavour: str, refresh: bool,
+                     progress: Progress) -> ImageList:  # fmt: skip
+        from virtkit.ops.images import build_debian_images
+
+        flavours = ("vm", "container") if flavour == "both" else (flavour,)
+        return build_debian_images(self.root, self.store, release=release, packages=packages, arch=arch,
+                                   flavours=flavours, refresh=refresh, progress=progress)  # fmt: skip
+
+
+def images() -> LocalImages | RemoteImages:
+    """This host's images, or those of the remote in effect."""
+    ctx = get_context()
+    if ctx.is_remote():
+        from virtkit.api.remote_images import RemoteImages
+
+        return RemoteImages(ctx.client())
+    return LocalImages()
+
+
+def _local_only(what: str) -> None:
+    """Refuse a remote for a command whose FILE is this host's: the API has no route for it yet."""
+    if get_context().is_remote():
+        from virtkit.api.remote_common import refuse
+
+        refuse(what, "its file is on this host, and the API has no image upload or download yet")
 
 
 @click.group("image")
@@ -35,10 +108,8 @@ def _row(r: ImageRecord) -> tuple[str, ...]:
 @json_option
 def list_command() -> None:
     """List images: aliases, fingerprint, kinds, architecture, format, size."""
-    from virtkit.ops.images import list_images
-
     ctx = get_context()
-    records = list_images(ctx.root, ctx.store())
+    records = images().list()
     if ctx.json:
         print_json([record.model_dump(mode="json") for record in records])
         return
@@ -54,14 +125,13 @@ def list_command() -> None:
 @json_option
 def show_command(image: str) -> None:
     """Show one image (by alias or fingerprint prefix)."""
-    from virtkit.ops.images import get_image, image_store
-
     ctx = get_context()
-    record = get_image(ctx.root, ctx.store(), image)
+    verbs = images()
+    record = verbs.get(image)
     if ctx.json:
         print_json(record.model_dump(mode="json"))
         return
-    path = image_store(ctx.root, ctx.store()).path(record)
+    path = verbs.path(record)
     fields = [
         ("Fingerprint", record.fingerprint),
         ("Aliases", ", ".join(record.aliases) or "-"),
@@ -93,10 +163,7 @@ def _done(record: ImageRecord, message: str) -> None:
 @json_option
 def delete_command(image: str) -> None:
     """Delete an image; refused while instances use it."""
-    from virtkit.ops.images import delete_image
-
-    ctx = get_context()
-    record = delete_image(ctx.root, ctx.store(), image)
+    record = images().delete(image)
     _done(record, f"Image {record.fingerprint[:12]} deleted.")
 
 
@@ -111,10 +178,7 @@ def alias_group() -> None:
 @json_option
 def alias_add_command(image: str, alias: str) -> None:
     """Give IMAGE the name ALIAS."""
-    from virtkit.ops.images import add_alias
-
-    ctx = get_context()
-    record = add_alias(ctx.root, ctx.store(), image, alias)
+    record = images().add_alias(image, alias)
     _done(record, f"Alias {alias} now names image {record.fingerprint[:12]}.")
 
 
@@ -123,10 +187,7 @@ def alias_add_command(image: str, alias: str) -> None:
 @json_option
 def alias_remove_command(alias: str) -> None:
     """Remove the name ALIAS (the image stays)."""
-    from virtkit.ops.images import remove_alias
-
-    ctx = get_context()
-    record = remove_alias(ctx.root, ctx.store(), alias)
+    record = images().remove_alias(alias)
     _done(record, f"Alias {alias} removed.")
 
 
@@ -139,6 +200,7 @@ def export_command(image: str, file: Path) -> None:
     from virtkit.cli.progress import progress_display
     from virtkit.ops.images import export
 
+    _local_only("image export")
     ctx = get_context()
     with progress_display("export", quiet=ctx.json) as progress:
         dest = export(ctx.root, ctx.store(), image, file, progress)
@@ -175,6 +237,7 @@ def import_command(path: Path, name: str | None, fmt: str | None) -> None:
     from virtkit.cli.progress import progress_display
     from virtkit.ops.images import import_image
 
+    _local_only("image import")
     ctx = get_context()
     with progress_display(f"import {path.name}", quiet=ctx.json) as progress:
         record = import_image(ctx.root, ctx.store(), path, name=name, fmt=fmt, progress=progress)
@@ -201,11 +264,11 @@ ARCH_OPTION = click.option(
 def build_tiny_command(arch: str) -> None:
     """Build `tiny`: a busybox guest with Debian's kernel, as a VM (kernel, initrd, disk) and a container."""
     from virtkit.cli.progress import progress_display
-    from virtkit.ops.images import build_tiny_image
 
     ctx = get_context()
+    verbs = images()
     with progress_display("build tiny", quiet=ctx.json) as progress:
-        record = build_tiny_image(ctx.root, ctx.store(), arch=arch, progress=progress)
+        record = verbs.build_tiny(arch, progress)
     _print_added(ctx.json, [record], "built")
 
 
@@ -225,20 +288,10 @@ def build_tiny_command(arch: str) -> None:
 def build_debian_command(release: str, packages: str, flavour: str, refresh: bool, arch: str) -> None:
     """Build Debian by debootstrap: systemd, networkd (DHCP), SSH, qemu-guest-agent, cloud-init."""
     from virtkit.cli.progress import progress_display
-    from virtkit.ops.images import build_debian_images
 
     ctx = get_context()
-    flavours = ("vm", "container") if flavour == "both" else (flavour,)
+    verbs = images()
     wanted = [package.strip() for package in packages.split(",") if package.strip()]
     with progress_display(f"build debian {release}", quiet=ctx.json) as progress:
-        records = build_debian_images(
-            ctx.root,
-            ctx.store(),
-            release=release,
-            packages=wanted,
-            arch=arch,
-            flavours=flavours,
-            refresh=refresh,
-            progress=progress,
-        )
+        records = verbs.build_debian(release, wanted, arch, flavour, refresh, progress)
     _print_added(ctx.json, records, "built")

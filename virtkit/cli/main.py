@@ -99,7 +99,8 @@ COMMANDS = [
 # about this host. Any other command refuses a remote rather than silently acting here.
 REMOTE_COMMANDS = frozenset({
     "launch", "create", "start", "stop", "restart", "pause", "resume", "delete", "exec", "list", "show",
-    "set", "operation", "monitor",
+    "set", "operation", "monitor", "snapshot", "copy", "publish", "image", "network", "storage", "volume",
+    "export", "import", "console", "host",
 })  # fmt: skip
 HOST_COMMANDS = frozenset({"remote", "serve"})
 

@@ -13,14 +13,32 @@ from virtkit.cli.output import print_fields, print_json, print_table
 from virtkit.cli.params import INSTANCE_NAME
 
 if TYPE_CHECKING:
+    from virtkit.api.remote_networks import RemoteAttach, RemoteNetworks
+    from virtkit.ops.attach import Attach
     from virtkit.ops.networks import Networks, NetworkView
 
 
-def networks() -> Networks:
+def networks() -> Networks | RemoteNetworks:
+    """This host's networks, or those of the remote in effect (api/remote_networks.py)."""
+    ctx = get_context()
+    if ctx.is_remote():
+        from virtkit.api.remote_networks import RemoteNetworks
+
+        return RemoteNetworks(ctx.client())
     from virtkit.ops.networks import Networks
 
-    ctx = get_context()
     return Networks(ctx.root, ctx.store())
+
+
+def attacher() -> Attach | RemoteAttach:
+    ctx = get_context()
+    if ctx.is_remote():
+        from virtkit.api.remote_networks import RemoteAttach
+
+        return RemoteAttach(ctx.client())
+    from virtkit.ops.attach import Attach
+
+    return Attach(ctx.root, ctx.store())
 
 
 @click.group("network")
@@ -146,13 +164,12 @@ def attach_command(
     where they are; a q35 VM: hot-plugged)."""
     from virtkit.network.addressing import network_name, parse_mac
     from virtkit.network.shaping import parse_rate
-    from virtkit.ops.attach import Attach
     from virtkit.ops.nics import NicRequest
 
     request = NicRequest(network_name(network), ip, parse_mac(mac) if mac else None,
                          parse_rate(limit) if limit else None, model)  # fmt: skip
     ctx = get_context()
-    nic = Attach(ctx.root, ctx.store()).attach(request, instance, allow_host=allow_host)
+    nic = attacher().attach(request, instance, allow_host=allow_host)
     if ctx.json:
         print_json(nic.model_dump(mode="json"))
         return
@@ -165,10 +182,7 @@ def attach_command(
 def detach_command(network: str, instance: str) -> None:
     """Take INSTANCE's NIC on NETWORK away: a stopped one's for its next start, a running one's at
     once where its kind allows."""
-    from virtkit.ops.attach import Attach
-
-    ctx = get_context()
-    nic = Attach(ctx.root, ctx.store()).detach(network, instance)
+    nic = attacher().detach(network, instance)
     click.echo(f"Instance {instance} detached from {nic.network} ({nic.inner}, {nic.ip}).")
 
 

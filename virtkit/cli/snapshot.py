@@ -13,6 +13,7 @@ from virtkit.cli.params import INSTANCE_NAME, NameType
 from virtkit.units import format_size
 
 if TYPE_CHECKING:
+    from virtkit.api.remote_snapshots import RemoteSnapshots
     from virtkit.model import SnapshotRecord
     from virtkit.ops.prune import Pruned
     from virtkit.ops.snapshots import Snapshots
@@ -31,10 +32,15 @@ class DurationType(click.ParamType[int, Any]):
         return value if isinstance(value, int) else parse_duration(str(value), what="expiry")
 
 
-def snapshots() -> Snapshots:
+def snapshots() -> Snapshots | RemoteSnapshots:
+    """This host's snapshot verbs, or those of the remote in effect (api/remote_snapshots.py)."""
+    ctx = get_context()
+    if ctx.is_remote():
+        from virtkit.api.remote_snapshots import RemoteSnapshots
+
+        return RemoteSnapshots(ctx.client())
     from virtkit.ops.snapshots import Snapshots
 
-    ctx = get_context()
     return Snapshots(ctx.root, ctx.store())
 
 
@@ -170,6 +176,10 @@ def prune_command(name: str | None, every: bool) -> None:
         said = "give an instance NAME or --all, not both" if every else "give an instance NAME or --all"
         raise SpecError(said, hint="e.g. virtkit snapshot prune --all")
     ctx = get_context()
+    if ctx.is_remote():
+        from virtkit.api.remote_common import refuse
+
+        refuse("snapshot prune", "the API has no prune route; run it from cron on the server's host")
     results = Pruner(ctx.root, ctx.store()).prune(name)
     if ctx.json:
         print_json([result.to_dict() for result in results])

@@ -15,6 +15,7 @@ from virtkit.cli.context import get_context, json_option
 from virtkit.cli.output import print_fields, print_json, print_table
 
 if TYPE_CHECKING:
+    from virtkit.api.remote_storage import RemoteStorage, RemoteVolumes
     from virtkit.model import VolumeAttachment, VolumeRecord
     from virtkit.ops.storage import PoolView, Storage, VolumeView
     from virtkit.ops.volumes import Attached, Volumes
@@ -27,17 +28,26 @@ LIMIT_OPTIONS = {
 }  # fmt: skip
 
 
-def storage() -> Storage:
+def storage() -> Storage | RemoteStorage:
+    """This host's storage verbs, or those of the remote in effect (api/remote_storage.py)."""
+    ctx = get_context()
+    if ctx.is_remote():
+        from virtkit.api.remote_storage import RemoteStorage
+
+        return RemoteStorage(ctx.client())
     from virtkit.ops.storage import Storage
 
-    ctx = get_context()
     return Storage(ctx.root, ctx.store())
 
 
-def volume_verbs() -> Volumes:
+def volume_verbs() -> Volumes | RemoteVolumes:
+    ctx = get_context()
+    if ctx.is_remote():
+        from virtkit.api.remote_storage import RemoteVolumes
+
+        return RemoteVolumes(ctx.client())
     from virtkit.ops.volumes import Volumes
 
-    ctx = get_context()
     return Volumes(ctx.root, ctx.store())
 
 
@@ -73,7 +83,8 @@ def pool_group() -> None:
 @click.option("--driver", default="dir", show_default=True, metavar="DRIVER", help="Pool driver: dir.")
 @click.option(
     "--path", default=None, metavar="DIR",
-    help="An empty or new directory (absolute) to hold the volumes.  [default: ROOT/pools/NAME]",
+    help="An empty or new directory (absolute) to hold the volumes; through a remote, a directory "
+    "of the server's host.  [default: ROOT/pools/NAME]",
 )  # fmt: skip
 @json_option
 def pool_create_command(name: str, driver: str, path: str | None) -> None:
