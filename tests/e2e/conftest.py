@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,29 @@ def seed_root(template: Path, root: Path) -> None:
         source.backup(copy)
     os.chmod(root / "virtkit.db", 0o600)
     subprocess.run(["cp", "-al", str(template / "images"), str(root / "images")], check=True)
+
+
+@pytest.fixture(scope="session")
+def debian(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cli, Path]]:
+    """A state root with the debian-bookworm VM image, built once per session (test_vm_debian,
+    test_vm_disk); every instance left is deleted at the end."""
+    root = reachable(tmp_path_factory.mktemp("debian") / "root")  # QEMU runs as virtkit-qemu
+
+    def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "VIRTKIT_ROOT": str(root)}
+        return subprocess.run(
+            [str(VIRTKIT), *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
+        )
+
+    began = time.monotonic()
+    built = run("image", "build", "debian", "--flavour", "vm", "--json", timeout=1800)
+    assert built.returncode == 0, built.stderr
+    print(f"debian VM image built in {time.monotonic() - began:.1f} s")
+    yield run, root
+    for instance in json.loads(run("list", "--json").stdout or "[]"):
+        run("delete", "--force", instance["name"], timeout=120)
+        for log in ("console.log", "runtime.log"):
+            path = root / "instances" / instance["name"] / log
+            if path.exists():
+                print(f"--- {log} of {instance['name']} ---\n{path.read_text(errors='replace')[-4000:]}")
+

@@ -12,16 +12,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import VIRTKIT, Cli
+from tests.e2e.conftest import Cli
 from tests.e2e.test_cli import assert_clear_error
-from tests.permissions import reachable
 
 pytestmark = [
     pytest.mark.root,
@@ -41,30 +38,6 @@ runcmd:
 """
 LAUNCH_TIMEOUT = 600.0  # the build is already done; the boot under TCG on a busy 2-core host
 STOP_TIMEOUT = 120  # seconds `virtkit stop` waits for the guest to power off before forcing it
-
-
-@pytest.fixture(scope="module")
-def debian(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cli, Path]]:
-    """A state root with the debian-bookworm VM image; every instance left is deleted at the end."""
-    root = reachable(tmp_path_factory.mktemp("debian") / "root")  # QEMU runs as virtkit-qemu
-
-    def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "VIRTKIT_ROOT": str(root)}
-        return subprocess.run(
-            [str(VIRTKIT), *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
-        )
-
-    began = time.monotonic()
-    built = run("image", "build", "debian", "--flavour", "vm", "--json", timeout=1800)
-    assert built.returncode == 0, built.stderr
-    print(f"debian VM image built in {time.monotonic() - began:.1f} s")
-    yield run, root
-    for instance in json.loads(run("list", "--json").stdout or "[]"):
-        run("delete", "--force", instance["name"], timeout=120)
-        for log in ("console.log", "runtime.log"):
-            path = root / "instances" / instance["name"] / log
-            if path.exists():
-                print(f"--- {log} of {instance['name']} ---\n{path.read_text(errors='replace')[-4000:]}")
 
 
 def _inputs(tmp_path: Path) -> tuple[Path, Path]:

@@ -17,7 +17,7 @@ import pytest
 
 from tests.e2e.conftest import Cli
 from tests.e2e.test_cli import assert_clear_error
-from tests.e2e.test_vm_debian import LAUNCH_TIMEOUT, debian  # noqa: F401  (the fixture)
+from tests.e2e.test_vm_debian import LAUNCH_TIMEOUT
 from tests.e2e.test_vm_lifecycle import tiny  # noqa: F401  (the fixture)
 
 MiB = 1 << 20
@@ -110,7 +110,7 @@ def test_disk_for_a_container_is_refused(tiny: Cli, state_root: Path) -> None:  
 @pytest.mark.skipif(os.geteuid() != 0, reason="debootstrap and QEMU's confinement need root")
 @pytest.mark.skipif(shutil.which("debootstrap") is None, reason="needs debootstrap")
 @pytest.mark.skipif(shutil.which("xorriso") is None, reason="needs xorriso (the cloud-init seed)")
-def test_debian_vm_grows_its_root_filesystem_with_cloud_init(debian: tuple[Cli, Path]) -> None:  # noqa: F811
+def test_debian_vm_grows_its_root_filesystem_with_cloud_init(debian: tuple[Cli, Path]) -> None:
     virtkit, _ = debian
     image = json.loads(ok(virtkit, "image", "show", "debian-bookworm", "--json"))
     ok(virtkit, "launch", "debian-bookworm", "g1", "--vm", "--memory", "512MiB", "--disk", "4GiB", "--wait",
