@@ -175,3 +175,20 @@ def test_missing_and_huge_files(lab: Lab, tmp_path: Path) -> None:  # noqa: F811
     assert_clear_error(lab.virtkit("apply", "-f", str(huge)), 2, "a stack file is at most 1024 KiB")
     unknown = lab.virtkit("scale", "web", "--count", "2")
     assert_clear_error(unknown, 1, "group 'web' is not in any applied stack")
+
+
+def test_what_cannot_change_in_place_is_recreated(lab: Lab, tmp_path: Path) -> None:  # noqa: F811
+    stack = write(tmp_path / "shop.yaml", count=2)
+    lab.ok("apply", "-f", str(stack))
+    before = instances(lab)
+    stack.write_text(stack.read_text().replace("    networks: [shopnet]\n", ""))  # the group's NICs go
+    done = lab.ok("apply", "-f", str(stack)).stdout
+    assert "-/+ recreate web-1" in done and "-/+ recreate web-2" in done
+    assert "Plan: 0 to create, 0 to change, 2 to recreate, 0 to start, 0 to delete." in done
+    after = instances(lab)
+    for name in ("web-1", "web-2"):
+        assert after[name]["nics"] == [] and after[name]["state"] == "running"
+        assert after[name]["uuid"] != before[name]["uuid"]  # a new instance, not an edited one
+    assert lab.ok("apply", "-f", str(stack)).stdout.startswith("No changes")
+    lab.ok("destroy", "-f", str(stack))
+    assert instances(lab) == {}
