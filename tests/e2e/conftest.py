@@ -63,11 +63,10 @@ def seed_root(template: Path, root: Path) -> None:
     subprocess.run(["cp", "-al", str(template / "images"), str(root / "images")], check=True)
 
 
-@pytest.fixture(scope="session")
-def debian(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cli, Path]]:
-    """A state root with the debian-bookworm VM image, built once per session (test_vm_debian,
-    test_vm_disk); every instance left is deleted at the end."""
-    root = reachable(tmp_path_factory.mktemp("debian") / "root")  # QEMU runs as virtkit-qemu
+def debian_root(tmp_path_factory: pytest.TempPathFactory, flavour: str) -> Iterator[tuple[Cli, Path]]:
+    """A state root with the Debian image of `flavour` (vm or container) built in it, and a CLI for
+    it; every instance left is deleted at the end, its logs printed."""
+    root = reachable(tmp_path_factory.mktemp(f"debian-{flavour}") / "root")  # QEMU runs as virtkit-qemu
 
     def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "VIRTKIT_ROOT": str(root)}
@@ -76,14 +75,19 @@ def debian(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cli, Path
         )
 
     began = time.monotonic()
-    built = run("image", "build", "debian", "--flavour", "vm", "--json", timeout=1800)
+    built = run("image", "build", "debian", "--flavour", flavour, "--json", timeout=1800)
     assert built.returncode == 0, built.stderr
-    print(f"debian VM image built in {time.monotonic() - began:.1f} s")
+    print(f"debian {flavour} image built in {time.monotonic() - began:.1f} s")
     yield run, root
     for instance in json.loads(run("list", "--json").stdout or "[]"):
-        run("delete", "--force", instance["name"], timeout=120)
         for log in ("console.log", "runtime.log"):
             path = root / "instances" / instance["name"] / log
             if path.exists():
                 print(f"--- {log} of {instance['name']} ---\n{path.read_text(errors='replace')[-4000:]}")
+        run("delete", "--force", instance["name"], timeout=120)
 
+
+@pytest.fixture(scope="session")
+def debian(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cli, Path]]:
+    """The debian-bookworm VM image's root, built once per session (test_vm_debian, test_vm_disk)."""
+    yield from debian_root(tmp_path_factory, "vm")

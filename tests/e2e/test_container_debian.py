@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import VIRTKIT, Cli
-from tests.permissions import reachable
+from tests.e2e.conftest import Cli, debian_root
 
 pytestmark = [
     pytest.mark.root,
@@ -42,25 +41,8 @@ CORE_UNITS = (
 
 @pytest.fixture(scope="module")
 def debian(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cli, Path]]:
-    """A state root with the Debian container image; every instance left is deleted at the end."""
-    root = reachable(tmp_path_factory.mktemp("debian-ct") / "root")
-
-    def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "VIRTKIT_ROOT": str(root)}
-        return subprocess.run(
-            [str(VIRTKIT), *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
-        )
-
-    began = time.monotonic()
-    built = run("image", "build", "debian", "--flavour", "container", "--json", timeout=1800)
-    assert built.returncode == 0, built.stderr
-    print(f"debian container image built in {time.monotonic() - began:.1f} s")
-    yield run, root
-    for instance in json.loads(run("list", "--json").stdout or "[]"):
-        log = root / "instances" / instance["name"] / "console.log"
-        if log.exists():
-            print(f"--- console.log of {instance['name']} ---\n{log.read_text(errors='replace')[-4000:]}")
-        run("delete", "--force", instance["name"], timeout=120)
+    """A state root with the Debian container image."""
+    yield from debian_root(tmp_path_factory, "container")
 
 
 def _exec(virtkit: Cli, *command: str) -> subprocess.CompletedProcess[str]:
