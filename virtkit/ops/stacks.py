@@ -72,6 +72,7 @@ class Plan:
     steps: list[Step] = field(default_factory=list)
     file: str = ""
     destroy: bool = False
+    digests: dict[str, str] = field(default_factory=dict)  # group -> SPEC_LABEL, made once when planned
 
     def summary(self) -> str:
         counts = {action: sum(1 for s in self.steps if s.action == action) for action in SYMBOLS}
@@ -120,7 +121,8 @@ class Stacks:
                 plan.steps.append(Step("delete", "instance", record.name, "beyond count" if group else
                                        "group removed", record.labels.get(GROUP_LABEL, ""), _index(record)))
         for group in spec.groups:
-            plan.steps += self._group_steps(spec, group, base, owned)
+            plan.digests[group.name] = self._digest(group, base)
+            plan.steps += self._group_steps(spec, group, plan.digests[group.name], owned)
         if known is not None:
             plan.steps += self._dropped(known, spec)
         return plan
@@ -136,10 +138,9 @@ class Stacks:
             plan.steps += self._dropped(known, StackSpec(name=spec.name))
         return plan
 
-    def _group_steps(self, spec: StackSpec, group: GroupSpec, base: Path,
+    def _group_steps(self, spec: StackSpec, group: GroupSpec, digest: str,
                      owned: list[InstanceRecord]) -> list[Step]:  # fmt: skip
         mine = {_index(r): r for r in owned if r.labels.get(GROUP_LABEL) == group.name}
-        digest = self._digest(group, base)
         steps = []
         for index in range(1, group.count + 1):
             name = group.instance_name(index)
@@ -329,7 +330,7 @@ class Stacks:
             nics=tuple(parse_nic(text) for text in group.networks),
             publish=tuple(parse_publish(text, name) for text in group.publish),
             labels={**group.labels, STACK_LABEL: plan.spec.name, GROUP_LABEL: group.name,
-                    INDEX_LABEL: str(index), SPEC_LABEL: self._digest(group, plan.base)},
+                    INDEX_LABEL: str(index), SPEC_LABEL: plan.digests[group.name]},
         )  # fmt: skip
         self.life.launch(request, wait=group.wait)
 
