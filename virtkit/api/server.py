@@ -173,6 +173,11 @@ def serve(root: Path, store: Store, listen: Listen, *, cert: Path | None = None,
     stale = app.state.virtkit.operations.recover()
     if stale:
         log.warning("marked %d operation(s) of a previous server as failed", len(stale))
+    from virtkit.ops.migratein import Incoming
+
+    dropped = Incoming(root, store).discard_leftovers()
+    if dropped:
+        log.warning("discarded the instance(s) a live move had left arriving: %s", ", ".join(dropped))
     sock = unix_socket(listen.path) if listen.path is not None else tcp_socket(listen)
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="off",

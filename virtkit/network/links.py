@@ -158,11 +158,12 @@ def enable_forwarding() -> None:
 # --- bridges ----------------------------------------------------------------------------------
 
 
-def _stable_mac(alias: str) -> str:
-    """A locally administered MAC derived from the alias: a bridge with no explicit MAC takes its
+def _stable_mac(key: str) -> str:
+    """A locally administered MAC derived from `key`: a bridge with no explicit MAC takes its
     lowest port's, which changes as instances come and go (and guests' ARP caches go stale); one
-    derived from the alias stays the same across reconciles and reboots."""
-    digest = hashlib.sha256(alias.encode()).digest()
+    derived from the network's name and address stays the same across reconciles and reboots, and
+    is the same on every host that has that network (a VM moved live keeps its gateway's MAC)."""
+    digest = hashlib.sha256(key.encode()).digest()
     return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
 
 
@@ -221,7 +222,8 @@ def ensure_bridge(name: str, address: str, *, alias: str, mtu: int | None = None
         if link is None:
             try:
                 nl.add(
-                    ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0, address=_stable_mac(alias)
+                    ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0,
+                    address=_stable_mac(f"{alias.rsplit(':', 1)[-1]} {address}"),
                 )
                 made = True
             except NetlinkError as exc:

@@ -13,6 +13,7 @@ from virtkit.api.routes.host import router as host
 from virtkit.api.routes.images import router as images
 from virtkit.api.routes.instances import router as instances
 from virtkit.api.routes.metrics import router as metrics
+from virtkit.api.routes.migrations import router as migrations
 from virtkit.api.routes.networks import router as networks
 from virtkit.api.routes.operations import router as operations
 from virtkit.api.routes.snapshots import router as snapshots
@@ -22,5 +23,5 @@ from virtkit.api.routes.tokens import router as tokens
 # snapshots, copies, backups before instances: its POST /1.0/instances/{name}/{action} would take their paths
 ROUTERS: list[APIRouter] = [
     host, snapshots, copies, backups, console, exec_stream, instances, operations, tokens, events, metrics,
-    images, networks, storage,
+    images, networks, storage, migrations,
 ]  # fmt: skip
