@@ -80,6 +80,7 @@ COMMANDS = [
         "import-vm", "virtkit.cli.v2v:import_vm_command", "Import a VM from VMware, VirtualBox, Xen...",
         "Images",
     ),
+    LazyCommand("move", "virtkit.cli.move:move_command", "Move an instance to another host.", "Instances"),
     LazyCommand("host", "virtkit.cli.host:host_group", "Check and describe this host.", "Host"),
     LazyCommand(
         "operation", "virtkit.cli.operation:operation_group", "Watch long-running operations.", "Server"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -83,9 +84,12 @@ def detect_layout(mounts: list[Mount] | None = None) -> Layout:
     return Layout(v1=v1)
 
 
-def cgroup_name(name: str, uuid: str) -> str:
-    """The instance's cgroup, relative to each hierarchy's root."""
-    return f"{PARENT}/{name}.{uuid.split('-')[0]}"
+def cgroup_name(name: str, uuid: str, root: Path | None = None) -> str:
+    """The instance's cgroup, relative to each hierarchy's root. With `root` (the state root), a
+    tag of it too: two roots on one machine are two hosts, and a VM moved live between them runs
+    in both for a moment, each QEMU in its own cgroup and under its own memory ceiling."""
+    tag = f".{hashlib.sha256(str(root).encode()).hexdigest()[:6]}" if root is not None else ""
+    return f"{PARENT}/{name}.{uuid.split('-')[0]}{tag}"
 
 
 class Cgroup:

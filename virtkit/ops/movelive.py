@@ -85,6 +85,9 @@ class LiveMove:
             return Moved(record.name, self.remote, recovered=recovered)
         record = self.store.get(InstanceRecord, record.name)
         spec = self._check(record, paths, downtime_ms)
+        for network in networks or {}:
+            if network not in {nic.network for nic in record.nics}:
+                raise SpecError(f"{record.name!r} has no NIC on network {network!r} to map")
         began = time.monotonic()
         with self.store.lock("instance", record.name):
             moved = self._transfer(record, paths, spec, downtime_ms, postcopy, networks or {}, progress)
@@ -156,9 +159,6 @@ class LiveMove:
 
     def _prepare(self, record: InstanceRecord, nodes: list[str], networks: dict[str, str],
                  postcopy: bool) -> dict[str, Any]:  # fmt: skip
-        for network in networks:
-            if network not in {nic.network for nic in record.nics}:
-                raise SpecError(f"{record.name!r} has no NIC on network {network!r} to map")
         offer = {
             "name": record.name, "uuid": record.uuid, "image": record.image, "arch": record.arch,
             "cpus": record.cpus, "memory": record.memory, "config": record.config, "labels": record.labels,

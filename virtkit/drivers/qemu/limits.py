@@ -100,7 +100,8 @@ def run_as(files: list[Path], who: runas.RunAs | None, *, kvm: bool = False) -> 
 
 
 def confine(
-    spec: VmSpec, record: InstanceRecord, opened: list[Path], who: runas.RunAs | None
+    spec: VmSpec, record: InstanceRecord, opened: list[Path], who: runas.RunAs | None,
+    root: Path | None = None,
 ) -> tuple[VmSpec, list[str]]:
     """`spec` with its limits, cgroup and user; what to tell the user about them."""
     quota, period = cpu_allowance(record.config.get("cpu_allowance"))
@@ -114,7 +115,7 @@ def confine(
         spec,
         disks=disks,
         run_as=user,
-        cgroup=cgroup_name(record.name, record.uuid),
+        cgroup=cgroup_name(record.name, record.uuid, root),
         cpu_quota=quota,
         cpu_period=period,
         memory_max=memory_ceiling(spec.memory, spec.accel),

@@ -338,7 +338,8 @@ def build_spec(
     # Volumes are not among the files QEMU's user must reach: virtkit opens them and passes descriptors.
     opened = [paths.dir, image_dir, *(image_dir / name for name in image.files.values())]
     opened += _layers(record, paths)
-    spec, confined = confine(spec, record, opened + ([Path(iso)] if iso else []), who())
+    root = paths.dir.parent.parent
+    spec, confined = confine(spec, record, opened + ([Path(iso)] if iso else []), who(), root)
     return spec, notices + confined
 
 
