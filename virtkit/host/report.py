@@ -27,6 +27,7 @@ from virtkit.host.checks import (
 )
 from virtkit.host.cpu import cpu_checks, read_dmi
 from virtkit.host.cpuinfo import CpuInfo, host_arch, parse_cpuinfo
+from virtkit.host.criu import criu_check
 from virtkit.host.devices import device_checks, probe_devices
 from virtkit.host.kernel import (
     OverlayState,
@@ -122,7 +123,7 @@ def run_checks(
         oci_future = pool.submit(run_oci_probe, oci_probe) if oci_probe is not None else None
         report = _assemble(
             sysroot, arch, cpuinfo_text, state_root, min_free, kvm_ioctl, kvm_probe, tools_future.result,
-            oci_future.result if oci_future is not None else lambda: None, idmap_probe,
+            oci_future.result if oci_future is not None else lambda: None, idmap_probe, criu_check(which),
         )  # fmt: skip
     return report
 
@@ -138,6 +139,7 @@ def _assemble(
     tool_results: Callable[[], list[ToolResult]],
     oci_verdict: Callable[[], OciRuntimeVerdict | None] = lambda: None,
     idmap_probe: IdmapProbe | None = None,
+    criu: Check | None = None,
 ) -> Report:
     cpu = parse_cpuinfo(cpuinfo_text, arch)
     release = kernel_release(sysroot)
@@ -162,6 +164,7 @@ def _assemble(
         *tool_checks(caps.tools),
         oci_runtime_check(caps.oci),
         idmap_check(idmap_probe),
+        *([criu] if criu is not None else []),
         usable_check(verdict, caps),
     ]
     return Report(_host_info(cpu, release, os_pretty), tuple(checks), verdict, exit_code(checks))

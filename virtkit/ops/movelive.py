@@ -228,6 +228,21 @@ class LiveMove:
         atomic_write(paths.dir / JOURNAL, json.dumps({"phase": phase, "at": time.time()}))
 
 
+def cold_instead(store: Store, name: str) -> str | None:
+    """Why `name` moves cold although --live was asked (None: it is a VM, it moves live). A
+    running container would need CRIU to keep its processes, and virtkit does not drive CRIU."""
+    import shutil
+
+    from virtkit.host.criu import criu_works
+
+    record = store.get(InstanceRecord, validate_name(name))
+    if record.kind is InstanceKind.VM:
+        return None
+    works, why = criu_works(shutil.which)
+    reason = "virtkit does not checkpoint containers with CRIU yet" if works else why
+    return f"a container moves live only with CRIU ({reason}; see `virtkit host check`): moving it cold"
+
+
 def _unmovable(record: InstanceRecord, paths: InstancePaths) -> str | None:
     if record.volumes:
         return "it has volumes attached (detach them, or move it cold)"

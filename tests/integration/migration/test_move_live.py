@@ -148,3 +148,25 @@ def test_a_vm_on_a_network_keeps_its_mac_address_and_a_running_process(hosts: Ho
     assert int(b.ok("exec", "v1", "--", "cat", "/tmp/n")) > count
     assert "1 packets received" in b.ok("exec", "v1", "--", "ping", "-c", "1", "-W", "5", "10.88.0.1")
     assert a.ok("network", "show", "lan", "--json")  # the network stays on a, without the VM
+
+
+def test_a_destination_server_killed_midway_is_cleaned_when_it_restarts(pair: tuple[Host, Host]) -> None:
+    a, b = pair
+    assert b.server is not None
+    server = b.server
+
+    def kill_destination_server(progress: object) -> None:
+        if getattr(progress, "phase", "") == "memory" and server.poll() is None:
+            server.kill()
+            server.wait(10)
+
+    with pytest.raises(VirtkitError):
+        move(a, b, progress=kill_destination_server)
+    assert state(a, "v1") == "running"  # the guest went on at the source
+    assert not (a.root / "instances" / "v1" / JOURNAL).exists()
+    assert (b.root / "instances" / "v1" / "incoming.json").exists()  # nobody could tell b
+    b.start_server()  # its restart discards what the move left
+    assert names(b) == [] and not list(b.root.glob("instances/*"))
+    assert not list(b.root.glob("instances/*/pid"))
+    moved = move(a, b)  # and the move can be done again
+    assert moved["recovered"] is None and state(b, "v1") == "running"
