@@ -170,3 +170,17 @@ def test_a_destination_server_killed_midway_is_cleaned_when_it_restarts(pair: tu
     assert not list(b.root.glob("instances/*/pid"))
     moved = move(a, b)  # and the move can be done again
     assert moved["recovered"] is None and state(b, "v1") == "running"
+
+
+def test_a_guest_dirtying_memory_converges_and_postcopy_works_or_says_why(pair: tuple[Host, Host]) -> None:
+    a, b = pair
+    a.ok("exec", "v1", "--", "sh", "-c", "dd if=/dev/urandom of=/dev/shm/src bs=1M count=32 2>/dev/null; "
+         "(while :; do cp /dev/shm/src /dev/shm/dst; done) >/dev/null 2>&1 &")  # fmt: skip
+    try:
+        moved = move(a, b, postcopy=True)
+    except VirtkitError as exc:  # QEMU's user may not use userfaultfd on this host: then it says so
+        assert "post-copy is not possible" in str(exc) and "userfaultfd" in str(exc), exc
+        assert state(a, "v1") == "running" and names(b) == []
+        moved = move(a, b)
+    assert state(b, "v1") == "running" and names(a) == []
+    assert isinstance(moved["ram_bytes"], int) and moved["ram_bytes"] > 32 << 20

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from virtkit.drivers.qemu.monitor import Monitor
-from virtkit.errors import ToolError
+from virtkit.errors import HostCapabilityError, ToolError
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,15 @@ def listen(monitor: Monitor, host: str, nbd_port: int, migrate_port: int, export
     capabilities = [{"capability": "late-block-activate", "state": True}]
     if postcopy:
         capabilities.append({"capability": "postcopy-ram", "state": True})
-    monitor.execute("migrate-set-capabilities", {"capabilities": capabilities})
+    try:
+        monitor.execute("migrate-set-capabilities", {"capabilities": capabilities})
+    except ToolError as exc:
+        if postcopy and "ostcopy is not supported" in str(exc):
+            raise HostCapabilityError(
+                "post-copy is not possible on the destination: QEMU's user there may not use userfaultfd",
+                hint="move without --postcopy, or allow it there: sysctl vm.unprivileged_userfaultfd=1",
+            ) from None
+        raise
     address = {"type": "inet", "data": {"host": host, "port": str(nbd_port)}}
     monitor.execute("nbd-server-start", {"addr": address})
     for export in exports:
