@@ -76,7 +76,8 @@ def virtkit_move(a: Path, config: Path) -> dict[str, float]:
     took = time.perf_counter() - start
     print(f"  virtkit phases: {moved['phases']}, total in the op {moved['total_s']:.2f} s", flush=True)
     return {"total": took, "downtime_ms": float(moved["downtime_ms"] or 0),
-            "switchover_ms": 1000 * float(moved["phases"].get("switchover", 0.0))}  # fmt: skip
+            "switchover_ms": 1000 * float(moved["phases"].get("switchover", 0.0)),
+            "paused_ms": float(moved["paused_ms"] or 0)}  # fmt: skip
 
 
 def raw_move(argv: list[str], work: Path, disk: Path) -> dict[str, float]:
@@ -186,7 +187,8 @@ def inside(args: argparse.Namespace) -> None:
         time.sleep(2.0)
         dirty = virtkit_move(a, config)
         print(f"dirtying guest (a 48 MiB tmpfs copy in a loop): converged in {dirty['total']:.2f} s, "
-              f"downtime {dirty['downtime_ms']:.0f} ms, switchover {dirty['switchover_ms']:.0f} ms")
+              f"downtime {dirty['downtime_ms']:.0f} ms, switchover {dirty['switchover_ms']:.0f} ms, "
+              f"guest paused {dirty['paused_ms']:.0f} ms")
         vk(b, "delete", "--force", "vm", config=config)
     finally:
         if server is not None:
@@ -201,7 +203,8 @@ def report(results: dict[str, list[dict[str, float]]]) -> None:
 
     for kind in ("raw", "virtkit"):
         runs = ", ".join(f"{r['total']:.2f} s" for r in results[kind])
-        extra = f", switchover median {median(kind, 'switchover_ms'):.0f} ms" if kind == "virtkit" else ""
+        extra = (f", switchover median {median(kind, 'switchover_ms'):.0f} ms, guest paused median "
+                 f"{median(kind, 'paused_ms'):.0f} ms" if kind == "virtkit" else "")  # fmt: skip
         print(f"{kind:8} idle 256 MiB VM: total median {median(kind, 'total'):.2f} s ({runs}); "
               f"downtime median {median(kind, 'downtime_ms'):.0f} ms{extra}")
     ratio = median("virtkit", "total") / median("raw", "total")

@@ -38,7 +38,8 @@ def move_live(ctx: CliContext, name: str, remote: str, *, downtime_ms: int, post
     took = " ".join(f"{phase} {seconds:.2f} s" for phase, seconds in moved.phases.items())
     sent = format_size(moved.ram_bytes)
     click.echo(f"Instance {name} moved live to {remote} in {moved.total_s:.2f} s ({took}); "
-               f"downtime {moved.downtime_ms} ms, {sent} of memory sent.")  # fmt: skip
+               f"guest paused {moved.paused_ms} ms (QEMU's downtime {moved.downtime_ms} ms), "
+               f"{sent} of memory sent.")  # fmt: skip
 
 
 class _Shown:

@@ -50,7 +50,8 @@ PHASES = ("prepare", "transfer", "switchover", "confirmed")
 class Moved:
     name: str
     remote: str
-    downtime_ms: int | None = None
+    downtime_ms: int | None = None  # QEMU's: from the source's stop to the migration's end
+    paused_ms: int | None = None  # the guest's whole pause: QEMU's downtime and the switchover
     total_s: float = 0.0
     migration_ms: int | None = None
     ram_bytes: int = 0
@@ -152,6 +153,7 @@ class LiveMove:
                 self._roll_back(record, paths, nodes)
                 raise
         moved.phases["switchover"] = time.monotonic() - mark
+        moved.paused_ms = (done.downtime_ms or 0) + round(1000 * moved.phases["switchover"])
         self._journal(paths, "confirmed")
         moved.downtime_ms, moved.migration_ms = done.downtime_ms, done.total_ms
         moved.ram_bytes = done.ram_transferred

@@ -14,20 +14,23 @@ the source can always go on (`abort_source`): nothing it needs was changed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from virtkit.drivers.qemu.monitor import Monitor
+from virtkit.drivers.qemu.monitor import Execute, Monitor
 from virtkit.errors import HostCapabilityError, ToolError
 
 log = logging.getLogger(__name__)
 
 INCOMING_ARGS = ["-S", "-incoming", "defer"]
 TARGET_PREFIX = "mig-"
-POLL = 0.02  # seconds between looks at a migration or a mirror
+POLL = 0.02  # seconds between looks at a mirror getting ready
+FAST_POLL = 0.005  # seconds between looks at a migration ending (the guest is paused meanwhile)
+SHOW_EVERY = 0.25  # seconds between progress reports
 MIRROR_TIMEOUT = 600.0
 MIGRATE_TIMEOUT = 600.0
 POSTCOPY_AFTER = 5  # RAM passes ("dirty-sync-count") before post-copy is switched on, when allowed
@@ -94,21 +97,20 @@ def listen(monitor: Monitor, host: str, nbd_port: int, migrate_port: int, export
     monitor.execute("migrate-incoming", {"uri": f"tcp:{_host(host)}:{migrate_port}"})
 
 
-def incoming_status(monitor: Monitor) -> str:
-    """The destination's view: "setup", "active", "completed", "failed", ... ("none" before any)."""
-    answer = _dict(monitor.execute("query-migrate"), "query-migrate")
-    return str(answer.get("status", "none"))
-
-
 def activate(monitor: Monitor, *, timeout: float = 30.0) -> None:
-    """After the source said the migration completed: stop exporting, then run the guest here."""
-    deadline = time.monotonic() + timeout
-    while (status := incoming_status(monitor)) != "completed":
-        if status in ("failed", "cancelled") or time.monotonic() > deadline:
-            raise ToolError(f"the incoming migration is {status}, not completed: this side cannot run it")
-        time.sleep(POLL)
-    monitor.execute("nbd-server-stop")
-    monitor.execute("cont")
+    """After the source said the migration completed: stop exporting, then run the guest here (one
+    connection: the guest is paused until this returns)."""
+
+    async def work(execute: Execute) -> None:
+        deadline = time.monotonic() + timeout
+        while (status := _status(await execute("query-migrate", None))) != "completed":
+            if status in ("failed", "cancelled") or time.monotonic() > deadline:
+                raise ToolError(f"the incoming migration is {status}, not completed: this side cannot run it")
+            await asyncio.sleep(FAST_POLL)
+        await execute("nbd-server-stop", None)
+        await execute("cont", None)
+
+    monitor.in_session(work)
 
 
 # --- the source ---------------------------------------------------------------------------------
@@ -150,29 +152,50 @@ def migrate(monitor: Monitor, host: str, port: int, *, downtime_ms: int, postcop
         capabilities.append({"capability": "postcopy-ram", "state": True})
     monitor.execute("migrate-set-capabilities", {"capabilities": capabilities})
     monitor.execute("migrate-set-parameters", {"downtime-limit": downtime_ms, "max-bandwidth": 0})
-    monitor.execute("migrate", {"uri": f"tcp:{_host(host)}:{port}"})
-    deadline, switched = time.monotonic() + timeout, False
-    while True:
-        seen = _progress(_dict(monitor.execute("query-migrate"), "query-migrate"))
-        progress(seen)
-        if seen.status == "completed":
-            return seen
-        if seen.status in DONE:
-            raise ToolError(f"the migration {seen.status}: the destination stopped taking it")
-        if postcopy and not switched and seen.passes >= POSTCOPY_AFTER:
-            monitor.execute("migrate-start-postcopy")
-            switched = True
-        if time.monotonic() > deadline:
-            raise ToolError(f"the migration did not converge within {timeout:g} s")
-        time.sleep(POLL)
+
+    async def work(execute: Execute) -> Progress:
+        await execute("migrate", {"uri": f"tcp:{_host(host)}:{port}"})
+        deadline, switched, shown = time.monotonic() + timeout, False, 0.0
+        while True:
+            seen = _progress(_dict(await execute("query-migrate", None), "query-migrate"))
+            if seen.status in DONE:
+                progress(seen)
+                if seen.status == "completed":
+                    return seen
+                raise ToolError(f"the migration {seen.status}: the destination stopped taking it")
+            if time.monotonic() - shown >= SHOW_EVERY:  # the end is seen within FAST_POLL
+                progress(seen)
+                shown = time.monotonic()
+            if postcopy and not switched and seen.passes >= POSTCOPY_AFTER:
+                await execute("migrate-start-postcopy", None)
+                switched = True
+            if time.monotonic() > deadline:
+                raise ToolError(f"the migration did not converge within {timeout:g} s")
+            await asyncio.sleep(FAST_POLL)
+
+    return monitor.in_session(work)
 
 
 def complete_mirrors(monitor: Monitor, nodes: Sequence[str], *, timeout: float = 60.0) -> None:
-    """With the source paused: each mirror's last pass, then its target dropped."""
-    for node in nodes:
-        monitor.execute("block-job-cancel", {"device": TARGET_PREFIX + node})
-    _wait_jobs_gone(monitor, nodes, timeout)
-    _drop_targets(monitor, nodes)
+    """With the source paused: each mirror's last pass, then its target dropped (one connection)."""
+    targets = [TARGET_PREFIX + node for node in nodes]
+
+    async def work(execute: Execute) -> None:
+        for target in targets:
+            await execute("block-job-cancel", {"device": target})
+        deadline = time.monotonic() + timeout
+        while any(isinstance(j, dict) and j.get("device") in targets
+                  for j in _list(await execute("query-block-jobs", None))):  # fmt: skip
+            if time.monotonic() > deadline:
+                raise ToolError(f"the disk mirrors did not finish within {timeout:g} s")
+            await asyncio.sleep(FAST_POLL)
+        present = {n.get("node-name") for n in _list(await execute("query-named-block-nodes", {"flat": True}))
+                   if isinstance(n, dict)}  # fmt: skip
+        for target in targets:
+            if target in present:
+                await execute("blockdev-del", {"node-name": target})
+
+    monitor.in_session(work)
 
 
 def abort_source(monitor: Monitor, nodes: Sequence[str]) -> None:
@@ -239,6 +262,14 @@ def _progress(answer: dict[str, Any]) -> Progress:
         total_ms=answer.get("total-time"),
         passes=int(ram.get("dirty-sync-count", 0)),
     )
+
+
+def _status(answer: object) -> str:
+    return str(_dict(answer, "query-migrate").get("status", "none"))
+
+
+def _list(answer: object) -> list[Any]:
+    return answer if isinstance(answer, list) else []
 
 
 def _dict(answer: object, command: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import concurrent.futures
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,6 +43,7 @@ JOB_POLL = 0.5  # seconds between looks at a job (query-jobs), besides its JOB_S
 _UNPLUG_PENDING = "process of unplug"
 
 T = TypeVar("T")
+Execute = Callable[[str, Mapping[str, object] | None], Awaitable[object]]
 
 # qemu.qmp logs every refused connection at ERROR level; virtkit turns those into its own errors,
 # so the library stays quiet unless someone configured its logger explicitly.
@@ -314,6 +315,23 @@ class Monitor:
                     log.warning("%s: %s", self.name, exc)
                     left.append(str(next(iter(arguments.values()))))
             return left
+
+    # --- several commands on one connection ---------------------------------------------------
+
+    def in_session(self, work: Callable[[Execute], Awaitable[T]]) -> T:
+        """Run `work` on one negotiated connection: it gets `execute(command, arguments)`, a
+        coroutine function with `execute`'s errors. For steps where each reconnection's few
+        milliseconds count (a live migration's switchover)."""
+
+        async def session() -> T:
+            async with self._session() as client:
+
+                async def execute(command: str, arguments: Mapping[str, object] | None = None) -> object:
+                    return await self._command(client, command, arguments)
+
+                return await work(execute)
+
+        return _run(session())
 
     # --- jobs (snapshot-save, snapshot-load, snapshot-delete) -----------------------------------
 
