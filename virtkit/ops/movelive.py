@@ -29,7 +29,7 @@ from virtkit.drivers.base import InstancePaths, get_driver
 from virtkit.drivers.qemu import migration
 from virtkit.drivers.qemu.monitor import Monitor
 from virtkit.drivers.qemu.spec import VmSpec
-from virtkit.errors import NotFoundError, RemoteError, SpecError, StateError, VirtkitError
+from virtkit.errors import ConflictError, NotFoundError, RemoteError, SpecError, StateError, VirtkitError
 from virtkit.model import InstanceKind, InstanceRecord, InstanceState, validate_name
 from virtkit.ops import events
 from virtkit.ops.lifecycle import Lifecycle, _refuse_if_cloned
@@ -170,7 +170,11 @@ class LiveMove:
         }  # fmt: skip
         try:
             return dict(self.client.request("POST", "/1.0/migrations", json=offer, timeout=PREPARE_TIMEOUT))
-        except BaseException:
+        except ConflictError:  # the name or UUID is taken there: nothing of ours to discard
+            (InstancePaths.of(self.root, record.name).dir / JOURNAL).unlink(missing_ok=True)
+            raise
+        except BaseException:  # the destination may have made it before failing or going silent
+            self._discard_remote(record.name)
             (InstancePaths.of(self.root, record.name).dir / JOURNAL).unlink(missing_ok=True)
             raise
 
