@@ -100,7 +100,9 @@ run_tests() {
     echo "==> mypy --strict"
     "$VENV/bin/mypy"
     echo "==> pytest"
-    "$VENV/bin/pytest" -q "$@"
+    # two workers, whole files each (fixtures are per module); a short basetemp keeps unix socket paths
+    # under their 107-byte limit (xdist puts each worker in basetemp/popen-gwN)
+    "$VENV/bin/pytest" -q -n 2 --dist loadfile --basetemp=/tmp/virtkit-tests "$@"
 }
 
 case "${1:-}" in

@@ -133,7 +133,7 @@ class ImageStore:
                     f"image {ref!r} is ambiguous: {len(matches)} fingerprints start with it",
                     hint="give more characters of the fingerprint",
                 )
-        shown = ref if ref.isprintable() and len(ref) <= 80 else repr(ref[:80])
+        shown = ref if ref.isprintable() and len(ref) <= 255 else repr(ref[:80])
         hint = "`virtkit image list` shows the images"
         if "/" in ref or "." in ref:  # no alias has either: perhaps a file the user meant to boot
             with contextlib.suppress(OSError, ValueError):
