@@ -24,7 +24,7 @@ import json
 import os
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
@@ -141,11 +141,16 @@ class Streams:
             dest.unlink(missing_ok=True)
             raise
 
-    def import_archive(self, source: Path | IO[bytes], name: str | None = None, *,
-                       wait: bool = True) -> dict[str, Any]:  # fmt: skip
+    def import_archive(self, source: Path | IO[bytes], name: str | None = None, *, wait: bool = True,
+                       identity: bool = False, nics: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
         """Upload the archive `source` and import it (as `name` if given): the import operation's
-        result once it has ended (its error raised), or with `wait=False` the operation itself."""
-        params = {"name": name} if name else {}
+        result once it has ended (its error raised), or with `wait=False` the operation itself.
+        `identity` and `nics` (`NET,mac=M,ip=A`, one per archived NIC) as the upload route takes them."""
+        params: dict[str, Any] = {"name": name} if name else {}
+        if identity:
+            params["identity"] = "1"
+        if nics:
+            params["nic"] = list(nics)
         if isinstance(source, Path):
             params["filename"] = source.name
             with open(source, "rb") as file:
@@ -156,7 +161,7 @@ class Streams:
             return dict(document)
         return self.client.wait(str(document["id"]))
 
-    def _upload(self, file: IO[bytes], params: dict[str, str], size: int | None) -> Any:
+    def _upload(self, file: IO[bytes], params: dict[str, Any], size: int | None) -> Any:
         def chunks() -> Iterator[bytes]:
             while data := file.read(CHUNK):
                 yield data

@@ -1,5 +1,6 @@
 """`virtkit copy SRC DST [--snapshot SNAP] [--full]`, `virtkit copy --flatten NAME` and
-`virtkit publish NAME [--snapshot SNAP] [--alias A]`: clones and images of instances (docs/clones.md)."""
+`virtkit publish NAME [--snapshot SNAP] [--alias A]`: clones and images of instances (docs/clones.md).
+`virtkit copy SRC REMOTE:NEW` copies to another host (ops/movecold.py; docs/migration.md)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from virtkit.cli.context import get_context, json_option
+from virtkit.cli.context import INSTANCE, CliContext, get_context, json_option
 from virtkit.cli.output import print_json
 from virtkit.cli.params import INSTANCE_NAME, NameType
 
@@ -44,8 +45,8 @@ def publisher() -> Publisher | RemotePublisher:
 
 
 @click.command("copy")
-@click.argument("source", type=INSTANCE_NAME)
-@click.argument("target", type=NameType("new instance name"), required=False)
+@click.argument("source", type=INSTANCE)
+@click.argument("target", required=False)
 @click.option(
     "--snapshot",
     "snapshot",
@@ -64,10 +65,20 @@ def copy_command(source: str, target: str | None, snapshot: str | None, full: bo
     --full. SOURCE must be stopped unless --snapshot is given. The clone gets a new UUID, MACs,
     addresses, hostname and machine-id; volumes stay with SOURCE.
 
-    `virtkit copy --flatten NAME` makes a clone independent of its layers."""
+    `virtkit copy --flatten NAME` makes a clone independent of its layers. `virtkit copy NAME
+    REMOTE:NEW` makes an independent copy on another host (NAME may run)."""
+    from virtkit.api.remotes import split_target
     from virtkit.errors import SpecError
 
     ctx = get_context()
+    remote, text = split_target(target) if target is not None else (None, None)
+    target = NameType("new instance name").convert(text, None, None) if text is not None else None
+    if remote is not None and remote != "local" and remote != ctx.remote_name():
+        if flatten or full:
+            raise SpecError("a copy to another host is always a full copy: --full and --flatten do not apply")
+        assert target is not None
+        copy_to_remote(ctx, source, remote, target, snapshot)
+        return
     if flatten:
         if target is not None or full or snapshot is not None:
             raise SpecError("--flatten takes one instance and no other option",
@@ -87,6 +98,26 @@ def copy_command(source: str, target: str | None, snapshot: str | None, full: bo
     what = "a linked clone" if copied.mode == "linked" else "a full copy"
     origin = f"{source} (snapshot {snapshot})" if snapshot else source
     click.echo(f"Instance {target} created as {what} of {origin}.")
+    for note in copied.notes:
+        click.echo(f"Note: {note}")
+
+
+def copy_to_remote(ctx: CliContext, source: str, remote: str, target: str, snapshot: str | None) -> None:
+    """SOURCE, on this host, copied as a new instance TARGET of the host REMOTE."""
+    from virtkit.cli.move import destination
+    from virtkit.errors import SpecError
+    from virtkit.ops.movecold import ColdMove
+
+    if ctx.is_remote():
+        raise SpecError(f"a copy from remote {ctx.remote_name()!r} to remote {remote!r} is not supported",
+                        hint=f"run it on that host: virtkit copy {source} {remote}:{target}")  # fmt: skip
+    with destination(ctx, remote) as dest:
+        copied = ColdMove(ctx.root, ctx.store(), dest, remote).copy(source, target, snapshot=snapshot)
+    if ctx.json:
+        print_json(copied.to_dict())
+        return
+    origin = f"{source} (snapshot {snapshot})" if snapshot else source
+    click.echo(f"Instance {remote}:{target} created as a copy of {origin} in {copied.total_s:.2f} s.")
     for note in copied.notes:
         click.echo(f"Note: {note}")
 

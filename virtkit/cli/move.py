@@ -6,19 +6,31 @@ streamed with checksums, started there, removed here once it runs there.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 import click
 
-from virtkit.cli.context import get_context, json_option
+from virtkit.cli.context import CliContext, get_context, json_option
+from virtkit.cli.output import print_json
 from virtkit.cli.params import INSTANCE_NAME
 from virtkit.errors import SpecError
+from virtkit.units import format_size
+
+if TYPE_CHECKING:
+    from virtkit.ops.movecold import ApiDestination
 
 
 def _mapping(values: tuple[str, ...], what: str) -> dict[str, str]:
+    """HERE=THERE pairs; a bare THERE (cold moves) maps every network to it ("*")."""
     mapped: dict[str, str] = {}
     for value in values:
         here, sep, there = value.partition("=")
-        if not sep or not here or not there:
-            raise SpecError(f"invalid --target-{what} {value!r}: give HERE=THERE",
+        if not sep:
+            here, there = "*", value
+        if not here or not there:
+            raise SpecError(f"invalid --target-{what} {value!r}: give HERE=THERE (or THERE)",
                             hint=f"--target-{what} lan=lan2")  # fmt: skip
         mapped[here] = there
     return mapped
@@ -32,11 +44,18 @@ def _mapping(values: tuple[str, ...], what: str) -> dict[str, str]:
               metavar="MS", help="Live: the longest pause of the guest the switchover may take.")  # fmt: skip
 @click.option("--postcopy", is_flag=True, help="Live: switch to post-copy if RAM does not converge.")
 @click.option("--target-network", "networks", multiple=True, metavar="HERE=THERE",
-              help="Put NICs on network HERE onto network THERE (repeatable).")  # fmt: skip
+              help="Put NICs on network HERE onto network THERE (repeatable; cold: THERE alone: "
+                   "all of them).")  # fmt: skip
+@click.option("--target-pool", "pool", metavar="POOL",
+              help="Cold: the storage pool there (checked; volumes are not moved yet).")  # fmt: skip
 @json_option
 def move_command(name: str, remote: str, live: bool, downtime_ms: int, postcopy: bool,
-                 networks: tuple[str, ...]) -> None:  # fmt: skip
-    """Move instance NAME to the host REMOTE (see `virtkit remote add`)."""
+                 networks: tuple[str, ...], pool: str | None) -> None:  # fmt: skip
+    """Move instance NAME to the host REMOTE (see `virtkit remote add`).
+
+    Without --live (VMs and containers, running or stopped): stopped, streamed with checksums,
+    imported there with its UUID, MACs and addresses, started there if it ran, and removed here
+    only once it runs there; any failure before that puts it back. Interrupted: run it again."""
     ctx = get_context()
     if ctx.is_remote():
         raise SpecError("virtkit move runs on the instance's own host", hint="run it there, without --remote")
@@ -45,8 +64,62 @@ def move_command(name: str, remote: str, live: bool, downtime_ms: int, postcopy:
     mapped = _mapping(networks, "network")
     if live:
         from virtkit.cli.movelive import move_live
+        from virtkit.ops.movelive import cold_instead
 
+        notice = cold_instead(ctx.store(), name)
+        if notice is not None:
+            click.echo(f"Note: {notice}", err=True)
+            move_cold(ctx, name, remote, networks=mapped, pool=pool)
+            return
+
+        if "*" in mapped:
+            raise SpecError("a live move maps networks as HERE=THERE", hint="--target-network lan=lan2")
         move_live(ctx, name, remote, downtime_ms=downtime_ms, postcopy=postcopy, networks=mapped)
         return
-    raise SpecError("a cold move is not built yet",
-                    hint=f"move a running VM live: virtkit move {name} --to {remote} --live")  # fmt: skip
+    move_cold(ctx, name, remote, networks=mapped, pool=pool)
+
+
+SAID = {"stop": "stopped here", "transfer": "sent and imported there", "start": "running there",
+        "remove": "removed here"}  # fmt: skip
+
+
+def move_cold(ctx: CliContext, name: str, remote: str, *, networks: dict[str, str], pool: str | None) -> None:
+    from virtkit.ops.movecold import ColdMove
+
+    def said(phase: str, seconds: float) -> None:
+        if not ctx.json:
+            click.echo(f"{name}: {SAID.get(phase, phase)} ({seconds:.2f} s)", err=True)
+
+    with destination(ctx, remote) as dest:
+        moved = ColdMove(ctx.root, ctx.store(), dest, remote, said=said).move(
+            name, networks=networks, pool=pool
+        )
+    if ctx.json:
+        print_json(moved.to_dict())
+        return
+    if moved.recovered == "moved":
+        click.echo(f"Instance {name} had already moved to {remote}: finished removing it here.")
+        return
+    if moved.recovered == "resumed":
+        click.echo(f"An interrupted move of {name} was undone first.")
+    down = f"; downtime {moved.downtime_s:.2f} s" if moved.downtime_s is not None else " (it stays stopped)"
+    click.echo(f"Instance {name} moved to {remote} in {moved.total_s:.2f} s{down}, "
+               f"{format_size(moved.bytes)} sent.")  # fmt: skip
+    for nic in moved.nics:
+        click.echo(f"  {nic.get('network')}: {nic.get('mac')} {nic.get('ip')}")
+    for note in moved.notes:
+        click.echo(f"Note: {note}")
+
+
+@contextlib.contextmanager
+def destination(ctx: CliContext, remote: str) -> Iterator[ApiDestination]:
+    """The remote `remote` as ops/movecold.py sees a destination (its API and streams)."""
+    from virtkit.api.streams import Streams
+    from virtkit.ops.movecold import ApiDestination
+
+    saved = ctx.remotes().get(remote)
+    streams = Streams(saved.url, token=saved.token, certificate=saved.certificate, pinned=saved.pinned)
+    try:
+        yield ApiDestination(streams)
+    finally:
+        streams.close()

@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,13 +40,13 @@ from virtkit.model import (
     NetworkRecord,
     SnapshotRecord,
 )
-from virtkit.ops.backupsince import apply_incremental
 from virtkit.ops.lifecycle import DriverFor
 from virtkit.ops.networks import Networks
 from virtkit.ops.nics import NicRequest, Nics
 from virtkit.ops.snapshots import Snapshots, backend_for
-from virtkit.storage import backupexport, backupplace, backupread
+from virtkit.storage import backupcache, backupexport, backupplace, backupread
 from virtkit.storage.archive import remove_tree
+from virtkit.storage.backupcache import TreeCache
 from virtkit.storage.backupexport import Parts, VmView
 from virtkit.storage.backupformat import IMAGE_TREE, UPPER, DiskEntry, FileEntry, Manifest, SinceEntry
 from virtkit.storage.backuptree import IdRange, shift_tree
@@ -59,6 +59,7 @@ from virtkit.units import format_size, validate_name
 log = logging.getLogger(__name__)
 
 STAGING = "staging"  # ROOT/staging/: exports' converted disks, imports' unpacked archives
+EXPORT_CACHE = "cache/exports"  # ROOT/cache/exports/: images' compressed trees (storage/backupcache.py)
 PRESENT = ".vk-export"  # a running VM's temporary internal snapshot (no snapshot name starts with ".")
 CLOUD_INIT = "cloud-init."  # file IDs of the instance's cloud-init inputs
 
@@ -136,8 +137,15 @@ class Backups:
                 document = backupexport.manifest(instance, carried,
                                                  backupexport.snapshot_entries(record.uuid, chosen), parts,
                                                  since_entry)  # fmt: skip
-                path = backupexport.write(dest, compression, document, parts)
+                path = backupexport.write(dest, compression, document, parts, self._image_cache(image))
         return Exported(path, document, path.stat().st_size)
+
+    def _image_cache(self, image: ImageRecord) -> TreeCache:
+        """Where the compressed form of `image`'s tree is kept between exports; entries of images
+        that are gone are removed first."""
+        directory = self.root / EXPORT_CACHE
+        backupcache.sweep(directory, {i.fingerprint for i in self.store.list(ImageRecord)})
+        return TreeCache(directory, image.fingerprint)
 
     @staticmethod
     def _refuse_layered(record: InstanceRecord) -> None:
@@ -235,8 +243,11 @@ class Backups:
 
     # --- import -----------------------------------------------------------------------------------
 
-    def import_archive(self, source: Path, name: str | None = None) -> Imported:
-        """Restore the archive at `source` as a new instance (named as in it, or `name`)."""
+    def import_archive(self, source: Path, name: str | None = None, *, identity: bool = False,
+                       nics: Sequence[NicRequest] = ()) -> Imported:  # fmt: skip
+        """Restore the archive at `source` as a new instance (named as in it, or `name`). With
+        `identity` (a cold move: ops/movecold.py) it keeps the archive's UUID, and `nics` (one per
+        archived NIC, in order) say the network, MAC and address each NIC gets here."""
         target = validate_name(name) if name is not None else None
         label = source.name
         with _host_errors(f"importing {label}"), self._staging("import") as staging:
@@ -250,9 +261,11 @@ class Backups:
             plans = backupplace.disk_plan(manifest, label)
             backupplace.check_disks(manifest, staged)
             if manifest.since is not None:
+                from virtkit.ops.backupsince import apply_incremental
+
                 record = apply_incremental(self, staged, plans, chosen[0], label)
                 return Imported(record, [f"applied the changes since snapshot {manifest.since.snapshot}"])
-            return self._register(staged, plans, chosen[0], label)
+            return self._register(staged, plans, chosen[0], label, identity=identity, nics=nics)
 
     def _check_new(self, manifest: Manifest, target: str | None, label: str) -> str:
         """The instance name to import as (checked before any data is read)."""
@@ -275,7 +288,8 @@ class Backups:
         return final
 
     def _register(self, staged: backupread.Staged, plans: dict[str, list[DiskEntry]], name: str,
-                  label: str) -> Imported:  # fmt: skip
+                  label: str, *, identity: bool = False,
+                  nics: Sequence[NicRequest] = ()) -> Imported:  # fmt: skip
         manifest = staged.manifest
         notes: list[str] = []
         with self.store.lock("instance", name):
@@ -287,7 +301,8 @@ class Backups:
                 base = image_dir / image.files[DISK] if DISK in image.files else None
                 built = backupplace.rebuild(plans, staged, base)
                 whole = bool(plans) and all(states[0].base is None for states in plans.values())
-                record = self._record(manifest, name, image, notes, whole=whole)
+                record = self._record(manifest, name, image, notes, whole=whole, identity=identity,
+                                      given=nics)  # fmt: skip
                 self._make(record, image, staged, built, notes)
             except BaseException:
                 if added:
@@ -338,21 +353,29 @@ class Backups:
         return f"imported-{os.urandom(4).hex()}"
 
     def _record(self, manifest: Manifest, name: str, image: ImageRecord, notes: list[str], *,
-                whole: bool) -> InstanceRecord:  # fmt: skip
+                whole: bool, identity: bool = False,
+                given: Sequence[NicRequest] = ()) -> InstanceRecord:  # fmt: skip
         """The new record, stored with its NICs (kept on networks of the same name here). `whole`: its
         disks rest on no image disk (a linked clone's, exported whole), as the record then says."""
         entry = manifest.instance
         record = InstanceRecord(name=name, kind=entry.kind, image=image.fingerprint, arch=entry.arch,
                                 cpus=entry.cpus, memory=entry.memory, config=dict(entry.config),
                                 labels=dict(entry.labels))  # fmt: skip
+        if identity:
+            if any(other.uuid == entry.uuid for other in self.store.list(InstanceRecord)):
+                raise ConflictError(f"an instance with UUID {entry.uuid} exists here already")
+            record.uuid = entry.uuid
         if whole and entry.kind is InstanceKind.VM and "base" in InstanceRecord.model_fields:
             record = record.model_copy(update={"base": "own"})
         requests = []
-        for nic in entry.nics:
-            if nic.network == "default" or self.store.find(NetworkRecord, nic.network) is not None:
-                requests.append(NicRequest(network=nic.network, limit=nic.limit, model=nic.model))
+        for index, nic in enumerate(entry.nics):
+            wanted = given[index] if index < len(given) else NicRequest(network=nic.network)
+            if wanted.network == "default" or self.store.find(NetworkRecord, wanted.network) is not None:
+                requests.append(NicRequest(network=wanted.network, limit=nic.limit, model=nic.model,
+                                           mac=wanted.mac, ip=wanted.ip))  # fmt: skip
             else:
-                notes.append(f"its NIC on network {nic.network!r} was dropped: there is no such network here")
+                notes.append(f"its NIC on network {wanted.network!r} was dropped: "
+                             "there is no such network here")  # fmt: skip
         nics = Nics(Networks(self.root, self.store))
         if not requests:
             return self.store.create(record)

@@ -10,6 +10,7 @@ container's writable layer).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 from virtkit import __version__
 from virtkit.model import ImageRecord, InstanceRecord, SnapshotRecord
 from virtkit.storage import backupdisk
+from virtkit.storage.backupcache import TreeCache
 from virtkit.storage.backupdisk import DiskSource
 from virtkit.storage.backupformat import (
     BASE_IMAGE,
@@ -200,25 +202,33 @@ def manifest(instance: InstanceEntry, image: ImageEntry | None, snapshots: list[
                     trees=[t for t, _ in parts.trees], notes=parts.notes[:100])  # fmt: skip
 
 
-def write(dest: Path, compression: str, document: Manifest, parts: Parts) -> Path:
-    """The archive at `dest`: manifest, image, files, disks, layers, checksums."""
-    writer = ArchiveWriter(dest, compression)
-    try:
-        writer.add_manifest(document.model_dump(mode="json"))
-        ordered = sorted(parts.trees, key=lambda tree: tree[0].id != IMAGE_TREE)
-        for tree, entries in ordered[:1] if ordered and ordered[0][0].id == IMAGE_TREE else []:
-            writer.add_tree(tree.id, entries)
-        for kind, listed in ((FILES, parts.files), (DISKS, parts.disks)):
-            for entry, path in listed:
+def write(dest: Path, compression: str, document: Manifest, parts: Parts, image_cache: TreeCache | None = None
+          ) -> Path:  # fmt: skip
+    """The archive at `dest`: manifest, image (its compressed form from `image_cache` when kept
+    there: storage/backupcache.py), files, disks, layers, checksums. The big files' and
+    disks' hashes start at once, beside the image's compression (they do not change meanwhile:
+    ops/backup.py hands over a stopped instance's files or staged copies)."""
+    with contextlib.ExitStack() as stack:
+        listed: list[tuple[str, FileEntry | DiskEntry, int]] = []
+        for kind, entries in ((FILES, parts.files), (DISKS, parts.disks)):
+            for entry, path in entries:
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                try:
-                    writer.add_file(kind, entry.id, fd, entry.size, parts.heads.get(entry.id, b""))
-                finally:
-                    os.close(fd)
-        for tree, entries in ordered:
-            if tree.id != IMAGE_TREE:
-                writer.add_tree(tree.id, entries)
-        return writer.close()
-    except BaseException:
-        writer.abort()
-        raise
+                stack.callback(os.close, fd)
+                listed.append((kind, entry, fd))
+        writer = ArchiveWriter(dest, compression)  # closed or aborted before the files are
+        try:
+            for kind, entry, fd in listed:
+                writer.hash_ahead(kind, entry.id, fd, entry.size, parts.heads.get(entry.id, b""))
+            writer.add_manifest(document.model_dump(mode="json"))
+            ordered = sorted(parts.trees, key=lambda tree: tree[0].id != IMAGE_TREE)
+            for tree, tree_entries in ordered[:1] if ordered and ordered[0][0].id == IMAGE_TREE else []:
+                writer.add_tree(tree.id, tree_entries, image_cache)
+            for kind, entry, fd in listed:
+                writer.add_file(kind, entry.id, fd, entry.size, parts.heads.get(entry.id, b""))
+            for tree, tree_entries in ordered:
+                if tree.id != IMAGE_TREE:
+                    writer.add_tree(tree.id, tree_entries)
+            return writer.close()
+        except BaseException:
+            writer.abort()
+            raise

@@ -6,9 +6,14 @@ sequence of their frames (both formats read concatenated frames as one stream):
 
 - what is small (headers, the manifest, trees' files, small disks) goes through a compressor's
   pipe, one process per run of such data;
-- a big file (a disk) is compressed by a compressor of its own reading the file itself — no pipe
-  (a pipe costs zstd a third of its speed here) — while a second thread hashes the same bytes
-  from the page cache; uncompressed, it is copied in the kernel (copy_file_range).
+- a big file (a disk, a kernel) is compressed by a compressor of its own reading the file itself
+  — no pipe (a pipe costs zstd a third of its speed here), the same flags as `zstd` by hand —
+  while a second thread hashes the same bytes from the page cache; uncompressed, it is copied in
+  the kernel (copy_file_range). A disk's hash may start earlier (`hash_ahead`: while the image
+  before it is compressed, when a core is free), its bytes read once more from the page cache.
+
+The archive's pages are handed to the disk as they are written (sync_file_range, every
+`FLUSH_STEP`), so the final fsync waits for little and writing overlaps compressing.
 
 The archive is written under a hidden temporary name beside its destination and renamed into place
 only when complete and synced: an interrupted export never leaves a plausible but truncated archive.
@@ -25,14 +30,16 @@ import os
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
 from virtkit.errors import ConflictError, StoreError, ToolError
 from virtkit.images.tools import missing_tool
+from virtkit.storage.backupcache import TreeCache
 from virtkit.storage.backupformat import CHECKSUMS, DISKS, FILES, MANIFEST, TREES
 from virtkit.storage.backuptree import Entry, tarinfo_line
 from virtkit.store.files import temp_name
@@ -45,10 +52,12 @@ COMPRESSORS = {
 }
 COMPRESSIONS = ("zstd", "gzip", "none")
 CHUNK = 4 << 20
-BIG = 64 << 20  # files from this size get a compressor of their own
+BIG = 16 << 20  # files from this size get a compressor of their own (a spawn costs ~2 ms)
 PIPE_SIZE = 1 << 20
 RECORD = tarfile.RECORDSIZE
 FINISH_TIMEOUT = 3600.0  # a compressor's run over one file
+FLUSH_STEP = 32 << 20  # written bytes handed to the disk at a time
+FLUSH_EVERY = 0.05  # seconds between looks at how much was written
 
 
 class ArchiveWriter:
@@ -66,10 +75,14 @@ class ArchiveWriter:
         self.manifest_sum = ""
         self.compression = compression
         self._hasher = ThreadPoolExecutor(1, thread_name_prefix="vk-export-hash")
+        self._ahead: ThreadPoolExecutor | None = None  # hash_ahead's thread, made when first used
+        self._pending: dict[tuple[str, str], Future[hashlib._Hash]] = {}
+        self._stopped = threading.Event()  # abort: hash_ahead's work is dropped
         self._proc: subprocess.Popen[bytes] | None = None  # the compressor of the current run
         self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close/abort)
         self._fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self._sink = self._fd if compression == "none" else -1
+        self._flusher = _Flusher(self._fd)
 
     # --- compressors --------------------------------------------------------------------------------
 
@@ -149,12 +162,13 @@ class ArchiveWriter:
             done += count
         self._pad(size)
 
-    def _copy_big(self, fd: int, size: int, digest: hashlib._Hash, what: str, head: bytes) -> None:
+    def _copy_big(self, fd: int, size: int, digest: hashlib._Hash | None, what: str, head: bytes) -> None:
         """As `_copy`, for a big file: after `head` (written through the stream), the rest of the
-        file goes to a compressor reading it itself (or is copied by the kernel), hashed meanwhile."""
+        file goes to a compressor reading it itself (or is copied by the kernel), hashed meanwhile
+        into `digest` (None: hashed already, by hash_ahead)."""
         self._out(head)
         self._end_run()
-        hashed = self._hasher.submit(_hash_file, fd, size, digest, head)
+        hashed = self._hasher.submit(_hash_file, fd, size, digest, head) if digest is not None else None
         try:
             os.lseek(fd, len(head), os.SEEK_SET)
             if self.compression == "none":
@@ -164,7 +178,8 @@ class ArchiveWriter:
             if os.lseek(fd, 0, os.SEEK_CUR) != size:  # the compressor shares this offset
                 raise StoreError(f"{what} changed size while it was being exported", hint="export it again")
         finally:
-            hashed.result()
+            if hashed is not None:
+                hashed.result()
         self.position += size - len(head)
         self._pad(size)
 
@@ -184,16 +199,58 @@ class ArchiveWriter:
         """The open file `fd` (`size` bytes; its start replaced by `head`) as member KIND/PART."""
         info = tarfile.TarInfo(f"{kind}/{part}")
         info.size, info.mode, info.mtime = size, 0o600, int(time.time())
+        ahead = self._pending.pop((kind, part), None)
         digest = hashlib.sha256()
         self._header(info)
-        if size >= BIG and len(head) < size:
+        if ahead is not None:  # hashed by hash_ahead: only compressed here
+            self._copy_big(fd, size, None, part, head)
+            digest = ahead.result()
+        elif size >= BIG and len(head) < size:
             self._copy_big(fd, size, digest, part, head)
         else:
             self._copy(fd, size, digest, part, head)
         self.sums[kind][part] = digest.hexdigest()
 
-    def add_tree(self, part: str, entries: Iterable[Entry]) -> tuple[int, int]:
-        """A directory tree as members under trees/PART/; (entries, content bytes)."""
+    def hash_ahead(self, kind: str, part: str, fd: int, size: int, head: bytes = b"") -> None:
+        """Start hashing what `add_file(kind, part, fd, size, head)` will write, now, in a thread
+        of its own (`fd` stays open until that add_file returns). Only for a big file that does
+        not change meanwhile (a stopped instance's, or a staged copy): it is read twice."""
+        if size < BIG or len(head) >= size or (kind, part) in self._pending:
+            return
+        if self._ahead is None:
+            self._ahead = ThreadPoolExecutor(1, thread_name_prefix="vk-export-ahead")
+        self._pending[(kind, part)] = self._ahead.submit(_hash_file, fd, size, hashlib.sha256(), head,
+                                                         self._stopped)  # fmt: skip
+
+    def add_tree(self, part: str, entries: Iterable[Entry],
+                 cache: TreeCache | None = None) -> tuple[int, int]:  # fmt: skip
+        """A directory tree as members under trees/PART/; (entries, content bytes). With `cache`
+        (an image's: storage/backupcache.py), its compressed bytes are copied from there when they
+        were kept for the tree as it is, else compressed in runs of their own and kept."""
+        if cache is None or self.compression == "none":
+            return self._add_tree(part, entries)
+        listed = list(entries)
+        argv = COMPRESSORS[self.compression][0]
+        stamp = cache.stamp(listed, argv)
+        self._end_run()
+        hit = cache.load(self.compression, stamp)
+        if hit is not None:
+            try:
+                _copy_range(hit.fd, self._fd, hit.length)
+            finally:
+                os.close(hit.fd)
+            self.position += hit.size
+            self.sums[TREES][part] = hit.digest
+            return hit.entries, hit.content
+        start, position = os.lseek(self._fd, 0, os.SEEK_CUR), self.position
+        count, total = self._add_tree(part, listed)
+        self._end_run()
+        end = os.lseek(self._fd, 0, os.SEEK_CUR)
+        cache.store(self.compression, stamp, self.partial, start, end - start, self.position - position,
+                    self.sums[TREES][part], count, total)  # fmt: skip
+        return count, total
+
+    def _add_tree(self, part: str, entries: Iterable[Entry]) -> tuple[int, int]:
         tree = hashlib.sha256()
         count = total = 0
         prefix = f"{TREES}/{part}"
@@ -243,6 +300,7 @@ class ArchiveWriter:
             end = self.position + 2 * tarfile.BLOCKSIZE
             self._out(bytes(end - self.position + (-end) % RECORD))
             self._end_run()
+            self._flusher.stop()
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
@@ -262,6 +320,8 @@ class ArchiveWriter:
 
     def abort(self) -> None:
         """Stop the compressor and remove the partial archive."""
+        self._stopped.set()
+        self._flusher.stop()
         proc, self._proc = self._proc, None
         if proc is not None:
             with contextlib.suppress(OSError):
@@ -279,12 +339,18 @@ class ArchiveWriter:
 
     def _release(self) -> None:
         self._hasher.shutdown(wait=True)
+        if self._ahead is not None:
+            for future in self._pending.values():
+                future.cancel()
+            self._ahead.shutdown(wait=True)
+        self._pending.clear()
         self._stderr.close()
 
 
-def _hash_file(fd: int, size: int, digest: hashlib._Hash, head: bytes) -> None:
+def _hash_file(fd: int, size: int, digest: hashlib._Hash, head: bytes,
+               stop: threading.Event | None = None) -> hashlib._Hash:  # fmt: skip
     """`digest` updated with `head` then the bytes of `fd` after it, up to `size` (pread: the
-    file's offset is the compressor's)."""
+    file's offset is the compressor's), unless `stop` is set meanwhile; `digest`."""
     digest.update(head)
     buffer = bytearray(CHUNK)
     view = memoryview(buffer)
@@ -295,6 +361,58 @@ def _hash_file(fd: int, size: int, digest: hashlib._Hash, head: bytes) -> None:
             raise StoreError("a file shrank while it was being exported", hint="export it again")
         digest.update(view[:count])
         done += count
+        if stop is not None and stop.is_set():
+            break
+    return digest
+
+
+class _Flusher:
+    """A thread starting the writeback of what was appended to `fd` (sync_file_range
+    SYNC_FILE_RANGE_WRITE: asynchronous, nothing waited for), every FLUSH_STEP bytes. Nothing
+    where the call is missing; an error only stops it (the final fsync is what counts)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.done = fd, 0
+        self._stop = threading.Event()
+        self._call = _sync_file_range()
+        self._thread: threading.Thread | None = None
+        if self._call is not None:
+            self._thread = threading.Thread(target=self._run, name="vk-export-flush", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        assert self._call is not None
+        while not self._stop.wait(FLUSH_EVERY):
+            try:
+                size = os.fstat(self.fd).st_size
+                if size - self.done >= FLUSH_STEP:
+                    if self._call(self.fd, self.done, size - self.done, _SYNC_FILE_RANGE_WRITE) != 0:
+                        return
+                    self.done = size
+            except OSError:
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's sync_file_range, or None."""
+    try:
+        import ctypes
+
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    call.restype = ctypes.c_int
+    return call
 
 
 def _copy_range(source: int, dest: int, count: int) -> None:

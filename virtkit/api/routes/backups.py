@@ -13,7 +13,7 @@ archive uploaded, then imported (operator role; docs/backups.md for the archive 
     goes once both the writer and the download are done, whichever ends first, even when the
     client leaves mid-download (the export then still finishes, into nothing).
 
-`POST /1.0/instances/import/upload?name=NAME&filename=LABEL`
+`POST /1.0/instances/import/upload?name=NAME&filename=LABEL[&identity=1&nic=NET,mac=M,ip=A...]`
     The body (the archive, any compression `import` reads) is streamed to a file in a private
     directory under ROOT/transfers/, at most half the free space of the state root's file system
     (the archive must sit beside its unpacked copy while it is imported): past that, or a
@@ -21,7 +21,9 @@ archive uploaded, then imported (operator role; docs/backups.md for the archive 
     header) is refused at once with 400; anything else becomes an "import" operation running
     `Backups.import_archive` — which checks the manifest, sizes and every checksum before it
     registers anything — and 202 with it. A client that leaves mid-upload makes no operation. The
-    uploaded file is removed in every case.
+    uploaded file is removed in every case. `identity=1` (a cold move, ops/movecold.py) keeps the
+    archive's UUID; each `nic` (one per archived NIC, in order, as `--network` takes them) gives
+    the network, MAC and address that NIC gets here.
 
 ROOT/transfers/ entries carry the server's PID (store/files.temp_name): those of a server that was
 killed are swept by the next transfer.
@@ -50,6 +52,7 @@ from virtkit.api.routes.exec import ReleasingResponse
 from virtkit.errors import ConflictError, SpecError, VirtkitError
 from virtkit.model import InstanceRecord, OperationRecord
 from virtkit.ops.backup import Backups
+from virtkit.ops.nics import parse_nic
 from virtkit.storage.archive import remove_tree
 from virtkit.storage.snapshots import sweep
 from virtkit.store.files import temp_name
@@ -65,6 +68,7 @@ SUFFIXES = {"zstd": ".tar.zst", "gzip": ".tar.gz", "none": ".tar"}
 TYPES = {"zstd": "application/zstd", "gzip": "application/gzip", "none": "application/x-tar"}
 MAGIC = (b"\x1f\x8b", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd", b"BZh")  # what storage/tarstream.py reads
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+NICS = Query(None, description="with identity: NET,mac=M,ip=A for each archived NIC, in order")
 
 
 @contextlib.contextmanager
@@ -249,11 +253,16 @@ async def import_upload(
     response: Response,
     name: str | None = Query(None, max_length=63),
     filename: str | None = Query(None, max_length=100),
+    identity: bool = Query(False),
+    nic: list[str] | None = NICS,
     ctx: ApiContext = OPERATOR,
 ) -> dict[str, Any]:
     """Upload a backup archive (the request body) and import it as a new instance (`name`, else the
     archive's own name): 202 with the "import" operation, whose result is the new instance."""
     target = validate_name(name) if name is not None else None
+    if len(nic or []) > 32:
+        raise SpecError("an instance has at most 32 NICs: too many nic parameters")
+    nics = [parse_nic(text[:200]) for text in nic or []]
     label = filename or "uploaded-archive"
     if not LABEL.fullmatch(label):
         raise SpecError(f"invalid filename {label[:100]!r}", hint="letters, digits, '.', '_' and '-'")
@@ -271,7 +280,7 @@ async def import_upload(
 
         def work(_op: object) -> dict[str, Any]:
             try:
-                done = Backups(ctx.root, ctx.store).import_archive(path, target)
+                done = Backups(ctx.root, ctx.store).import_archive(path, target, identity=identity, nics=nics)
             finally:
                 remove_tree(directory)
             return {"instance": done.record.model_dump(mode="json"), "notes": done.notes,

@@ -1,0 +1,149 @@
+"""Cold move (issue 9): `virtkit move NAME --to REMOTE` of a running tiny container whose root
+filesystem holds 500 MiB of random data, against a raw copy of the same files in the same run.
+
+Run: .venv/bin/python benchmarks/move_cold.py [--runs 3] [--size-mib 500]
+
+Everything runs in a network namespace of its own (`unshare --net`, loopback only). Two state
+roots stand for two hosts: A (the tiny image built there, untimed) and B (a copy of A's database
+and images), B served by `virtkit serve --listen 127.0.0.1:PORT` (TLS) and known to A's CLI as
+remote `b`. Each run launches a container on A and writes SIZE MiB of random data into it
+(untimed), then times:
+- raw: `tar -C UPPER -cf - . | cat | tar -C DEST -xf -` of the container's writable layer (the
+  500 MiB and what else it wrote) into a directory of B's root, then `sync`: the bytes moved with
+  no checksum, no archive format, no API, no stop and no start;
+- virtkit: `virtkit move c --to b --json`, from the CLI's start to its end (the checks through B's
+  API, the container stopped, its archive (layer, image, checksums; zstd) exported into a file read
+  as it grows and uploaded, imported on B with every checksum verified, started there, confirmed
+  running through the API, removed from A); downtime as the move reports it (the stop here to
+  running there) and the total time.
+The ratios virtkit total / raw and downtime / raw are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+VIRTKIT = Path(sys.executable).parent / "virtkit"
+PORT = 18444
+
+
+def vk(root: Path, *args: str, config: Path, timeout: float = 600) -> str:
+    env = {**os.environ, "VIRTKIT_ROOT": str(root), "VIRTKIT_CONFIG_DIR": str(config)}
+    done = subprocess.run([str(VIRTKIT), *args], capture_output=True, text=True, env=env, timeout=timeout,
+                          check=False)  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"virtkit {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return done.stdout
+
+
+def seed(template: Path, root: Path) -> None:
+    root.mkdir(mode=0o711)
+    with sqlite3.connect(template / "virtkit.db") as source, sqlite3.connect(root / "virtkit.db") as copy:
+        source.backup(copy)
+    subprocess.run(["cp", "-al", str(template / "images"), str(root / "images")], check=True)
+
+
+def serve(root: Path, log: Path) -> subprocess.Popen[bytes]:
+    argv = [str(VIRTKIT), "--root", str(root), "serve", "--listen", f"127.0.0.1:{PORT}"]
+    with open(log, "ab") as out:
+        server = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while "listening on" not in log.read_text(errors="replace"):
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"virtkit serve did not start:\n{log.read_text(errors='replace')}")
+        time.sleep(0.05)
+    return server
+
+
+def raw_copy(upper: Path, dest: Path) -> float:
+    dest.mkdir()
+    start = time.perf_counter()
+    subprocess.run(f"tar -C {upper} -cf - . | cat | tar -C {dest} -xf - && sync", shell=True, check=True)
+    took = time.perf_counter() - start
+    shutil.rmtree(dest)
+    return took
+
+
+def virtkit_move(a: Path, config: Path) -> dict[str, float]:
+    start = time.perf_counter()
+    moved = json.loads(vk(a, "move", "c", "--to", "b", "--json", config=config))
+    took = time.perf_counter() - start
+    print(f"  virtkit: {moved['bytes'] / 2**20:.0f} MiB sent, downtime {moved['downtime_s']:.2f} s, "
+          f"total {took:.2f} s; phases {', '.join(f'{k} {v:.2f} s' for k, v in moved['phases'].items())}",
+          flush=True)  # fmt: skip
+    return {"total": took, "downtime": float(moved["downtime_s"]), "bytes": float(moved["bytes"])}
+
+
+def inside(args: argparse.Namespace) -> None:
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    work = Path(tempfile.mkdtemp(prefix="vk-bench-movecold-", dir="/var/tmp"))
+    os.chmod(work, 0o755)
+    a, b, config = work / "a", work / "b", work / "config"
+    server = None
+    try:
+        vk(a, "image", "build", "tiny", config=config)
+        seed(a, b)
+        made = vk(b, "token", "create", "bench", "--role", "admin", "--json", config=config)
+        token = json.loads(made)["token"]
+        server = serve(b, work / "serve.log")
+        vk(a, "remote", "add", "b", f"https://127.0.0.1:{PORT}", "--token", token, "--accept-certificate",
+           config=config)  # fmt: skip
+        raws: list[float] = []
+        moves: list[dict[str, float]] = []
+        for run in range(args.runs):
+            vk(a, "launch", "tiny", "c", "--container", "--wait", config=config)
+            vk(a, "exec", "c", "--", "sh", "-c",
+               f"head -c {args.size_mib * 2**20} /dev/urandom > /root/big; sync", config=config)  # fmt: skip
+            raws.append(raw_copy(a / "instances" / "c" / "upper", b / f"raw-{run}"))
+            print(f"run {run + 1}: raw tar | cat | tar + sync {raws[-1]:.2f} s", flush=True)
+            moves.append(virtkit_move(a, config))
+            vk(b, "delete", "--force", "c", config=config)
+        report(args.size_mib, raws, moves)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(size: int, raws: list[float], moves: list[dict[str, float]]) -> None:
+    raw = statistics.median(raws)
+    total = statistics.median(m["total"] for m in moves)
+    down = statistics.median(m["downtime"] for m in moves)
+    def listed(values: list[float]) -> str:
+        return ", ".join(f"{value:.2f}" for value in values)
+
+    print(f"container with {size} MiB of random data, {len(raws)} runs (medians):")
+    print(f"  raw copy of its layer   {raw:.2f} s  ({listed(raws)})")
+    print(f"  virtkit move total      {total:.2f} s  ({listed([m['total'] for m in moves])})")
+    print(f"  virtkit move downtime   {down:.2f} s  ({listed([m['downtime'] for m in moves])})")
+    print(f"virtkit total / raw copy: {total / raw:.2f}x; downtime / raw copy: {down / raw:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--size-mib", type=int, default=500)
+    parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.inside:
+        inside(args)
+        return
+    done = subprocess.run(["unshare", "--net", "--", sys.executable, __file__, "--inside", "--runs",
+                           str(args.runs), "--size-mib", str(args.size_mib)], check=False)  # fmt: skip
+    sys.exit(done.returncode)
+
+
+if __name__ == "__main__":
+    os.umask(0o022)
+    main()
