@@ -28,7 +28,6 @@ import contextlib
 import json
 import os
 import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -36,38 +35,11 @@ import tempfile
 import time
 from pathlib import Path
 
-VIRTKIT = Path(sys.executable).parent / "virtkit"
+from twohosts import seed, serve, vk
+
 PORT = 18443
 DIRTY = ("dd if=/dev/urandom of=/dev/shm/src bs=1M count=48 2>/dev/null; "
          "(while :; do cp /dev/shm/src /dev/shm/dst; done) >/dev/null 2>&1 &")  # fmt: skip
-
-
-def vk(root: Path, *args: str, config: Path, timeout: float = 300) -> str:
-    env = {**os.environ, "VIRTKIT_ROOT": str(root), "VIRTKIT_CONFIG_DIR": str(config)}
-    done = subprocess.run([str(VIRTKIT), *args], capture_output=True, text=True, env=env, timeout=timeout,
-                          check=False)  # fmt: skip
-    if done.returncode != 0:
-        raise RuntimeError(f"virtkit {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    return done.stdout
-
-
-def seed(template: Path, root: Path) -> None:
-    root.mkdir(mode=0o711)
-    with sqlite3.connect(template / "virtkit.db") as source, sqlite3.connect(root / "virtkit.db") as copy:
-        source.backup(copy)
-    subprocess.run(["cp", "-al", str(template / "images"), str(root / "images")], check=True)
-
-
-def serve(root: Path, log: Path) -> subprocess.Popen[bytes]:
-    argv = [str(VIRTKIT), "--root", str(root), "serve", "--listen", f"127.0.0.1:{PORT}"]
-    with open(log, "ab") as out:
-        server = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while "listening on" not in log.read_text(errors="replace"):
-        if server.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"virtkit serve did not start:\n{log.read_text(errors='replace')}")
-        time.sleep(0.05)
-    return server
 
 
 def virtkit_move(a: Path, config: Path) -> dict[str, float]:
@@ -170,7 +142,7 @@ def inside(args: argparse.Namespace) -> None:
         seed(a, b)
         made = vk(b, "token", "create", "bench", "--role", "admin", "--json", config=config)
         token = json.loads(made)["token"]
-        server = serve(b, work / "serve.log")
+        server = serve(b, work / "serve.log", PORT)
         vk(a, "remote", "add", "b", f"https://127.0.0.1:{PORT}", "--token", token, "--accept-certificate",
            config=config)  # fmt: skip
         results: dict[str, list[dict[str, float]]] = {"virtkit": [], "raw": []}

@@ -123,10 +123,14 @@ def set_master(name: str, bridge: str | None) -> None:
 
 
 def delete(name: str) -> None:
-    """Remove `name` and its companions (see `create_ifb`); a missing interface is fine."""
+    """Remove `name` and its companion (see `create_ifb`); a missing interface is fine. The
+    companion is looked up by its derived name, not by a dump of every link: O(1), not O(links)."""
     check_name(name)
     with session(f"delete interface {name}") as nl:
-        for link in [nl.link(name), *(x for x in nl.links() if x.alias == companion_alias(name))]:
+        companion = nl.link(companion_name(name))
+        if companion is not None and companion.alias != companion_alias(name):
+            companion = None  # a namesake that is not ours
+        for link in (nl.link(name), companion):
             if link is None:
                 continue
             try:
@@ -401,6 +405,13 @@ def create_veth(host: str, *, bridge: str, pid: int, inner: str, mac: str) -> No
 # --- companions (ifb devices of rate limits) --------------------------------------------------
 
 
+def companion_name(of: str) -> str:
+    """The name of the companion of `of`: derived from `of` (so it is found without a dump, and
+    after `of` is gone), 15 characters whatever the length of `of`."""
+    check_name(of)
+    return "vkifb" + hashlib.sha256(of.encode()).hexdigest()[:10]
+
+
 def companion_alias(of: str) -> str:
     """The alias marking an interface that exists for `of` only, and is deleted with it."""
     return _COMPANION + of
@@ -408,9 +419,12 @@ def companion_alias(of: str) -> str:
 
 def create_ifb(name: str, *, companion_of: str) -> None:
     """An ifb device `name` (where rate limits shape what `companion_of` receives), up, marked as
-    its companion. Idempotent; a same-named interface that is not that companion is a ConflictError."""
+    its companion. `name` must be `companion_name(companion_of)` (what `delete` looks for).
+    Idempotent; a same-named interface that is not that companion is a ConflictError."""
     check_name(name)
     check_name(companion_of)
+    if name != companion_name(companion_of):
+        raise SpecError(f"the companion of {companion_of} is {companion_name(companion_of)}, not {name}")
     mark = companion_alias(companion_of)
     with session(f"create ifb {name}") as nl:
         found = nl.link(name)

@@ -16,7 +16,6 @@ Rates are bits per second, written as tc(8) writes them (see `parse_rate`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -96,7 +95,7 @@ def ifb_of(device: str) -> str:
     from virtkit.network import links
 
     links.check_name(device, "device name")
-    return "vkifb" + hashlib.sha256(device.encode()).hexdigest()[:10]
+    return links.companion_name(device)
 
 
 # --- tc ---------------------------------------------------------------------------------------

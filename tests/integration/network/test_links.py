@@ -211,6 +211,35 @@ def test_delete_removes_and_tolerates_missing() -> None:
     assert links.alias("vk-default") is None
 
 
+def test_delete_takes_the_companion_found_by_its_name_and_spares_a_namesake() -> None:
+    links.ensure_bridge("vk-default", "10.20.30.1/24", alias=ALIAS)
+    for port in ("vkp0", "vkp1", "vkp2"):
+        links.create_tap(port, bridge="vk-default", owner=0)
+        links.create_ifb(links.companion_name(port), companion_of=port)
+    links.delete("vkp1")
+    names = _names()
+    assert "vkp1" not in names and links.companion_name("vkp1") not in names
+    assert {"vkp0", "vkp2", links.companion_name("vkp0"), links.companion_name("vkp2")} <= names
+    # the companion goes even when its interface is gone already (a container's veth)
+    subprocess.run(["ip", "link", "del", "vkp2"], check=True)
+    links.delete("vkp2")
+    assert links.companion_name("vkp2") not in _names()
+    # an interface of the companion's name that is not marked as ours is left alone
+    namesake = links.companion_name("vkp9")
+    subprocess.run(["ip", "link", "add", namesake, "type", "ifb"], check=True)  # unmarked
+    links.delete("vkp9")
+    assert namesake in _names()
+    with pytest.raises(ConflictError):
+        links.create_ifb(namesake, companion_of="vkp9")
+    assert namesake in _names()
+
+
+def test_a_companion_must_carry_its_derived_name() -> None:
+    with pytest.raises(SpecError, match="is vkifb"):
+        links.create_ifb("vkifbwhatever", companion_of="vkp0")
+    assert not any(name.startswith("vkifb") for name in _names())
+
+
 # --- taps -------------------------------------------------------------------------------------
 
 _OPEN_AS = """

@@ -267,3 +267,12 @@ def test_links_are_read_from_their_messages(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_companions_are_marked_by_their_alias() -> None:
     assert links.companion_alias("vkp0") == "virtkit:companion vkp0"
+
+
+def test_a_companion_is_named_after_its_interface() -> None:
+    name = links.companion_name("vkp0")
+    assert name.startswith("vkifb") and len(name) == 15 and name == links.companion_name("vkp0")
+    assert name != links.companion_name("vkp1")
+    assert len(links.companion_name("x" * 15)) == 15
+    with pytest.raises(SpecError):
+        links.companion_name("a b")
