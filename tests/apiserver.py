@@ -85,12 +85,13 @@ def make_cert(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
     return cert, key
 
 
-def start_server(root: Path, *, tls: Path | None = None, env: dict[str, str] | None = None) -> Server:
-    """`virtkit --root ROOT serve`, on the Unix socket, or (tls: a directory for the certificate)
-    on 127.0.0.1:a free port with TLS; returns once the server answers `GET /1.0`."""
+def start_server(root: Path, *, tls: Path | None = None, env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = ()) -> Server:  # fmt: skip
+    """`virtkit --root ROOT serve [ARGS]`, on the Unix socket, or (tls: a directory for the
+    certificate) on 127.0.0.1:a free port with TLS; returns once the server answers `GET /1.0`."""
     root.mkdir(parents=True, exist_ok=True)
     log = root.parent / f"serve-{root.name}-{time.monotonic_ns()}.log"
-    argv = [str(VIRTKIT), "--root", str(root), "serve"]
+    argv = [str(VIRTKIT), "--root", str(root), "serve", *args]
     cert = key = None
     if tls is None:
         url = f"unix:{root / 'unix.socket'}"

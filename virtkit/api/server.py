@@ -154,8 +154,10 @@ def self_signed(root: Path, host: str) -> tuple[Path, Path]:
 
 
 def serve(root: Path, store: Store, listen: Listen, *, cert: Path | None = None,
-          key: Path | None = None, on_ready: Callable[[str], None] | None = None) -> None:  # fmt: skip
-    """Serve until SIGINT/SIGTERM; `on_ready` hears where, once the socket accepts connections."""
+          key: Path | None = None, on_ready: Callable[[str], None] | None = None,
+          prune_every: float | None = None) -> None:  # fmt: skip
+    """Serve until SIGINT/SIGTERM; `on_ready` hears where, once the socket accepts connections.
+    `prune_every`: seconds between two runs of the snapshot timer (api/pruning.py; None: never)."""
     import uvicorn
 
     from virtkit.api.app import create_app
@@ -185,6 +187,11 @@ def serve(root: Path, store: Store, listen: Listen, *, cert: Path | None = None,
         timeout_keep_alive=30, limit_concurrency=1000,
     )  # fmt: skip
     server = uvicorn.Server(config)
+    from virtkit.api.pruning import PruneTimer
+
+    timer = PruneTimer(root, store, prune_every) if prune_every else None
+    if timer is not None:
+        timer.start()
     if on_ready is not None:
         on_ready(f"listening on {listen}" + (f" (TLS certificate {cert})" if cert else ""))
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again: these handlers
@@ -197,6 +204,8 @@ def serve(root: Path, store: Store, listen: Listen, *, cert: Path | None = None,
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if timer is not None:
+            timer.stop()
         sock.close()
         if listen.path is not None:
             with contextlib.suppress(FileNotFoundError):
