@@ -81,6 +81,13 @@ def test_launch_with_cloud_init_exec_stop_delete(debian: tuple[Cli, Path], tmp_p
     assert "status: done" in status and "DataSourceNoCloud" in status, status
     assert _exec(virtkit, "cat", "/var/tmp/runcmd-done") == "ran as root\n"
 
+    # A running VM with qemu-guest-agent is exported with its filesystems frozen, then thawed.
+    exported = virtkit("export", "d1", str(tmp_path / "d1.tar.zst"), "--instance-only", timeout=600)
+    assert exported.returncode == 0, exported.stderr
+    assert "guest filesystem(s) frozen while captured" in exported.stdout, exported.stdout
+    assert _exec(virtkit, "sh", "-c", "echo thawed > /var/tmp/after; sync; cat /var/tmp/after") == "thawed\n"
+    (tmp_path / "d1.tar.zst").unlink()
+
     began = time.monotonic()
     stopped = virtkit("stop", "d1", "--timeout", str(STOP_TIMEOUT), timeout=STOP_TIMEOUT + 60)
     took = time.monotonic() - began

@@ -120,7 +120,7 @@ class Backups:
             parts = Parts()
             with self._staging("export") as staging:
                 if record.kind is InstanceKind.VM:
-                    with self._vm_view(record, image, staging) as view:
+                    with self._vm_view(record, image, staging, parts.notes) as view:
                         backupexport.gather_vm(view, chosen, staging, self.root, parts, since=base)
                     idmap = ""
                 else:
@@ -180,8 +180,10 @@ class Backups:
         return found
 
     @contextlib.contextmanager
-    def _vm_view(self, record: InstanceRecord, image: ImageRecord, staging: Path) -> Iterator[VmView]:
-        """The VM's disks as export reads them; a running one's present held by a temporary snapshot."""
+    def _vm_view(self, record: InstanceRecord, image: ImageRecord, staging: Path,
+                 notes: list[str]) -> Iterator[VmView]:  # fmt: skip
+        """The VM's disks as export reads them; a running one's present held by a temporary snapshot,
+        taken with the guest's filesystems frozen where its agent can (what was done: `notes`)."""
         driver, paths = self.drivers(record.kind), InstancePaths.of(self.root, record.name)
         live = driver.status(record, paths).pid is not None
         backend = backend_for(record, paths, live)
@@ -193,7 +195,11 @@ class Backups:
         into = staging / "present"
         into.mkdir(mode=0o700)
         backend.forget(PRESENT)
-        captured = backend.capture(PRESENT, into)
+        freeze = getattr(driver, "frozen", None)
+        with freeze(record, paths) if freeze is not None else contextlib.nullcontext("") as note:
+            captured = backend.capture(PRESENT, into)
+        if note:
+            notes.append(note)
         try:
             yield VmView(paths.dir, disks, files, image_disk, True, PRESENT, into)
         finally:

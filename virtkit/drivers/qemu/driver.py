@@ -17,6 +17,7 @@ attach_volume / detach_volume  block volumes: checked for the next start, or plu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -270,6 +271,17 @@ class QemuDriver:
 
         # The port's name says which agent answers: the tiny image's or qemu-guest-agent.
         return exec_on_port(*self._agent(record, paths, "exec"), list(argv), timeout)
+
+    def frozen(self, record: InstanceRecord, paths: InstancePaths) -> contextlib.AbstractContextManager[str]:
+        """The running guest's filesystems frozen for the block where qemu-guest-agent can
+        (drivers/qemu/fsfreeze.py); a note saying what was done."""
+        from virtkit.drivers.qemu.agent import QGA_PORT
+        from virtkit.drivers.qemu.fsfreeze import UNFROZEN, frozen
+
+        spec = self._boot(record, VmFiles(paths)).spec
+        if spec.agent_socket is None or spec.agent_port != QGA_PORT:
+            return contextlib.nullcontext(f"{UNFROZEN}: the guest has no qemu-guest-agent to freeze them")
+        return frozen(Path(spec.agent_socket))
 
     def _agent(self, record: InstanceRecord, paths: InstancePaths, verb: str) -> tuple[str, Path]:
         """The running guest's agent: its port name and socket."""
