@@ -14,7 +14,7 @@ DEBIAN_PACKAGES=(
     busybox-static debootstrap cpio zstd xz-utils
     iproute2 nftables dnsmasq-base
     skopeo umoci
-    procps util-linux kmod e2fsprogs openssl
+    procps util-linux kmod e2fsprogs openssl openssh-client
     xorriso
     fdisk extlinux syslinux-common isolinux dosfstools mtools systemd-boot-efi  # firmware boot media (tests)
 )

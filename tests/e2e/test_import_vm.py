@@ -168,6 +168,8 @@ def test_vmware_ova_boots(v2v: Cli, state_root: Path, media: dict[str, Path], tm
     document = import_vm(v2v, str(ova))
     plan = document["plan"]
     assert isinstance(plan, dict) and plan["devices"] == "emulated" and plan["name"] == "web-server"
+    assert plan["convert"] is True  # tried, and this disk holds no Linux: it keeps emulated devices
+    assert any(str(n).startswith("not converted (") for n in document["notes"]), document["notes"]  # type: ignore[attr-defined]
     assert hardware(v2v, "web-server") == (2.0, 384 * MiB, "bios", "emulated")
     volumes = state_of(v2v, "web-server")["volumes"]
     assert isinstance(volumes, list) and [(v["pool"], v["name"]) for v in volumes] == [

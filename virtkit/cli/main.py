@@ -80,6 +80,8 @@ COMMANDS = [
         "import-vm", "virtkit.cli.v2v:import_vm_command", "Import a VM from VMware, VirtualBox, Xen...",
         "Images",
     ),
+    LazyCommand("p2v", "virtkit.cli.p2v:p2v_command", "Copy a running Linux server into a new VM.", "Images"),
+    LazyCommand("convert", "virtkit.cli.convert:convert_command", "Make a VM's guest use virtio.", "Images"),
     LazyCommand("move", "virtkit.cli.move:move_command", "Move an instance to another host.", "Instances"),
     LazyCommand("host", "virtkit.cli.host:host_group", "Check and describe this host.", "Host"),
     LazyCommand(

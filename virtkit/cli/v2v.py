@@ -56,6 +56,8 @@ _BUSES = {
 @click.option(
     "--pool", default="default", show_default=True, help="Storage pool of the second and later disks."
 )
+@click.option("--no-convert", "no_convert", is_flag=True,
+              help="Keep a guest given emulated devices as it is (no `virtkit convert`).")
 @click.option("--dry-run", is_flag=True, help="Print what was found and the plan; make nothing.")
 @json_option
 def import_vm_command(
@@ -67,6 +69,7 @@ def import_vm_command(
     devices: str | None,
     networks: tuple[str, ...],
     pool: str,
+    no_convert: bool,
     dry_run: bool,
 ) -> None:
     """Import a VM from another hypervisor: VMware (OVA, OVF, VMX+VMDK), VirtualBox (OVA, OVF,
@@ -80,7 +83,8 @@ def import_vm_command(
 
     ctx = get_context()
     options = Options(
-        name=name, cpus=cpus, memory=memory, firmware=firmware, devices=devices, networks=networks, pool=pool
+        name=name, cpus=cpus, memory=memory, firmware=firmware, devices=devices, networks=networks, pool=pool,
+        convert=not no_convert,
     )
     planned = plan(ctx.root, ctx.store(), file, options)
     if dry_run:

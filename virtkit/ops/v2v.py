@@ -6,8 +6,9 @@ free, the CPUs and memory fit this host, the networks exist. The mapping:
 
 - CPUs, memory, firmware (bios/uefi) as described (options override; a bare disk gets defaults);
 - devices: virtio only when every disk and NIC of the source was virtio already; else emulated
-  (AHCI disks, e1000 NICs): the guest may have no virtio drivers (`virtkit convert` is what will
-  add them);
+  (AHCI disks, e1000 NICs): the guest may have no virtio drivers; a Linux guest is then
+  converted (`virtkit convert`: virtio drivers in its initramfs, then virtio devices) unless
+  --no-convert or --devices was given; a guest that cannot be converted keeps emulated devices;
 - the first disk in boot order becomes an image (alias NAME) under the VM's root disk; every other
   disk a block volume NAME-diskN in the pool, attached in order;
 - NIC i goes on the i-th `--network` given (not connected without one), keeping its MAC when no
@@ -51,6 +52,7 @@ class Options:
     devices: str | None = None
     networks: tuple[str, ...] = ()
     pool: str = DEFAULT_POOL
+    convert: bool = True  # a guest given emulated devices is converted (ops/convert.py)
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class Plan:
     disks: tuple[DiskPlan, ...]
     nics: tuple[NicPlan, ...]
     notes: tuple[str, ...] = ()
+    convert: bool = False  # run `virtkit convert` once made: emulated devices not asked for
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +95,7 @@ class Plan:
             "memory": self.memory,
             "firmware": self.firmware,
             "devices": self.devices,
+            "convert": self.convert,
             "machine": "q35",
             "pool": self.pool,
             "disks": [
@@ -152,8 +156,10 @@ def plan(root: Path, store: Store, path: Path, options: Options) -> Plan:
         for i, disk in enumerate(hardware.disks)
     )
     nics, nic_notes = _nics(root, store, hardware, options.networks, devices)
+    convert = options.convert and options.devices is None and devices == "emulated"
     result = Plan(
-        source, name, cpus, memory, firmware, devices, options.pool, disks, nics, tuple(notes + nic_notes)
+        source, name, cpus, memory, firmware, devices, options.pool, disks, nics, tuple(notes + nic_notes),
+        convert=convert,
     )
     _check_free(root, store, result)
     return result

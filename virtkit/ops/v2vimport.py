@@ -83,8 +83,25 @@ def _run(
     attach = Volumes(root, store)
     for volume in volumes:
         attach.attach(volume.pool, volume.name, plan.name)
+    if plan.convert:
+        progress("converting the guest", None)
+        notes += _converted(root, store, plan.name)
     record = store.get(InstanceRecord, plan.name)
     return Imported(plan, record, image, volumes, notes + list(runtime.notices))
+
+
+def _converted(root: Path, store: Store, name: str) -> list[str]:
+    """Guest conversion of the new VM (ops/convert.py), as notes; one that cannot be done is a
+    note too (the VM keeps emulated devices: a guest that is not Linux, or not recognised)."""
+    from virtkit.errors import VirtkitError
+    from virtkit.ops.convert import convert
+
+    try:
+        done = convert(root, store, name)
+    except VirtkitError as exc:
+        return [f"not converted ({exc}): the VM keeps emulated devices"]
+    return [*(f"converted: {change}" for change in done.changes), *done.notes,
+            f"devices: {done.devices_before} before the conversion, {done.devices_after} now"]  # fmt: skip
 
 
 def _ignore(_result: object) -> None:
