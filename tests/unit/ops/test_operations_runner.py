@@ -54,8 +54,13 @@ def test_success_records_result_and_progress(ops: Operations, root: Path) -> Non
     assert done.status is OperationStatus.SUCCESS
     assert (done.result, done.progress, done.error) == ({"answer": 42}, 100.0, None)
     assert done.message == "half way"
-    actions = [(event["action"], event["details"]["id"]) for event in _events(root)
-               if event["type"] == "operation"]  # fmt: skip
+    deadline = time.monotonic() + 10  # the "success" event is written just after the record is
+    while True:
+        actions = [(event["action"], event["details"]["id"]) for event in _events(root)
+                   if event["type"] == "operation"]  # fmt: skip
+        if ("success", record.id) in actions or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
     assert ("created", record.id) in actions and ("success", record.id) in actions
     assert ("progress", record.id) in actions
 
