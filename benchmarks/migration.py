@@ -31,11 +31,10 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from twohosts import seed, serve, vk
+from twohosts import two_hosts, vk
 
 PORT = 18443
 DIRTY = ("dd if=/dev/urandom of=/dev/shm/src bs=1M count=48 2>/dev/null; "
@@ -132,19 +131,7 @@ def raw_move(argv: list[str], work: Path, disk: Path) -> dict[str, float]:
 
 
 def inside(args: argparse.Namespace) -> None:
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    work = Path(tempfile.mkdtemp(prefix="vk-bench-migration-", dir="/var/tmp"))
-    os.chmod(work, 0o755)
-    a, b, config = work / "a", work / "b", work / "config"
-    server = None
-    try:
-        vk(a, "image", "build", "tiny", config=config)
-        seed(a, b)
-        made = vk(b, "token", "create", "bench", "--role", "admin", "--json", config=config)
-        token = json.loads(made)["token"]
-        server = serve(b, work / "serve.log", PORT)
-        vk(a, "remote", "add", "b", f"https://127.0.0.1:{PORT}", "--token", token, "--accept-certificate",
-           config=config)  # fmt: skip
+    with two_hosts("vk-bench-migration-", PORT) as (work, a, b, config):
         results: dict[str, list[dict[str, float]]] = {"virtkit": [], "raw": []}
         for _ in range(args.runs):
             vk(a, "launch", "tiny", "vm", "--vm", "--memory", "256MiB", "--wait", config=config)
@@ -162,11 +149,6 @@ def inside(args: argparse.Namespace) -> None:
               f"downtime {dirty['downtime_ms']:.0f} ms, switchover {dirty['switchover_ms']:.0f} ms, "
               f"guest paused {dirty['paused_ms']:.0f} ms")
         vk(b, "delete", "--force", "vm", config=config)
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(10)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def report(results: dict[str, list[dict[str, float]]]) -> None:

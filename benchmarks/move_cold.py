@@ -28,11 +28,10 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from twohosts import seed, serve, vk
+from twohosts import two_hosts, vk
 
 PORT = 18444
 
@@ -57,19 +56,7 @@ def virtkit_move(a: Path, config: Path) -> dict[str, float]:
 
 
 def inside(args: argparse.Namespace) -> None:
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    work = Path(tempfile.mkdtemp(prefix="vk-bench-movecold-", dir="/var/tmp"))
-    os.chmod(work, 0o755)
-    a, b, config = work / "a", work / "b", work / "config"
-    server = None
-    try:
-        vk(a, "image", "build", "tiny", config=config)
-        seed(a, b)
-        made = vk(b, "token", "create", "bench", "--role", "admin", "--json", config=config)
-        token = json.loads(made)["token"]
-        server = serve(b, work / "serve.log", PORT)
-        vk(a, "remote", "add", "b", f"https://127.0.0.1:{PORT}", "--token", token, "--accept-certificate",
-           config=config)  # fmt: skip
+    with two_hosts("vk-bench-movecold-", PORT) as (_work, a, b, config):
         raws: list[float] = []
         moves: list[dict[str, float]] = []
         for run in range(args.runs):
@@ -81,11 +68,6 @@ def inside(args: argparse.Namespace) -> None:
             moves.append(virtkit_move(a, config))
             vk(b, "delete", "--force", "c", config=config)
         report(args.size_mib, raws, moves)
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(10)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def report(size: int, raws: list[float], moves: list[dict[str, float]]) -> None:

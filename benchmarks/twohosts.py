@@ -4,11 +4,16 @@ images, and `virtkit serve` over TLS on loopback for the second."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 VIRTKIT = Path(sys.executable).parent / "virtkit"
@@ -43,3 +48,29 @@ def serve(root: Path, log: Path, port: int) -> subprocess.Popen[bytes]:
             raise RuntimeError(f"virtkit serve did not start:\n{log.read_text(errors='replace')}")
         time.sleep(0.05)
     return server
+
+
+@contextlib.contextmanager
+def two_hosts(prefix: str, port: int) -> Iterator[tuple[Path, Path, Path, Path]]:
+    """In this (fresh) network namespace: state root A with the tiny image, root B seeded from it
+    and served on 127.0.0.1:`port`, known to A's CLI config as remote `b` with an admin token:
+    (work directory, A, B, config). The server is stopped and everything removed at the end."""
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+    os.chmod(work, 0o755)
+    a, b, config = work / "a", work / "b", work / "config"
+    server = None
+    try:
+        vk(a, "image", "build", "tiny", config=config)
+        seed(a, b)
+        made = vk(b, "token", "create", "bench", "--role", "admin", "--json", config=config)
+        token = json.loads(made)["token"]
+        server = serve(b, work / "serve.log", port)
+        vk(a, "remote", "add", "b", f"https://127.0.0.1:{port}", "--token", token, "--accept-certificate",
+           config=config)  # fmt: skip
+        yield work, a, b, config
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
