@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import cliproc
 from tests.permissions import reachable
 
 VIRTKIT = Path(sys.executable).parent / "virtkit"
@@ -34,9 +35,7 @@ def virtkit(state_root: Path) -> Cli:
         *args: str, timeout: float = 60, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
         full_env = {**os.environ, "VIRTKIT_ROOT": str(state_root), **(env or {})}
-        return subprocess.run(
-            [str(VIRTKIT), *args], capture_output=True, text=True, timeout=timeout, env=full_env, check=False
-        )
+        return cliproc.run([str(VIRTKIT), *args], timeout=timeout, env=full_env)
 
     return run
 
@@ -70,9 +69,7 @@ def debian_root(tmp_path_factory: pytest.TempPathFactory, flavour: str) -> Itera
 
     def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "VIRTKIT_ROOT": str(root)}
-        return subprocess.run(
-            [str(VIRTKIT), *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
-        )
+        return cliproc.run([str(VIRTKIT), *args], timeout=timeout, env=env)
 
     began = time.monotonic()
     built = run("image", "build", "debian", "--flavour", flavour, "--json", timeout=1800)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import cliproc
 from tests.apiserver import Server, free_port, servers  # noqa: F401  (the fixture)
 from tests.e2e.conftest import VIRTKIT, seed_root
 from tests.e2e.test_cli import assert_clear_error
@@ -81,8 +82,7 @@ class Step:
 
 def cli(env: dict[str, str]) -> Run:
     def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(VIRTKIT), *args], capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, **env}, stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+        return cliproc.run([str(VIRTKIT), *args], timeout=timeout, env={**os.environ, **env})
 
     return run
 

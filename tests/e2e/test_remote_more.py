@@ -11,13 +11,13 @@ import contextlib
 import json
 import os
 import re
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import cliproc
 from tests.apiserver import Server, servers  # noqa: F401  (the fixture)
 from tests.e2e.conftest import VIRTKIT
 from tests.e2e.test_remote_cli import (  # noqa: F401  (fixtures)
@@ -386,9 +386,8 @@ def test_console_and_host_check(
     for run, where, root in ((local, [], local_root), (remote, ["--remote", "far"], server_root)):
         with side(run, root, where[1] if where else None):
             assert run(*where, "launch", "tiny", "c1", "--container", "--wait").returncode == 0
-            said = subprocess.run([str(VIRTKIT), *where, "console", "c1"], input="echo hi-$((40+2))\n",
-                                  capture_output=True, text=True, timeout=60, check=False,
-                                  env={**os.environ, **ENVS[id(run)]})  # fmt: skip
+            said = cliproc.run([str(VIRTKIT), *where, "console", "c1"], input="echo hi-$((40+2))\n",
+                               timeout=60, env={**os.environ, **ENVS[id(run)]})
             assert said.returncode == 0, said.stderr
             assert "hi-42" in said.stdout, said.stdout
             steps = [run(*where, *args) for args in (["console", "nope"], ["console", "Bad_Name"])]
@@ -435,9 +434,8 @@ def test_streams_over_tls_with_a_pinned_certificate(
     far = ["--remote", "far"]
     with side(remote, server_root, "far"):
         assert remote(*far, "launch", "tiny", "c1", "--container", "--wait").returncode == 0
-        said = subprocess.run([str(VIRTKIT), *far, "console", "c1"], input="echo hi-$((40+2))\n",
-                              capture_output=True, text=True, timeout=60, check=False,
-                              env={**os.environ, **ENVS[id(remote)]})  # fmt: skip
+        said = cliproc.run([str(VIRTKIT), *far, "console", "c1"], input="echo hi-$((40+2))\n",
+                           timeout=60, env={**os.environ, **ENVS[id(remote)]})
         assert said.returncode == 0 and "hi-42" in said.stdout, said.stderr
         archive = tmp_path / "c1.tar.zst"
         exported = remote(*far, "export", "c1", str(archive))
