@@ -134,7 +134,9 @@ def test_broken_archives_and_bad_input_get_clear_errors(tiny: Cli, other: Cli, t
     assert_clear_error(tiny("export", "c3", str(archive)), 1, "already exists")
     assert_clear_error(tiny("import", str(archive)), 1, "instance 'c3' already exists", "NEW-NAME")
     assert_clear_error(tiny("import", str(archive), "Bad_Name"), 2, "invalid instance name")
-    assert_clear_error(tiny("export", "c3", str(tmp_path / "x.tar"), "--since", "nope"), 2, "for VMs only")
+    assert_clear_error(tiny("export", "c3", str(tmp_path / "x.tar"), "--since", "nope"), 1,
+                       "snapshot 'nope' of instance 'c3' not found")  # fmt: skip
+    assert not (tmp_path / "x.tar").exists()
     cut = tmp_path / "cut.tar.zst"
     cut.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
     assert_clear_error(other("import", str(cut)), 1, "truncated or corrupt")

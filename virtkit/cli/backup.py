@@ -50,7 +50,7 @@ def backups() -> Backups | RemoteBackups:
               show_default=True, help="How the archive is compressed.")  # fmt: skip
 @click.option("--instance-only", is_flag=True, help="Leave the instance's snapshots out.")
 @click.option("--since", metavar="SNAP", type=NameType("snapshot name"),
-              help="Only what changed since snapshot SNAP (VMs): import it onto an instance imported "
+              help="Only what changed since snapshot SNAP: import it onto an instance imported "
                    "from a backup holding SNAP.")  # fmt: skip
 @json_option
 def export_command(name: str, file: Path, compression: str, instance_only: bool, since: str | None) -> None:

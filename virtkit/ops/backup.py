@@ -124,7 +124,7 @@ class Backups:
                         backupexport.gather_vm(view, chosen, staging, self.root, parts, since=base)
                     idmap = ""
                 else:
-                    idmap = self._container_parts(record, image, chosen, staging, parts)
+                    idmap = self._container_parts(record, image, chosen, staging, parts, since=base)
                 self._cloud_init(record, parts)
                 if base is None:  # an incremental goes onto an instance that has its image already
                     backupexport.gather_tree(IMAGE_TREE, "image", self.images.path(image), None, parts)
@@ -172,8 +172,6 @@ class Backups:
                ) -> SnapshotRecord | None:  # fmt: skip
         if since is None:
             return None
-        if record.kind is not InstanceKind.VM:
-            raise SpecError("an incremental export (--since) is for VMs only: a container's layer goes whole")
         found = next((s for s in snapshots if s.name == validate_name(since, what="snapshot name")), None)
         if found is None:
             raise NotFoundError(f"snapshot {since!r} of instance {record.name!r} not found")
@@ -210,8 +208,10 @@ class Backups:
                 log.error("cannot remove the temporary snapshot %s of %s: %s", PRESENT, record.name, exc)
 
     def _container_parts(self, record: InstanceRecord, image: ImageRecord, chosen: list[SnapshotRecord],
-                         staging: Path, parts: Parts) -> str:  # fmt: skip
-        """The container's layer (copied while frozen if it runs) and its snapshots' layers."""
+                         staging: Path, parts: Parts,
+                         since: SnapshotRecord | None = None) -> str:  # fmt: skip
+        """The container's layer (copied while frozen if it runs) and its snapshots' layers; with
+        `since`, only the layer's difference to that snapshot's (storage/treediff.py)."""
         from virtkit.drivers.oci.plan import ContainerFiles
         from virtkit.drivers.oci.rootfs import saved_shift
 
@@ -231,6 +231,10 @@ class Backups:
                 if state is InstanceState.RUNNING:
                     driver.resume(record, paths)
             upper = copied
+        if since is not None:
+            base = snapshot_dir(paths.dir, since.name) / UPPER
+            backupexport.gather_tree_since(upper, base, since.name, staging, parts, ids=ids, lower=lower)
+            return shift.mode if shift is not None else "none"
         backupexport.gather_tree(UPPER, UPPER, upper, None, parts, ids=ids, lower=lower)
         for snapshot in chosen:
             top = snapshot_dir(paths.dir, snapshot.name) / UPPER

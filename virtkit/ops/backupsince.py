@@ -1,27 +1,41 @@
-"""Importing an incremental backup (`virtkit export --since SNAP`): the changes a VM's disks saw
-since snapshot SNAP, applied to an instance here that has that very snapshot (imported from a
-full backup of the same instance: its `origin` is the same).
+"""Importing an incremental backup (`virtkit export --since SNAP`): the changes a VM's disks or a
+container's writable layer saw since snapshot SNAP, applied to an instance here that has that very
+snapshot (imported from a full backup of the same instance: its `origin` is the same).
 
-The instance must be stopped. Each disk is first marked with a temporary internal snapshot of what
-it holds now, then put back to SNAP, and the changes are committed into it; if any step fails,
-every disk goes back to the mark. The mark is removed in either case. The disks' snapshots are
-kept; what the instance held after SNAP is replaced by the source's present.
+The instance must be stopped. A VM: each disk is first marked with a temporary internal snapshot
+of what it holds now, then put back to SNAP, and the changes are committed into it; if any step
+fails, every disk goes back to the mark. The mark is removed in either case. A container: a fresh
+copy of SNAP's layer, under a temporary name beside the present one, gets the archive's deletions
+and changed entries (storage/treediff.py), then replaces the layer (and an emptied work directory)
+by renames, as a snapshot restore does: until then nothing of the container was touched, and a
+failure removes the copy. Snapshots are kept; what the instance held after SNAP is replaced by the
+source's present.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from virtkit.drivers.base import InstancePaths
 from virtkit.errors import RejectedError, StateError, ToolError
-from virtkit.model import InstanceKind, InstanceRecord, InstanceState, SnapshotRecord
-from virtkit.storage import backupdisk, backupplace
+from virtkit.images.staged import ROOTFS
+from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState, SnapshotRecord
+from virtkit.storage import backupdisk, backupplace, treediff
+from virtkit.storage.archive import remove_tree
 from virtkit.storage.backupexport import origin
-from virtkit.storage.backupformat import DiskEntry
+from virtkit.storage.backupformat import UPPER, DiskEntry
 from virtkit.storage.backupread import Staged
+from virtkit.storage.backuptree import IdRange, shift_tree
+from virtkit.storage.containersnap import empty_like, overlay_uses, swap_in
+from virtkit.storage.snapshots import copy, snapshot_dir, sweep, usage
 from virtkit.storage.vmsnap import qemu_img, tags
+from virtkit.store.files import temp_name
+from virtkit.units import format_size
 
 if TYPE_CHECKING:
     from virtkit.ops.backup import Backups
@@ -40,8 +54,10 @@ def apply_incremental(backups: Backups, staged: Staged, plans: dict[str, list[Di
     with store.lock("instance", name):
         record = store.get(InstanceRecord, name)
         paths = InstancePaths.of(backups.root, record.name)
-        if record.kind is not InstanceKind.VM:
-            raise RejectedError(f"archive {label} is refused: an incremental backup applies to VMs only")
+        kind = staged.manifest.instance.kind
+        if record.kind is not kind:
+            raise RejectedError(f"archive {label} is refused: it holds the changes of a {kind.value}, and "
+                                f"{name!r} is a {record.kind.value}")  # fmt: skip
         if backups.drivers(record.kind).status(record, paths).state is not InstanceState.STOPPED:
             raise StateError(f"instance {name!r} must be stopped to apply {label}",
                              hint=f"virtkit stop {name}")  # fmt: skip
@@ -52,6 +68,9 @@ def apply_incremental(backups: Backups, staged: Staged, plans: dict[str, list[Di
                 f"than {name!r} (whose snapshot of that name was taken elsewhere or at another time)",
                 hint="import it onto the instance the full backup it belongs to was imported as",
             )
+        if record.kind is InstanceKind.CONTAINER:
+            _apply_layer(backups, staged, record, paths, since.snapshot, label)
+            return record
         targets = {file: paths.dir / file for file in plans}
         for file, target in targets.items():
             if since.snapshot not in tags(target):
@@ -89,3 +108,62 @@ def _apply(staged: Staged, plans: dict[str, list[DiskEntry]], targets: dict[str,
                 qemu_img(target, ["snapshot", "-q", "-d", MARK, "--image-opts"], f"unmarking {target.name}")
             except (ToolError, StateError) as exc:
                 log.error("cannot remove the mark on %s: %s", target, exc)
+
+
+def _apply_layer(backups: Backups, staged: Staged, record: InstanceRecord, paths: InstancePaths,
+                 snapshot: str, label: str) -> None:  # fmt: skip
+    """The container's layer made the source's present: snapshot `snapshot`'s, changed."""
+    from virtkit.drivers.oci import rootfs
+    from virtkit.drivers.oci.plan import ContainerFiles
+
+    layout = ContainerFiles(paths)
+    if overlay_uses(layout.upper):
+        raise StateError(f"the root filesystem of {record.name!r} is still mounted (upper directory "
+                         f"{layout.upper})", hint=f"virtkit stop {record.name}")  # fmt: skip
+    source = snapshot_dir(paths.dir, snapshot) / UPPER
+    if not source.is_dir() or source.is_symlink():
+        raise StateError(f"snapshot {snapshot} of {record.name!r} has lost its data: {source} is missing")
+    tree, deleted = _changes(staged, label)
+    need = (usage(source) or 0) + staged.manifest.declared_bytes()
+    free = shutil.disk_usage(paths.dir).free
+    if need > free:
+        raise StateError(f"applying {label} needs up to {format_size(need)}; {paths.dir} has "
+                         f"{format_size(free)} free")  # fmt: skip
+    shift = rootfs.saved_shift(paths.dir)
+    if shift is not None:
+        shift_tree(tree, IdRange(shift.uid, shift.gid, shift.size))
+    home = layout.upper.parent
+    sweep(home, (UPPER, layout.work.name))
+    new_upper, new_work = home / temp_name(UPPER), home / temp_name(layout.work.name)
+    try:
+        copy(source, new_upper, what=f"copying the writable layer of snapshot {snapshot}")
+        treediff.apply(new_upper, tree, deleted, label=label, snapshot=snapshot)
+        if shift is not None and shift.mode == rootfs.METACOPY:  # the image's files shown in the range
+            image = backups.store.get(ImageRecord, record.image or "")
+            lower = backups.images.path(image) / image.files[ROOTFS]
+            scratch = staged.dir / "scratch-upper"
+            scratch.mkdir(mode=0o700)
+            rootfs.prepare(rootfs.Layers(lower, new_upper, scratch / "work", scratch / "merged", shift))
+        info = os.lstat(layout.upper)  # the layer's root keeps the owner and mode it has (as import does)
+        os.lchown(new_upper, info.st_uid, info.st_gid)
+        os.chmod(new_upper, stat.S_IMODE(info.st_mode))
+        empty_like(layout.work, new_work)
+        swap_in([(new_upper, layout.upper), (new_work, layout.work)])
+    finally:
+        remove_tree(new_upper)
+        remove_tree(new_work)
+
+
+def _changes(staged: Staged, label: str) -> tuple[Path, list[str]]:
+    """The staged tree of changed entries and the checked list of deleted paths."""
+    manifest = staged.manifest
+    trees = [(t.id, t.role, t.state) for t in manifest.trees]
+    listed = [f for f in manifest.files if f.role == "deleted"]
+    if manifest.disks or trees != [(UPPER, UPPER, None)] or [f.id for f in listed] != [treediff.DELETED]:
+        raise RejectedError(f"archive {label} is refused: it is not a container's incremental backup "
+                            "(one tree upper and one list of deleted paths)")  # fmt: skip
+    if listed[0].size > treediff.MAX_DELETED_BYTES:
+        raise RejectedError(f"archive {label} is refused: its list of deleted paths is larger than "
+                            f"{format_size(treediff.MAX_DELETED_BYTES)}")  # fmt: skip
+    data = staged.parts[treediff.DELETED].read_bytes()
+    return staged.trees[UPPER], treediff.parse_deleted(data, label)

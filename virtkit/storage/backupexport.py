@@ -5,7 +5,8 @@ Disks are converted into a private staging directory first (their sizes go in th
 comes before them); trees are walked once, their entries kept in memory, and read as they are
 written. Nothing here takes locks or pauses anything: ops/backup.py hands over a consistent view
 (a stopped instance, a temporary internal snapshot of a running VM, a copy of a paused
-container's writable layer).
+container's writable layer). An incremental export of a container carries its layer's file-level
+difference to the snapshot's (`gather_tree_since`, storage/treediff.py).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from virtkit import __version__
+from virtkit.errors import StateError
 from virtkit.model import ImageRecord, InstanceRecord, SnapshotRecord
-from virtkit.storage import backupdisk
+from virtkit.storage import backupdisk, treediff
 from virtkit.storage.backupcache import TreeCache
 from virtkit.storage.backupdisk import DiskSource
 from virtkit.storage.backupformat import (
@@ -163,6 +165,31 @@ def gather_tree(part: str, role: str, top: Path, state: str | None, parts: Parts
     tree = TreeEntry(id=part, role=role, state=state, entries=len(entries), bytes=size)  # type: ignore[arg-type]
     parts.trees.append((tree, entries))
     parts.notes += report.notes(part)
+
+
+def gather_tree_since(top: Path, base: Path, since: str, staging: Path, parts: Parts, *,
+                      ids: IdRange | None = None, lower: Path | None = None) -> None:  # fmt: skip
+    """A container's layer at `top` as its difference to snapshot `since`'s layer at `base`
+    (storage/treediff.py): tree `upper` with what is new or changed, file part DELETED listing
+    what is gone (written into `staging`)."""
+    if not base.is_dir() or base.is_symlink():
+        raise StateError(f"snapshot {since} has lost its data: {base} is missing",
+                         hint="export the container whole, or since another snapshot")  # fmt: skip
+    report = Walk()
+    changes = treediff.diff(base, top, ids=ids, lower=lower, report=report)
+    size = sum(e.info.size for e in changes.entries if e.info.isreg())
+    tree = TreeEntry(id=UPPER, role=UPPER, entries=len(changes.entries), bytes=size)  # type: ignore[arg-type]
+    parts.trees.append((tree, changes.entries))
+    listed = staging / treediff.DELETED
+    fd = os.open(listed, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(treediff.encode_deleted(changes.deleted))
+    entry = FileEntry(id=treediff.DELETED, file=treediff.DELETED, role="deleted",
+                      size=os.lstat(listed).st_size)  # fmt: skip
+    parts.files.append((entry, listed))
+    parts.notes.append(f"{UPPER}: {changes.changed} entries new or changed and {len(changes.deleted)} "
+                       f"deleted since snapshot {since}")  # fmt: skip
+    parts.notes += report.notes(UPPER)
 
 
 def instance_entry(record: InstanceRecord, idmap: str, notes: list[str]) -> InstanceEntry:

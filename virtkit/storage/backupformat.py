@@ -8,7 +8,9 @@ A backup is one tar stream (plain, or compressed whole by zstd or gzip)::
     files/ID                   small files: UEFI variables, cloud-init inputs, raw disks
     disks/ID                   qcow2 disks with no backing file (see storage/backupdisk.py)
     trees/ID/...               a container's writable layer (and each snapshot's), ids as the
-                               container sees them (0 is its root)
+                               container sees them (0 is its root); in an incremental archive,
+                               only what changed since the snapshot, what went listed in
+                               files/upper.deleted (storage/treediff.py)
     virtkit-backup.sha256      the sha256 of the manifest and of every disk, file and tree
 
 The checksums come last because a tar stream cannot go back: they are computed while the data is
@@ -122,12 +124,13 @@ class DiskEntry(_Strict):
 
 
 class FileEntry(_Strict):
-    """A regular file of the instance (`state` None) or of a snapshot's directory."""
+    """A regular file of the instance (`state` None) or of a snapshot's directory; or (role
+    `deleted`) the paths a container's incremental archive removes from its layer."""
 
     id: PartId
     file: SnapshotPart
     state: Name | None = None
-    role: Literal["instance", "snapshot", "cloud-init"] = "instance"
+    role: Literal["instance", "snapshot", "cloud-init", "deleted"] = "instance"
     size: Size
 
 

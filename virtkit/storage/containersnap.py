@@ -97,8 +97,8 @@ class ContainerBackend:
         staged_work = home / temp_name(self.work.name)
         try:
             copy(source / UPPER, staged_upper, what=f"copying the writable layer of snapshot {name}")
-            _empty_like(self.work, staged_work)
-            _swap([(staged_upper, self.upper), (staged_work, self.work)])
+            empty_like(self.work, staged_work)
+            swap_in([(staged_upper, self.upper), (staged_work, self.work)])
         finally:
             remove_tree(staged_upper)
             remove_tree(staged_work)
@@ -107,7 +107,7 @@ class ContainerBackend:
         """Nothing outside the snapshot's directory."""
 
 
-def _empty_like(model: Path, path: Path) -> None:
+def empty_like(model: Path, path: Path) -> None:
     """A new empty directory at `path` with the owner and mode of the directory `model`."""
     info = os.lstat(model) if model.is_dir() else os.lstat(model.parent)
     os.mkdir(path, 0o700)
@@ -115,7 +115,7 @@ def _empty_like(model: Path, path: Path) -> None:
     os.chmod(path, info.st_mode & 0o7777)
 
 
-def _swap(pairs: list[tuple[Path, Path]]) -> None:
+def swap_in(pairs: list[tuple[Path, Path]]) -> None:
     """Put each new directory in place of its target, by renames: all of them, or (undone) none.
     The targets' old contents are removed afterwards; what cannot be is left for `sweep`."""
     done: list[tuple[Path, Path, Path | None]] = []  # (new, target, old) of the renames made
