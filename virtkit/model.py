@@ -115,7 +115,7 @@ class Nic(BaseModel):
 
     network: Name
     mac: str = Field(pattern=MAC_PATTERN)
-    ip: str = Field(pattern=IPV4_PATTERN)
+    ip: str = Field(pattern=f"{IPV4_PATTERN}|^$")  # "": on a bridged network, the LAN gives it one
     device: str = Field(pattern=r"^vk[0-9a-f]{8}n[0-9]{1,2}$")
     inner: str = Field(default="eth0", pattern=r"^eth[0-9]{1,2}$")  # its name inside a container
     # a VM's NIC model; None: as its --devices
@@ -187,8 +187,10 @@ class NetworkRecord(Record):
     KEY: ClassVar[tuple[str, ...]] = ("name",)
 
     name: Name
-    type: str = Field(default="nat", pattern=r"^(nat|isolated)$")
+    type: str = Field(default="nat", pattern=r"^(nat|isolated|bridged)$")
     bridge: str = ""
+    # bridged: the host interface enslaved to the bridge (network/uplink.py); no subnet or gateway
+    parent: str = ""
     subnet: str = ""
     gateway: str = ""
     domain: str = "virtkit"

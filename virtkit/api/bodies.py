@@ -73,17 +73,22 @@ class BuildBody(Strict):
 
 
 class NetworkBody(Strict):
-    """`POST /1.0/networks`: `virtkit network create NAME [--type] [--subnet] [--dns-domain]`."""
+    """`POST /1.0/networks`: `virtkit network create NAME [--type] [--subnet] [--dns-domain]
+    [--parent]`."""
 
     name: str = Text
-    type: Literal["nat", "isolated"] = "nat"
+    type: Literal["nat", "isolated", "bridged"] = "nat"
     subnet: str | None = Field(default=None, max_length=64)
     dns_domain: str | None = Field(default=None, max_length=300)
+    parent: str | None = Field(default=None, max_length=64)
 
     def check(self) -> None:
         from virtkit.network import addressing
+        from virtkit.network.netlink import check_name
 
         addressing.network_name(self.name)
+        if self.parent is not None:
+            check_name(self.parent, "uplink interface name")
         if self.subnet is not None:
             addressing.parse_subnet(self.subnet)
         if self.dns_domain is not None:

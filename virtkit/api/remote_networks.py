@@ -32,9 +32,11 @@ def network_view_of(document: dict[str, Any]) -> NetworkView:
     from virtkit.ops.networks import Attachment, NetworkView
 
     pid = document.get("dnsmasq_pid")
-    bridge_up = document.get("state") == "up"
+    up = document.get("state") == "up"
+    record = network_of(document)
     attachments = [Attachment(str(item["instance"]), model_of(Nic, item)) for item in document["instances"]]
-    return NetworkView(network_of(document), bridge_up, pid, attachments, list(document.get("leases") or []))
+    return NetworkView(record, up, pid, attachments, list(document.get("leases") or []),
+                       uplinked=up and record.type == "bridged")  # fmt: skip
 
 
 def _name(name: str) -> str:
@@ -50,8 +52,8 @@ class RemoteNetworks:
         self.client = client
 
     def create(self, name: str, *, type: str = "nat", subnet: str | None = None,
-               domain: str | None = None) -> NetworkRecord:  # fmt: skip
-        body = {"name": name, "type": type, "subnet": subnet, "dns_domain": domain}
+               domain: str | None = None, parent: str | None = None) -> NetworkRecord:  # fmt: skip
+        body = {"name": name, "type": type, "subnet": subnet, "dns_domain": domain, "parent": parent}
         return network_of(self.client.request("POST", "/1.0/networks", json=body))
 
     def views(self) -> list[NetworkView]:

@@ -28,7 +28,7 @@ def _row(view: InstanceView) -> tuple[str, ...]:
     state = view.status.state.value
     memory = format_size(r.memory)
     image = (r.image or "-")[:12]
-    ipv4 = " ".join(f"{nic.ip} ({nic.inner})" for nic in r.nics) or "-"
+    ipv4 = " ".join(f"{nic.ip or '-'} ({nic.inner})" for nic in r.nics) or "-"
     age = _duration(time.time() - r.created_at)
     return (r.name, r.kind.value, state, ipv4, f"{r.cpus:g}", memory, image, age)
 
@@ -175,7 +175,8 @@ def _fields(view: InstanceView) -> list[tuple[str, str]]:
         limit = f", limit {format_rate(nic.limit)}" if nic.limit else ""
         host = ", may reach the host" if nic.allow_host else ""
         model = f", model {nic.model}" if nic.model else ""
-        fields.append((f"NIC {nic.inner}", f"{nic.ip} on {nic.network}, MAC {nic.mac}{model}, host device "
+        ip = nic.ip or "(from its LAN)"
+        fields.append((f"NIC {nic.inner}", f"{ip} on {nic.network}, MAC {nic.mac}{model}, host device "
                        f"{nic.device}{limit}{host}"))  # fmt: skip
     for v in record.volumes:
         where = f"at {v.path}" if v.path else f"as disk {v.device}"

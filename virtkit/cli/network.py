@@ -43,14 +43,21 @@ def attacher() -> Attach | RemoteAttach:
 
 @click.group("network")
 def network_group() -> None:
-    """Networks instances are on: NAT or isolated bridges with DHCP and DNS, port forwards."""
+    """Networks instances are on: NAT or isolated bridges with DHCP and DNS, port forwards, and
+    bridged networks on a LAN through a host interface."""
 
 
 @network_group.command("create")
 @click.argument("name")
 @click.option(
-    "--type", "kind", type=click.Choice(["nat", "isolated"]), default="nat", show_default=True,
-    help="nat: instances reach out through the host; isolated: nothing leaves the bridge.",
+    "--type", "kind", type=click.Choice(["nat", "isolated", "bridged"]), default="nat", show_default=True,
+    help="nat: instances reach out through the host; isolated: nothing leaves the bridge; bridged: "
+         "instances are on the LAN of --parent (its DHCP gives their addresses).",
+)  # fmt: skip
+@click.option(
+    "--parent", default=None, metavar="IFACE",
+    help="bridged: the host interface that becomes the bridge's uplink (a spare NIC, a VLAN, a veth "
+         "into your own bridge; it must carry no address).",
 )  # fmt: skip
 @click.option(
     "--subnet", default=None, metavar="CIDR",
@@ -61,11 +68,16 @@ def network_group() -> None:
     help="Instances resolve as NAME and NAME.DOMAIN inside the network.  [default: virtkit]",
 )  # fmt: skip
 @json_option
-def create_command(name: str, kind: str, subnet: str | None, dns_domain: str | None) -> None:
+def create_command(name: str, kind: str, subnet: str | None, dns_domain: str | None,
+                   parent: str | None) -> None:  # fmt: skip
     """Create network NAME (its bridge is vk-NAME) and bring it up."""
-    record = networks().create(name, type=kind, subnet=subnet, domain=dns_domain)
+    record = networks().create(name, type=kind, subnet=subnet, domain=dns_domain, parent=parent)
     if get_context().json:
         print_json(record.model_dump(mode="json"))
+        return
+    if record.type == "bridged":
+        click.echo(f"Network {record.name} created: bridged, {record.bridge} with uplink {record.parent}; "
+                   "its instances take their addresses from that LAN.")  # fmt: skip
         return
     click.echo(f"Network {record.name} created: {record.type}, {record.subnet} on {record.bridge}, "
                f"gateway {record.gateway}.")  # fmt: skip
@@ -73,9 +85,9 @@ def create_command(name: str, kind: str, subnet: str | None, dns_domain: str | N
 
 def _row(view: NetworkView) -> tuple[str, ...]:
     r = view.record
-    state = "up" if view.bridge_up and view.dnsmasq_pid else "down"
+    state = "up" if view.up else "down"
     used = len({a.instance for a in view.attachments})
-    return (r.name, r.type, r.subnet, r.gateway, r.bridge, state, str(used))
+    return (r.name, r.type, r.subnet or f"(via {r.parent})", r.gateway or "-", r.bridge, state, str(used))
 
 
 @network_group.command("list")
@@ -101,14 +113,22 @@ def show_command(name: str) -> None:
         print_json(view.to_dict())
         return
     r = view.record
-    fields = [
-        ("Name", r.name), ("Type", r.type), ("Subnet", r.subnet), ("Gateway", r.gateway),
-        ("Bridge", f"{r.bridge} ({'up' if view.bridge_up else 'missing: virtkit network reconcile'})"),
-        ("DHCP/DNS", f"dnsmasq pid {view.dnsmasq_pid}" if view.dnsmasq_pid else "not running"),
-        ("DNS domain", r.domain),
-    ]  # fmt: skip
+    bridge = ("Bridge", f"{r.bridge} ({'up' if view.bridge_up else 'missing: virtkit network reconcile'})")
+    if r.type == "bridged":
+        uplink = "attached" if view.uplinked else "not attached: virtkit network reconcile"
+        fields = [
+            ("Name", r.name), ("Type", r.type), bridge, ("Uplink", f"{r.parent} ({uplink})"),
+            ("Addresses", "from the LAN behind the uplink (no DHCP, DNS or NAT of virtkit's)"),
+        ]  # fmt: skip
+    else:
+        fields = [
+            ("Name", r.name), ("Type", r.type), ("Subnet", r.subnet), ("Gateway", r.gateway), bridge,
+            ("DHCP/DNS", f"dnsmasq pid {view.dnsmasq_pid}" if view.dnsmasq_pid else "not running"),
+            ("DNS domain", r.domain),
+        ]  # fmt: skip
     for a in view.attachments:
-        fields.append((f"Instance {a.instance}", f"{a.nic.ip} {a.nic.mac} ({a.nic.inner}, {a.nic.device})"))
+        ip = a.nic.ip or "(LAN)"
+        fields.append((f"Instance {a.instance}", f"{ip} {a.nic.mac} ({a.nic.inner}, {a.nic.device})"))
     for lease in view.leases:
         expiry = time.strftime("%H:%M:%S", time.localtime(float(str(lease["expiry"]))))
         fields.append((f"Lease {lease['ip']}", f"{lease['mac']} {lease['hostname'] or '-'} until {expiry}"))

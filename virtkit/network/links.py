@@ -193,31 +193,23 @@ def _claim(nl: Netlink, link: Link, alias: str) -> None:
     )
 
 
-def _only_address(nl: Netlink, index: int, wanted: ipaddress.IPv4Interface) -> None:
+def _only_address(nl: Netlink, index: int, wanted: ipaddress.IPv4Interface | None) -> None:
     present = [iface for _, iface in nl.ipv4(index)]
     for iface in present:
         if iface != wanted:
             nl.del_ipv4(index, iface)
-    if wanted not in present:
+    if wanted is not None and wanted not in present:
         nl.add_ipv4(index, wanted)
 
 
-def ensure_bridge(name: str, address: str, *, alias: str, mtu: int | None = None) -> None:
+def ensure_bridge(name: str, address: str | None, *, alias: str, mtu: int | None = None) -> None:
     """Make bridge `name` be there, marked `alias`, with `address` ("10.20.30.1/24") its only IPv4
-    address, STP off and no forward delay (ports forward at once), up. Idempotent. An interface of
-    that name that is not a bridge, or a bridge marked by another owner, is a ConflictError."""
+    address (None: no address at all, a bridged network's), STP off and no forward delay (ports
+    forward at once), up. Idempotent. An interface of that name that is not a bridge, or a bridge
+    marked by another owner, is a ConflictError."""
     check_name(name, "bridge name")
     check_alias(alias)
-    try:
-        wanted = ipaddress.IPv4Interface(address)
-    except ValueError:
-        raise SpecError(
-            f"invalid bridge address {address!r}: an IPv4 address/prefix", hint="10.20.30.1/24"
-        ) from None
-    if "/" not in address or wanted.ip in (wanted.network.network_address, wanted.network.broadcast_address):
-        raise SpecError(
-            f"invalid bridge address {address!r}: a host address with its prefix, e.g. 10.20.30.1/24"
-        )
+    wanted = _bridge_address(address) if address is not None else None
     if mtu is not None and (isinstance(mtu, bool) or not isinstance(mtu, int) or not 68 <= mtu <= 65535):
         raise SpecError(f"invalid MTU {mtu!r}: 68 to 65535")
     with session(f"set up bridge {name}") as nl:
@@ -227,7 +219,7 @@ def ensure_bridge(name: str, address: str, *, alias: str, mtu: int | None = None
             try:
                 nl.add(
                     ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0,
-                    address=_stable_mac(f"{alias.rsplit(':', 1)[-1]} {address}"),
+                    address=_stable_mac(f"{alias.rsplit(':', 1)[-1]} {address or 'bridged'}"),
                 )
                 made = True
             except NetlinkError as exc:
@@ -246,8 +238,22 @@ def ensure_bridge(name: str, address: str, *, alias: str, mtu: int | None = None
         log.info("created bridge %s (%s)", name, address)
 
 
+def _bridge_address(address: str) -> ipaddress.IPv4Interface:
+    try:
+        wanted = ipaddress.IPv4Interface(address)
+    except ValueError:
+        raise SpecError(
+            f"invalid bridge address {address!r}: an IPv4 address/prefix", hint="10.20.30.1/24"
+        ) from None
+    if "/" not in address or wanted.ip in (wanted.network.network_address, wanted.network.broadcast_address):
+        raise SpecError(
+            f"invalid bridge address {address!r}: a host address with its prefix, e.g. 10.20.30.1/24"
+        )
+    return wanted
+
+
 def _configure_bridge(
-    nl: Netlink, link: Link, wanted: ipaddress.IPv4Interface, alias: str, mtu: int | None
+    nl: Netlink, link: Link, wanted: ipaddress.IPv4Interface | None, alias: str, mtu: int | None
 ) -> None:
     if link.alias != alias:
         nl.set(link.index, ifalias=alias)

@@ -18,7 +18,14 @@ appears on a bridge, since the match is by name and no per-device hook is made.
   0.0.0.0 only DHCP, udp 68 to 67) and ARP whose sender is the port's MAC and address (0.0.0.0 for
   RFC 5227 probes). Everything else is counted and dropped: another source MAC or address, another
   ARP sender, IPv6, VLAN-tagged frames (``ether type`` reads the tag; ``meta protocol`` would read
-  the protocol inside it), every other ethertype.
+  the protocol inside it), every other ethertype. A port on a bridged network has no address of
+  virtkit's (the LAN's DHCP gives it one): its chain judges the source MAC only, in IPv4 and as
+  the ARP sender.
+- ``input`` / ``output`` (only with bridged networks): the host itself takes no part in a bridged
+  network's LAN. Nothing its bridge would deliver to the host from one of its ports (the uplink,
+  an instance's port) gets there (the host would otherwise
+  answer ARP for its own addresses there, "ARP flux", and its neighbours would send it traffic
+  through the VMs' bridge), and the host sends nothing out of it.
 """
 
 from __future__ import annotations
@@ -36,12 +43,24 @@ DHCP_FROM_NOBODY = "ip saddr 0.0.0.0 udp sport 68 udp dport 67"
 _ARP_ETHER_IPV4 = "arp htype 1 arp ptype ip arp hlen 6 arp plen 4"
 
 
-def blocks(ports: Sequence[PortRules]) -> list[list[str]]:
-    """The chains of the bridge table for these (validated) ports, one list of lines per chain."""
+def blocks(ports: Sequence[PortRules], lan: Sequence[str] = ()) -> list[list[str]]:
+    """The chains of the bridge table for these (validated) ports and the `lan` ports (the
+    devices on bridged networks' bridges: uplinks and instance ports), one list of lines per chain."""
     jumps = [f'    "{p.device}" : jump port_{p.device},' for p in ports]  # one a line: diffs stay readable
     dispatch = ["iifname vmap {", *jumps, "}"] if ports else []
     head = [f"type filter hook prerouting priority {PRIORITY}; policy accept;"]
-    return [_chain("prerouting", head, dispatch), *(_port_chain(p) for p in ports)]
+    chains = [_chain("prerouting", head, dispatch), *(_port_chain(p) for p in ports)]
+    # Matched by port: `meta ibrname` (the bridge's name) is not in every kernel (6.1 refuses it).
+    # Not counted: the host's own IPv6 and ARP chatter on the bridge would count all along.
+    if lan:
+        names = ", ".join(f'"{name}"' for name in lan)
+        chains += [
+            _chain("input", [f"type filter hook input priority {PRIORITY}; policy accept;"],
+                   [f"iifname {{ {names} }} drop"]),
+            _chain("output", [f"type filter hook output priority {PRIORITY}; policy accept;"],
+                   [f"oifname {{ {names} }} drop"]),
+        ]  # fmt: skip
+    return chains
 
 
 def _chain(name: str, head: Sequence[str], rules: Sequence[str]) -> list[str]:
@@ -50,6 +69,16 @@ def _chain(name: str, head: Sequence[str], rules: Sequence[str]) -> list[str]:
 
 def _port_chain(port: PortRules) -> list[str]:
     mac = f"ether saddr {port.mac}"
+    if not port.ip:  # on a bridged network: the LAN gives the address, only the MAC is the port's
+        return _chain(
+            f"port_{port.device}",
+            [f'comment "anti-spoofing of the instance port on {port.bridge} (bridged: MAC only)"'],
+            [
+                f"{mac} ether type ip accept",
+                f"{mac} ether type arp {_ARP_ETHER_IPV4} arp saddr ether {port.mac} accept",
+                "counter drop",
+            ],
+        )
     return _chain(
         f"port_{port.device}",
         [f'comment "anti-spoofing of the instance port on {port.bridge}"'],

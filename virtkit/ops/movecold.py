@@ -200,7 +200,7 @@ class ColdMove:
             param = f"{target},mac={nic.mac}"
             if target in subnets and _inside(nic.ip, subnets[target]) and (target, nic.ip) not in used:
                 param += f",ip={nic.ip}"
-            else:
+            elif nic.ip:  # "": a bridged network's NIC, whose address the LAN gives
                 notes.append(f"its address {nic.ip} is not free on {target!r} there: it gets another one")
             params.append(param)
         return params, notes

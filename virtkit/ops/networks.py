@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 NETWORKS_DIR = "networks"
 DEFAULT_NETWORK = "default"
 LOCK = ("host", "networks")
+PARENT_WAS_UP = "parent.was_up"  # a bridged network's config: its uplink's state when it was given
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,16 @@ class NetworkView:
     dnsmasq_pid: int | None
     attachments: list[Attachment] = field(default_factory=list)
     leases: list[dict[str, object]] = field(default_factory=list)
+    uplinked: bool = False  # a bridged network's uplink is its bridge's port
+
+    @property
+    def up(self) -> bool:
+        serving = self.uplinked if self.record.type == "bridged" else self.dnsmasq_pid is not None
+        return self.bridge_up and serving
 
     def to_dict(self) -> dict[str, object]:
         data = self.record.model_dump(mode="json")
-        data["state"] = "up" if self.bridge_up and self.dnsmasq_pid else "down"
+        data["state"] = "up" if self.up else "down"
         data["dnsmasq_pid"] = self.dnsmasq_pid
         data["instances"] = [a.to_dict() for a in self.attachments]
         data["leases"] = self.leases
@@ -104,9 +111,9 @@ class Networks:
             {"mac": lease.mac, "ip": lease.ip, "hostname": lease.hostname, "expiry": lease.expiry}
             for lease in server.leases()
         ]
-        return NetworkView(
-            record, links.exists(record.bridge), server.pid(), list(self.attachments(record.name)), leases
-        )
+        uplinked = record.type == "bridged" and self._uplinked(record)
+        return NetworkView(record, links.exists(record.bridge), server.pid(),
+                           list(self.attachments(record.name)), leases, uplinked)  # fmt: skip
 
     def views(self) -> list[NetworkView]:
         return [self.view(record.name) for record in self.store.list(NetworkRecord)]
@@ -114,12 +121,15 @@ class Networks:
     # --- making ---------------------------------------------------------------------------------
 
     def create(
-        self, name: str, *, type: str = "nat", subnet: str | None = None, domain: str | None = None
+        self, name: str, *, type: str = "nat", subnet: str | None = None, domain: str | None = None,
+        parent: str | None = None,
     ) -> NetworkRecord:
-        """Define network `name` and bring it up; a failure leaves neither record nor host changes."""
+        """Define network `name` and bring it up; a failure leaves neither record nor host changes.
+        A bridged network's bridge has `parent` (network/uplink.py) for its uplink."""
         with self.lock():
-            record = self.store.create(self._plan(name, type=type, subnet=subnet, domain=domain))
-            name, chosen = record.name, record.subnet
+            planned = self._plan(name, type=type, subnet=subnet, domain=domain, parent=parent)
+            record = self.store.create(planned)
+            name, chosen = record.name, record.subnet or f"uplink {record.parent}"
             try:
                 self.up(record)
                 self.refresh_firewall()
@@ -131,13 +141,19 @@ class Networks:
         log.info("network %s: %s %s on %s", name, type, chosen, record.bridge)
         return record
 
-    def _plan(self, name: str, *, type: str, subnet: str | None, domain: str | None) -> NetworkRecord:
+    def _plan(self, name: str, *, type: str, subnet: str | None, domain: str | None,
+              parent: str | None = None) -> NetworkRecord:  # fmt: skip
         """The record `create` would store (validated, its subnet chosen); nothing is changed."""
         from virtkit.network import links
 
         name = addressing.network_name(name)
-        if type not in ("nat", "isolated"):
-            raise SpecError(f"invalid network type {type!r}", hint="use nat or isolated")
+        if type not in ("nat", "isolated", "bridged"):
+            raise SpecError(f"invalid network type {type!r}", hint="use nat, isolated or bridged")
+        if (type == "bridged") != (parent is not None):
+            raise SpecError("a bridged network needs its uplink (--parent IFACE), and only it takes one",
+                            hint="virtkit network create lan --type bridged --parent eth1")  # fmt: skip
+        if type == "bridged" and subnet is not None:
+            raise SpecError("a bridged network has no subnet of virtkit's: its LAN gives the addresses")
         wanted = addressing.parse_subnet(subnet) if subnet is not None else None
         domain = addressing.parse_domain(domain if domain is not None else "virtkit")
         if self.store.find(NetworkRecord, name) is not None:
@@ -148,7 +164,17 @@ class Networks:
                 f"an interface named {bridge} already exists on this host",
                 hint="another virtkit state root or another tool made it: choose another network name",
             )
-        others = {r.name: r.subnet for r in self.store.list(NetworkRecord)}
+        if parent is not None:
+            from virtkit.network import uplink
+
+            uplink.check(parent, bridge)
+            for other in self.store.list(NetworkRecord):
+                if other.parent == parent:
+                    raise ConflictError(f"interface {parent} is already the uplink of network {other.name!r}")
+            was = {PARENT_WAS_UP: "1" if uplink.is_up(parent) else "0"}  # given back as it was
+            return NetworkRecord(name=name, type=type, bridge=bridge, parent=parent, domain=domain,
+                                 config=was)  # fmt: skip
+        others = {r.name: r.subnet for r in self.store.list(NetworkRecord) if r.subnet}
         in_use = links.addresses_in_use()
         if wanted is not None:
             addressing.check_free(wanted, in_use, others)
@@ -209,6 +235,12 @@ class Networks:
         from virtkit.network import links
         from virtkit.network.dnsmasq import Dnsmasq
 
+        if record.type == "bridged":  # no address, DHCP or NAT of ours: the LAN behind the uplink's
+            from virtkit.network import uplink
+
+            links.ensure_bridge(record.bridge, None, alias=self.alias(record.name))
+            uplink.attach(record.parent, record.bridge)
+            return
         subnet = ipaddress.IPv4Network(record.subnet)
         links.ensure_bridge(
             record.bridge, f"{record.gateway}/{subnet.prefixlen}", alias=self.alias(record.name)
@@ -257,6 +289,10 @@ class Networks:
 
         Dnsmasq(self.directory(record.name)).stop()
         if links.exists(record.bridge) and links.alias(record.bridge) == self.alias(record.name):
+            if record.parent:  # the admin's interface goes back as it was, not with our bridge
+                from virtkit.network import uplink
+
+                uplink.release(record.parent, record.bridge, down=record.config.get(PARENT_WAS_UP) == "0")
             links.delete(record.bridge)
 
     def reconcile(self) -> list[str]:
@@ -270,7 +306,9 @@ class Networks:
                 missing = []
                 if not links.exists(record.bridge):
                     missing.append("bridge")
-                if Dnsmasq(self.directory(record.name)).pid() is None:
+                if record.type == "bridged":
+                    missing += [] if missing or self._uplinked(record) else [f"uplink {record.parent}"]
+                elif Dnsmasq(self.directory(record.name)).pid() is None:
                     missing.append("dnsmasq")
                 self.up(record)
                 if missing:
@@ -281,6 +319,12 @@ class Networks:
                 repaired.append("firewall tables inet virtkit and bridge virtkit restored")
             repaired += [f"{chain} (policy drop) opened to virtkit bridges again" for chain in opened]
         return repaired
+
+    @staticmethod
+    def _uplinked(record: NetworkRecord) -> bool:
+        from virtkit.network import links, uplink
+
+        return links.exists(record.parent) and uplink.attached(record.parent, record.bridge)
 
     def refresh_firewall(self) -> list[str]:
         """Render virtkit's tables from the store and swap them in (remove them when there is no
@@ -295,7 +339,9 @@ class Networks:
                 return []
             by_name = {r.name: r for r in networks}
             net_rules = [
-                nft.NetRules(r.name, r.bridge, r.subnet, r.gateway, r.type == "nat") for r in networks
+                nft.NetRules(r.name, r.bridge, r.subnet, r.gateway, r.type == "nat", r.type == "bridged",
+                             r.parent)
+                for r in networks
             ]
             # Every NIC, running or not: a port's rules match its device by name, so they guard
             # it from the moment its device joins the bridge.

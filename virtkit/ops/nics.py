@@ -120,7 +120,10 @@ class Nics:
             taken = used_ips.setdefault(
                 network.name, {a.nic.ip for a in self.networks.attachments(network.name)}
             )
-            ip = addressing.allocate_ip(ipaddress.IPv4Network(network.subnet), taken, request.ip)
+            if network.type == "bridged":
+                ip = _bridged(record, request, network.name)
+            else:
+                ip = addressing.allocate_ip(ipaddress.IPv4Network(network.subnet), taken, request.ip)
             if request.mac is not None and request.mac in used_macs:
                 raise ConflictError(f"MAC {request.mac} is already another instance's")
             mac = request.mac or addressing.random_mac(used_macs)
@@ -170,3 +173,15 @@ class Nics:
         """A deleted instance: its forwards and DNS names go from its networks."""
         if record.nics:  # forwards need a NIC
             self.networks.drop_instance(record.name)
+
+
+def _bridged(record: InstanceRecord, request: NicRequest, network: str) -> str:
+    """A NIC on bridged network `network` has no address of virtkit's ("": the LAN's DHCP gives
+    it); only a VM's NIC can be there (a container's address is set by virtkit)."""
+    if record.kind is not InstanceKind.VM:
+        raise SpecError(f"network {network!r} is bridged: only VMs can be on it for now",
+                        hint="a container's address is set by virtkit; put it on a nat or isolated network")
+    if request.ip:  # "" (as a moved NIC's): none
+        raise SpecError(f"network {network!r} is bridged: the LAN behind its uplink gives the addresses",
+                        hint="leave ip= out, or configure the address inside the guest")  # fmt: skip
+    return ""

@@ -36,11 +36,14 @@ LAB1 = PortRules("vkt99887766", "vk-lab", "52:54:00:12:34:04", "10.20.41.200", T
 HTTP = ForwardRules("tcp", 8080, "10.20.30.11", 80, "vk-web")
 DNS = ForwardRules("udp", 5353, "10.20.30.12", 53, "vk-web")
 PG = ForwardRules("tcp", 5432, "10.20.31.11", 5432, "vk-db")
+LAN = NetRules("lan", "vk-lan", "", "", False, True, "eth1")
+LAN1 = PortRules("vkv1234abcd", "vk-lan", "52:54:00:12:34:05", "", False)
 
 CASES: dict[str, tuple[list[NetRules], list[PortRules], list[ForwardRules]]] = {
     "empty": ([], [], []),
     "isolated": ([LAB], [LAB1], []),
     "three_networks": ([WEB, DB, LAB], [WEB1, WEB2, DB1, LAB1], [HTTP, DNS, PG]),
+    "bridged": ([WEB, LAN], [WEB1, LAN1], [HTTP]),
 }
 
 
@@ -463,3 +466,34 @@ def test_missing_nft_is_a_host_capability_error(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(HostCapabilityError):
         nft.present()
+
+
+def test_a_bridged_network_is_not_the_hosts_and_its_ports_are_judged_by_mac_only() -> None:
+    script = nft.render([WEB, LAN], [WEB1, LAN1], [])
+    assert 'chain input_vk-lan {\n' in script and 'iifname "vk-lan" jump input_vk-lan' in script
+    lan_input = script.split("chain input_vk-lan {")[1].split("}")[0]
+    assert "counter drop" in lan_input and "accept" not in lan_input  # the host has no address there
+    assert 'iifname { "eth1", "vkv1234abcd" } drop' in script  # bridge input: nothing for the host
+    assert 'oifname { "eth1", "vkv1234abcd" } drop' in script  # bridge output: nothing from it
+    port = script.split("chain port_vkv1234abcd {")[1].split("}")[0]
+    assert "ether saddr 52:54:00:12:34:05 ether type ip accept" in port and "ip saddr" not in port
+    assert "masquerade" not in script.split('oifname != "vk-web" masquerade')[1]  # no NAT for the LAN
+    assert "vkt1a2b3c4d" not in script.split("chain input {", 2)[2]  # a nat port is not a LAN port
+
+
+@pytest.mark.parametrize(
+    ("nets", "ports"),
+    [
+        ([dataclasses.replace(LAN, subnet="10.9.0.0/24")], []),
+        ([dataclasses.replace(LAN, gateway="10.9.0.1")], []),
+        ([dataclasses.replace(LAN, nat=True)], []),
+        ([dataclasses.replace(LAN, uplink="bad name")], []),
+        ([dataclasses.replace(LAN, uplink="")], []),
+        ([LAN], [dataclasses.replace(LAN1, ip="10.9.0.5")]),
+        ([LAN], [dataclasses.replace(LAN1, mac="01:00:5e:00:00:01")]),
+    ],
+    ids=["subnet", "gateway", "nat", "bad-uplink", "no-uplink", "port-address", "multicast-mac"],
+)
+def test_bridged_descriptions_are_checked(nets: list[NetRules], ports: list[PortRules]) -> None:
+    with pytest.raises(SpecError):
+        nft.render(nets, ports, [])

@@ -36,7 +36,8 @@ def list_networks(ctx: ApiContext = VIEWER) -> list[dict[str, Any]]:
 def create_network(body: NetworkBody, ctx: ApiContext = ADMIN) -> dict[str, Any]:
     """Create a network (bridge vk-NAME, dnsmasq, firewall) and bring it up; its record."""
     body.check()
-    record = networks(ctx).create(body.name, type=body.type, subnet=body.subnet, domain=body.dns_domain)
+    record = networks(ctx).create(body.name, type=body.type, subnet=body.subnet, domain=body.dns_domain,
+                                  parent=body.parent)  # fmt: skip
     return record.model_dump(mode="json")
 
 
