@@ -12,10 +12,11 @@ remote `b`. Each run launches a container on A and writes SIZE MiB of random dat
   500 MiB and what else it wrote) into a directory of B's root, then `sync`: the bytes moved with
   no checksum, no archive format, no API, no stop and no start;
 - virtkit: `virtkit move c --to b --json`, from the CLI's start to its end (the checks through B's
-  API, the container stopped, its archive (layer, image, checksums; zstd) exported into a file read
-  as it grows and uploaded, imported on B with every checksum verified, started there, confirmed
-  running through the API, removed from A); downtime as the move reports it (the stop here to
-  running there) and the total time.
+  API; the pre-copy while it runs: a snapshot, its archive (layer, snapshot, image, checksums;
+  zstd) exported into a file read as it grows and uploaded, imported on B with every checksum
+  verified; the container stopped; the difference since the snapshot sent and applied on B;
+  started there, confirmed running through the API, removed from A); downtime as the move reports
+  it (the stop here to running there) and the total time.
 The ratios virtkit total / raw and downtime / raw are printed.
 """
 
@@ -49,7 +50,8 @@ def virtkit_move(a: Path, config: Path) -> dict[str, float]:
     start = time.perf_counter()
     moved = json.loads(vk(a, "move", "c", "--to", "b", "--json", config=config))
     took = time.perf_counter() - start
-    print(f"  virtkit: {moved['bytes'] / 2**20:.0f} MiB sent, downtime {moved['downtime_s']:.2f} s, "
+    print(f"  virtkit: {moved['precopy_bytes'] / 2**20:.0f} MiB sent while it ran, {moved['bytes']} bytes "
+          f"once stopped, downtime {moved['downtime_s']:.2f} s, "
           f"total {took:.2f} s; phases {', '.join(f'{k} {v:.2f} s' for k, v in moved['phases'].items())}",
           flush=True)  # fmt: skip
     return {"total": took, "downtime": float(moved["downtime_s"]), "bytes": float(moved["bytes"])}

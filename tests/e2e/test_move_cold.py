@@ -86,7 +86,13 @@ def test_a_running_instance_moves_cold_with_its_data_and_identity(
     done = on(a, config, "move", "m1", "--to", "b", "--json")
     assert done.returncode == 0, done.stderr
     moved = json.loads(done.stdout)
-    assert moved["was_running"] and moved["downtime_s"] > 0 and moved["bytes"] > 3_000_000
+    assert moved["was_running"] and moved["downtime_s"] > 0
+    if kind == "--container":  # pre-copied while it ran: only the difference once stopped
+        assert moved["precopy_bytes"] > 3_000_000 and moved["bytes"] < 1_000_000, moved
+        assert list(moved["phases"]) == ["precopy", "stop", "transfer", "start", "remove"], moved
+        assert json.loads(b.ok("snapshot", "list", "m1", "--json")) == []  # its snapshot gone there
+    else:
+        assert moved["bytes"] > 3_000_000 and moved["precopy_bytes"] == 0
     assert moved["total_s"] >= moved["downtime_s"]
     assert names(a) == [] and not (a.root / "instances" / "m1").exists()
     after = show(b, "m1")
@@ -227,6 +233,7 @@ def test_the_destination_killed_midway_leaves_the_source_running_and_the_destina
     print(f"the move said: {err}")
     assert move.returncode != 0 and "Traceback" not in err, err
     assert show(a, "k1")["state"] == "running"
+    assert json.loads(a.ok("snapshot", "list", "k1", "--json")) == []  # the pre-copy's snapshot went
     assert a.ok("exec", "k1", "--", "sha256sum", "/root/data") == digest
     assert not (a.root / "instances" / "k1" / "move.json").exists()
     b.start_server()
@@ -248,18 +255,19 @@ def _wait_for_phase(
     raise AssertionError(f"the move never reached {phase}: {move.poll()}")
 
 
-@pytest.mark.parametrize(("phase", "recovered"), [("transfer", "resumed"), ("starting", "moved")])
+@pytest.mark.parametrize(("phase", "recovered"), [("precopy", "resumed"), ("delta", "resumed"),
+                                                 ("starting", "moved")])  # fmt: skip
 def test_a_rerun_after_the_move_was_killed_completes_it(
     pair: tuple[Host, Host, Path], phase: str, recovered: str
 ) -> None:
-    """Killed while uploading, the rerun puts it back and moves it again; killed once the other
-    host has imported it, the rerun completes that move."""
+    """Killed while pre-copying (uploading) or sending the difference, the rerun puts it back and
+    moves it again; killed once the other host has it all, the rerun completes that move."""
     a, b, config = pair
     a.ok("launch", "tiny", "j1", "--container", "--network", "lan", "--wait", timeout=120)
     digest = a.ok("exec", "j1", "--", "sh", "-c", WRITE.format(size=150_000_000), timeout=300)
     uuid = show(a, "j1")["uuid"]
     move = _started_move(a, config, "j1")
-    if phase == "transfer":
+    if phase == "precopy":
         _wait_for_upload(b, move)
     else:
         _wait_for_phase(a, "j1", phase, move)
@@ -273,3 +281,4 @@ def test_a_rerun_after_the_move_was_killed_completes_it(
     assert json.loads(done.stdout)["recovered"] == recovered
     assert names(a) == [] and show(b, "j1")["state"] == "running" and show(b, "j1")["uuid"] == uuid
     assert b.ok("exec", "j1", "--", "sha256sum", "/root/data") == digest
+    assert json.loads(b.ok("snapshot", "list", "j1", "--json")) == []

@@ -142,13 +142,17 @@ class Streams:
             raise
 
     def import_archive(self, source: Path | IO[bytes], name: str | None = None, *, wait: bool = True,
-                       identity: bool = False, nics: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
+                       identity: bool = False, nics: Sequence[str] = (),
+                       incremental: bool = False) -> dict[str, Any]:  # fmt: skip
         """Upload the archive `source` and import it (as `name` if given): the import operation's
         result once it has ended (its error raised), or with `wait=False` the operation itself.
-        `identity` and `nics` (`NET,mac=M,ip=A`, one per archived NIC) as the upload route takes them."""
+        `identity`, `nics` (`NET,mac=M,ip=A`, one per archived NIC) and `incremental` (onto the
+        existing instance `name`) as the upload route takes them."""
         params: dict[str, Any] = {"name": name} if name else {}
         if identity:
             params["identity"] = "1"
+        if incremental:
+            params["incremental"] = "1"
         if nics:
             params["nic"] = list(nics)
         if isinstance(source, Path):

@@ -79,7 +79,8 @@ def move_command(name: str, remote: str, live: bool, downtime_ms: int, postcopy:
     move_cold(ctx, name, remote, networks=mapped, pool=pool)
 
 
-SAID = {"stop": "stopped here", "transfer": "sent and imported there", "start": "running there",
+SAID = {"precopy": "pre-copied there while it ran", "stop": "stopped here",
+        "transfer": "sent and imported there", "start": "running there",
         "remove": "removed here"}  # fmt: skip
 
 
@@ -103,8 +104,11 @@ def move_cold(ctx: CliContext, name: str, remote: str, *, networks: dict[str, st
     if moved.recovered == "resumed":
         click.echo(f"An interrupted move of {name} was undone first.")
     down = f"; downtime {moved.downtime_s:.2f} s" if moved.downtime_s is not None else " (it stays stopped)"
-    click.echo(f"Instance {name} moved to {remote} in {moved.total_s:.2f} s{down}, "
-               f"{format_size(moved.bytes)} sent.")  # fmt: skip
+    sent = f"{format_size(moved.bytes)} sent"
+    if moved.precopy_bytes:
+        ran, stopped = format_size(moved.precopy_bytes), format_size(moved.bytes)
+        sent = f"{ran} sent while it ran, {stopped} once stopped"
+    click.echo(f"Instance {name} moved to {remote} in {moved.total_s:.2f} s{down}, {sent}.")
     for nic in moved.nics:
         click.echo(f"  {nic.get('network')}: {nic.get('mac')} {nic.get('ip')}")
     for note in moved.notes:

@@ -2,8 +2,11 @@
 
 A cold move, each step written to a journal (JOURNAL in the instance's directory) before it starts:
 
+    precopy    a running container only (ops/moveprecopy.py): a snapshot of it is taken and the whole
+               container sent and imported there while it runs on here
     stopping   the checks passed (remote reachable, name and UUID free there, the instance's networks
                there or mapped, no volumes); a running instance is stopped (the journal says it ran)
+    delta      after a pre-copy: what changed since its snapshot is sent and applied there
     transfer   its archive (ops/backup.py, with its snapshots and image) is exported into a file under
                ROOT/transfers/ that is uploaded as it grows, then imported there keeping its identity:
                name, UUID, MACs, and each address where it is free on the network of that name
@@ -14,8 +17,9 @@ A cold move, each step written to a journal (JOURNAL in the instance's directory
 Until `confirmed` a failure deletes what the destination has of it (only an instance with its UUID)
 and starts it here again if it ran. A rerun after this process was killed reads the journal: from
 `starting` on (the destination has the whole instance) it completes the move; before, it waits for
-an import still running there, keeps what it finished or discards what it did not, puts the
-instance back as it was, and moves again.
+an import still running there, keeps what it finished (a whole archive's: in `transfer`) or
+discards it (any other, a pre-copy's or its difference's included), puts the instance back as it
+was, and moves again.
 
 A copy to a remote is the same stream without the identity (a new UUID, MACs and addresses: the
 import's default) and without stopping anything: the export of a running instance reads a
@@ -38,7 +42,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol, cast
 from virtkit.drivers.base import InstancePaths, get_driver
 from virtkit.errors import ConflictError, NotFoundError, SpecError, StateError, VirtkitError
 from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState, SnapshotRecord
-from virtkit.ops import events
+from virtkit.ops import events, moveprecopy
 from virtkit.ops.backup import Backups
 from virtkit.ops.lifecycle import DriverFor, Lifecycle
 from virtkit.storage.archive import remove_tree
@@ -73,7 +77,8 @@ class Destination(Protocol):
     def instances(self) -> list[dict[str, Any]]: ...
     def networks(self) -> dict[str, str]: ...  # name -> subnet
     def pools(self) -> set[str]: ...
-    def upload(self, source: Readable, name: str, *, identity: bool, nics: list[str]) -> dict[str, Any]: ...
+    def upload(self, source: Readable, name: str, *, identity: bool, nics: list[str],
+               incremental: bool = False) -> dict[str, Any]: ...
     def start(self, name: str) -> None: ...
     def state(self, name: str) -> str | None: ...  # None: no such instance
     def delete(self, name: str) -> None: ...
@@ -81,6 +86,7 @@ class Destination(Protocol):
     def wait(self, operation: str, timeout: float) -> None: ...
     def restore(self, name: str, snapshot: str) -> None: ...
     def forget_snapshots(self, name: str) -> None: ...
+    def delete_snapshot(self, name: str, snapshot: str) -> None: ...
 
 
 @dataclass
@@ -90,7 +96,8 @@ class Moved:
     kind: str = ""
     was_running: bool = False
     downtime_s: float | None = None  # stop here -> running there
-    bytes: int = 0
+    bytes: int = 0  # sent while it was stopped (all of it, without a pre-copy)
+    precopy_bytes: int = 0  # sent while it ran (a container's pre-copy)
     total_s: float = 0.0
     recovered: str | None = None  # what a rerun found and did first: "moved" or "resumed"
     nics: list[dict[str, Any]] = field(default_factory=list)
@@ -155,6 +162,8 @@ class ColdMove:
         if state not in (InstanceState.RUNNING, InstanceState.STOPPED):
             raise StateError(f"instance {record.name!r} is {state.value}: a move takes it running or stopped",
                              hint=f"virtkit resume {record.name}, or virtkit stop {record.name}")  # fmt: skip
+        if record.kind is InstanceKind.CONTAINER and state is InstanceState.RUNNING:
+            moveprecopy.check_free(self, record.name)
         taken = self._taken(record.name, record.uuid)
         if pool is not None and validate_name(pool, what="pool name") not in self.dest.pools():
             raise NotFoundError(f"storage pool {pool!r} does not exist on {self.remote}")
@@ -208,10 +217,10 @@ class ColdMove:
     def _run(self, plan: Plan, paths: InstancePaths) -> Moved:
         record = plan.record
         was_running = self.drivers(record.kind).status(record, paths).state is InstanceState.RUNNING
+        precopy = was_running and record.kind is InstanceKind.CONTAINER
         moved = Moved(record.name, self.remote, kind=record.kind.value, was_running=was_running,
                       notes=list(plan.notes))  # fmt: skip
-        self._journal(paths, "stopping", record, was_running)
-        stopped = mark = time.monotonic()
+        mark = time.monotonic()
 
         def phase(name: str) -> None:
             nonlocal mark
@@ -220,11 +229,21 @@ class ColdMove:
             self.said(name, moved.phases[name])
 
         try:
+            if precopy:
+                self._journal(paths, "precopy", record, was_running)
+                moveprecopy.take(self, record.name)
+                _, moved.precopy_bytes = self._stream(record.name, record.name, identity=True, nics=plan.nics)
+                phase("precopy")
+            self._journal(paths, "stopping", record, was_running)
+            stopped = mark = time.monotonic()
             if was_running:
                 self.lifecycle.stop(record.name)
                 phase("stop")
-            self._journal(paths, "transfer", record, was_running)
-            done, moved.bytes = self._stream(record.name, record.name, identity=True, nics=plan.nics)
+            self._journal(paths, "delta" if precopy else "transfer", record, was_running)
+            done, moved.bytes = self._stream(record.name, record.name, identity=True, nics=plan.nics,
+                                             since=moveprecopy.PRECOPY if precopy else None)  # fmt: skip
+            if precopy:
+                self.dest.delete_snapshot(record.name, moveprecopy.PRECOPY)
             phase("transfer")
             moved.notes += list(done.get("notes") or [])
             moved.nics = list((done.get("instance") or {}).get("nics") or [])
@@ -257,6 +276,7 @@ class ColdMove:
     def _undo(self, record: InstanceRecord, paths: InstancePaths, was_running: bool) -> None:
         """Before `confirmed`: the destination's copy deleted, the instance here as it was."""
         self._discard_there(record.name, record.uuid)
+        moveprecopy.forget_here(self, record.name)
         if was_running:
             try:
                 status = self.drivers(record.kind).status(record, paths).state
@@ -288,7 +308,7 @@ class ColdMove:
         paths = InstancePaths.of(self.root, name)
         journal = json.loads((paths.dir / JOURNAL).read_text())
         phase, was_running = journal.get("phase"), bool(journal.get("was_running"))
-        if phase == "transfer":
+        if phase in ("precopy", "transfer", "delta"):
             for operation in self.dest.imports(name):  # an import the killed move had started
                 with contextlib.suppress(VirtkitError):
                     self.dest.wait(operation, IMPORT_WAIT)
@@ -349,9 +369,11 @@ class ColdMove:
     # --- the stream -------------------------------------------------------------------------------
 
     def _stream(self, name: str, as_name: str, *, identity: bool, nics: list[str],
-                instance_only: bool = False) -> tuple[dict[str, Any], int]:  # fmt: skip
-        """Export `name` into a file under ROOT/transfers/ uploaded (and imported there as
-        `as_name`) as it grows; the import's result and the bytes sent. The file goes in any case."""
+                instance_only: bool = False, since: str | None = None,
+                ) -> tuple[dict[str, Any], int]:  # fmt: skip
+        """Export `name` (only what changed since snapshot `since`, if given) into a file under
+        ROOT/transfers/ uploaded (and imported there as `as_name`) as it grows; the import's result
+        and the bytes sent. The file goes in any case."""
         directory = _transfer_dir(self.root)
         follower = Growing(directory)
 
@@ -359,7 +381,7 @@ class ColdMove:
             try:
                 backups = Backups(self.root, self.store, self.drivers)
                 backups.export(name, directory / f"{name}{SUFFIXES[COMPRESSION]}", compression=COMPRESSION,
-                               instance_only=instance_only)  # fmt: skip
+                               instance_only=instance_only, since=since)  # fmt: skip
             except BaseException as exc:
                 failed = exc if isinstance(exc, VirtkitError) else VirtkitError(f"the export failed: {exc}")
                 follower.error = failed
@@ -369,7 +391,8 @@ class ColdMove:
         writer = threading.Thread(target=export, name=f"vk-move-{name}", daemon=True)
         writer.start()
         try:
-            done = self.dest.upload(follower, as_name, identity=identity, nics=nics)
+            done = self.dest.upload(follower, as_name, identity=identity, nics=nics,
+                                    incremental=since is not None)  # fmt: skip
             if follower.error is not None:  # cannot be: the upload would have been cut short
                 raise follower.error
             return done, follower.sent
@@ -474,10 +497,10 @@ class ApiDestination:
     def pools(self) -> set[str]:
         return {str(p["name"]) for p in self.client.request("GET", "/1.0/storage-pools")}
 
-    def upload(self, source: Readable, name: str, *, identity: bool, nics: list[str]) -> dict[str, Any]:
-        return dict(
-            self.streams.import_archive(cast("IO[bytes]", source), name, identity=identity, nics=nics)
-        )
+    def upload(self, source: Readable, name: str, *, identity: bool, nics: list[str],
+               incremental: bool = False) -> dict[str, Any]:  # fmt: skip
+        return dict(self.streams.import_archive(cast("IO[bytes]", source), name, identity=identity, nics=nics,
+                                                incremental=incremental))  # fmt: skip
 
     def start(self, name: str) -> None:
         self.client.action(name, "start", wait=True)
@@ -504,4 +527,7 @@ class ApiDestination:
 
     def forget_snapshots(self, name: str) -> None:
         for snapshot in self.client.request("GET", f"/1.0/instances/{name}/snapshots"):
-            self.client.run("DELETE", f"/1.0/instances/{name}/snapshots/{snapshot['name']}")
+            self.delete_snapshot(name, str(snapshot["name"]))
+
+    def delete_snapshot(self, name: str, snapshot: str) -> None:
+        self.client.run("DELETE", f"/1.0/instances/{name}/snapshots/{snapshot}")

@@ -49,7 +49,8 @@ class FakeDestination:
     def pools(self) -> set[str]:
         return {"default"}
 
-    def upload(self, source: Readable, name: str, *, identity: bool, nics: list[str]) -> dict[str, Any]:
+    def upload(self, source: Readable, name: str, *, identity: bool, nics: list[str],
+               incremental: bool = False) -> dict[str, Any]:  # fmt: skip
         data = source.read(-1)
         self.uploads.append({"name": name, "identity": identity, "nics": nics, "data": data})
         self._step("upload")
@@ -81,12 +82,16 @@ class FakeDestination:
     def forget_snapshots(self, name: str) -> None:
         return None
 
+    def delete_snapshot(self, name: str, snapshot: str) -> None:
+        self._step("delete_snapshot")
+
 
 class Streamless(ColdMove):
     """The archive stands for itself: what these tests look at is around the stream."""
 
     def _stream(self, name: str, as_name: str, *, identity: bool, nics: list[str],
-                instance_only: bool = False) -> tuple[dict[str, Any], int]:  # fmt: skip
+                instance_only: bool = False, since: str | None = None,
+                ) -> tuple[dict[str, Any], int]:  # fmt: skip
         if identity:  # the destination's copy carries the source's UUID, as an identity import does
             uuid = self.store.get(InstanceRecord, name).uuid
             done = self.dest.upload(io.BytesIO(b"archive"), as_name, identity=True, nics=nics)

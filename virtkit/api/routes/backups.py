@@ -14,6 +14,7 @@ archive uploaded, then imported (operator role; docs/backups.md for the archive 
     client leaves mid-download (the export then still finishes, into nothing).
 
 `POST /1.0/instances/import/upload?name=NAME&filename=LABEL[&identity=1&nic=NET,mac=M,ip=A...]`
+`[&incremental=1]`
     The body (the archive, any compression `import` reads) is streamed to a file in a private
     directory under ROOT/transfers/, at most half the free space of the state root's file system
     (the archive must sit beside its unpacked copy while it is imported): past that, or a
@@ -23,7 +24,9 @@ archive uploaded, then imported (operator role; docs/backups.md for the archive 
     registers anything — and 202 with it. A client that leaves mid-upload makes no operation. The
     uploaded file is removed in every case. `identity=1` (a cold move, ops/movecold.py) keeps the
     archive's UUID; each `nic` (one per archived NIC, in order, as `--network` takes them) gives
-    the network, MAC and address that NIC gets here.
+    the network, MAC and address that NIC gets here. A NAME that exists is refused before the
+    upload, unless `incremental=1` says the archive is an incremental one for that instance (then
+    one that does not exist is refused).
 
 ROOT/transfers/ entries carry the server's PID (store/files.temp_name): those of a server that was
 killed are swept by the next transfer.
@@ -254,6 +257,7 @@ async def import_upload(
     name: str | None = Query(None, max_length=63),
     filename: str | None = Query(None, max_length=100),
     identity: bool = Query(False),
+    incremental: bool = Query(False),
     nic: list[str] | None = NICS,
     ctx: ApiContext = OPERATOR,
 ) -> dict[str, Any]:
@@ -266,7 +270,9 @@ async def import_upload(
     label = filename or "uploaded-archive"
     if not LABEL.fullmatch(label):
         raise SpecError(f"invalid filename {label[:100]!r}", hint="letters, digits, '.', '_' and '-'")
-    if target is not None and ctx.store.find(InstanceRecord, target) is not None:
+    if target is not None and incremental:
+        ctx.store.get(InstanceRecord, target)  # NotFoundError: nothing to apply the changes to
+    elif target is not None and ctx.store.find(InstanceRecord, target) is not None:
         raise ConflictError(f"instance {target!r} already exists", hint="import it under another name")
     limit = upload_limit(ctx.root)
     declared = request.headers.get("content-length", "")
