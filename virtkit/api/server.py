@@ -186,6 +186,13 @@ def serve(root: Path, store: Store, listen: Listen, *, cert: Path | None = None,
         ssl_certfile=str(cert) if cert else None, ssl_keyfile=str(key) if key else None,
         timeout_keep_alive=30, limit_concurrency=1000,
     )  # fmt: skip
+    config.load()
+    if config.ssl is not None:
+        # No TLS 1.3 session tickets: sent after the handshake, they make a socket readable with
+        # nothing for the application, and a client thread that select()s then recv()s blocks in
+        # the middle of a record (the websockets sync client's reader does; its close cannot wake
+        # it, and the console's connect then never returned). Nothing here resumes sessions.
+        config.ssl.num_tickets = 0
     server = uvicorn.Server(config)
     from virtkit.api.pruning import PruneTimer
 
