@@ -87,6 +87,12 @@ def test_launch_with_cloud_init_exec_stop_delete(debian: tuple[Cli, Path], tmp_p
     assert "guest filesystem(s) frozen while captured" in exported.stdout, exported.stdout
     assert _exec(virtkit, "sh", "-c", "echo thawed > /var/tmp/after; sync; cat /var/tmp/after") == "thawed\n"
     (tmp_path / "d1.tar.zst").unlink()
+    # So is a snapshot of it: consistent, not a power cut to replay.
+    snapped = virtkit("snapshot", "create", "d1", "calm", timeout=300)
+    assert snapped.returncode == 0, snapped.stderr
+    assert "Note: disk-only, " in snapped.stdout and "frozen while captured" in snapped.stdout, snapped.stdout
+    assert "power cut" not in snapped.stdout, snapped.stdout
+    assert _exec(virtkit, "sh", "-c", "echo again > /var/tmp/after; sync; cat /var/tmp/after") == "again\n"
 
     began = time.monotonic()
     stopped = virtkit("stop", "d1", "--timeout", str(STOP_TIMEOUT), timeout=STOP_TIMEOUT + 60)

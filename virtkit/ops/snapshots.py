@@ -25,6 +25,7 @@ The clock (`now`) is injectable: created_at and expires_at are read from it, and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -151,8 +152,12 @@ class Snapshots:
             captured: Captured | None = None
             try:
                 frozen = backend.freeze and status.state is InstanceState.RUNNING and not stateful
-                captured = self._capture(driver, record, paths, backend, snap, staged, frozen=frozen,
-                                         stateful=stateful)  # fmt: skip
+                # a running VM's guest filesystems frozen by its agent where it can (disk-only)
+                running = status.state is InstanceState.RUNNING
+                freeze = getattr(driver, "frozen", None) if running and not stateful and not frozen else None
+                with freeze(record, paths) if freeze is not None else contextlib.nullcontext("") as note:
+                    captured = self._capture(driver, record, paths, backend, snap, staged, frozen=frozen,
+                                             stateful=stateful)  # fmt: skip
                 taken = self.now()
                 snapshot = SnapshotRecord(
                     instance=record.name, name=snap, size=captured.size, disks=list(captured.disks),
@@ -162,7 +167,7 @@ class Snapshots:
                 final = snapshot_dir(paths.dir, snap)
                 os.rename(staged, final)
                 staged = final
-                return self.store.create(snapshot), captured.notes
+                return self.store.create(snapshot), _with_freeze(captured.notes, note)
             except BaseException:
                 if captured is not None:
                     _quietly(backend.remove, snap, captured)
@@ -391,3 +396,13 @@ def _vm_backend(record: InstanceRecord, paths: InstancePaths, live: bool) -> Bac
     others += [f"the block volume {vol.pool}/{vol.name}" for vol in spec.volumes]
     monitor = Monitor(paths.monitor, name=record.name, timeout=QMP_TIMEOUT) if live else None
     return VmBackend(home, disks, tuple(files), monitor, others=tuple(others))
+
+
+def _with_freeze(notes: tuple[str, ...], freeze: str) -> tuple[str, ...]:
+    """A running VM's notes with what its freeze did: frozen, the guest's filesystems were
+    consistent (no power cut to replay); not frozen, the capture's own note says what it is."""
+    from virtkit.drivers.qemu.fsfreeze import UNFROZEN
+
+    if not freeze or freeze.startswith(UNFROZEN):
+        return notes
+    return (f"disk-only, {freeze}", *(n for n in notes if not n.startswith("disk-only")))

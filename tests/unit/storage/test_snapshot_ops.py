@@ -4,7 +4,9 @@ tested in tests/integration/storage/test_snapshot_*.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -350,3 +352,54 @@ def test_a_host_failure_is_said_and_undone(
         snaps.create("c1", "s1")
     monkeypatch.undo()
     assert snaps.list("c1") == [] and os.listdir(home / "snapshots") == [] and "remove" in fake.calls
+
+
+class FreezingDriver(FakeDriver):
+    """A VM driver whose guest agent freezes (or cannot: `note` says what it did)."""
+
+    def __init__(self, note: str) -> None:
+        super().__init__(InstanceKind.VM)
+        self.note = note
+
+    @contextlib.contextmanager
+    def frozen(self, record: InstanceRecord, paths: InstancePaths) -> Iterator[str]:
+        self.calls.append("freeze")
+        try:
+            yield self.note
+        finally:
+            self.calls.append("thaw")
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_a_running_vm_is_snapshotted_with_its_filesystems_frozen_where_its_agent_can(
+    root: Path, store: SqliteStore, life: Lifecycle, frozen: bool  # life: the tiny image is there
+) -> None:
+    from virtkit.drivers.qemu.fsfreeze import UNFROZEN
+
+    note = "2 guest filesystem(s) frozen while captured" if frozen else f"{UNFROZEN}: no agent"
+    driver = FreezingDriver(note)
+
+    def backends(record: InstanceRecord, paths: InstancePaths, live: bool) -> Backend:
+        backend = FakeBackend(paths.dir, driver.calls, freeze=False)  # a VM: QEMU snapshots it live
+        captured = backend.capture
+
+        def capture(name: str, into: Path) -> Captured:
+            made = captured(name, into)
+            return Captured(files=made.files, size=made.size, notes=("disk-only: like a power cut",))
+
+        backend.capture = capture  # type: ignore[method-assign]
+        return backend
+
+    vms = Lifecycle(root, store, lambda kind: driver)
+    snaps = Snapshots(root, store, drivers=lambda kind: driver, backends=backends)
+    vms.create(Request(image="tiny", name="v1", kind=InstanceKind.VM))
+    (vms.paths("v1").dir / "state").write_text("one\n")
+    vms.start("v1")
+    driver.calls.clear()
+    _, notes = snaps.create("v1", "s1")
+    assert driver.calls == ["forget", "freeze", "capture", "thaw"]  # the capture inside the freeze
+    assert notes == ((f"disk-only, {note}",) if frozen else ("disk-only: like a power cut",))
+    vms.stop("v1")
+    driver.calls.clear()
+    snaps.create("v1", "s2")
+    assert "freeze" not in driver.calls  # a stopped VM: nothing to freeze
