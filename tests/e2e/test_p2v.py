@@ -5,10 +5,10 @@ debootstrapped Debian on a block device of its own, its own sshd, in a network n
   whole over ssh) each make a VM that boots (TCG) to the server's host name with its files: a unit
   on the server reports them on the console at boot, and the same script run on the server over
   ssh says what the report must be;
-- `--from-image` with raw disks the test makes: BIOS (extlinux) and UEFI (systemd-boot) disks boot
-  by their own loaders, a partitioned disk without one boots the kernel found in its /boot;
-- wrong and hostile input (URLs, keys, hosts, images, names, space) and a server killed mid-copy:
-  a clear error, and nothing left in the state root.
+- `--from-image` with a raw disk taken with dd (`cp` of the server's own disk): a disk without a
+  bootloader boots the kernel found in its /boot, to the server's host name and files;
+- wrong and hostile input (URLs, keys, hosts, images, names) and a server killed mid-copy: a
+  clear error, and nothing left in the state root.
 
 Both copies that boot here boot the server's kernel directly (the stand-in's disk has no
 bootloader): guest conversion (ops/convert.py) is tried, refused before it touches the guest
@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import VIRTKIT
 from tests.e2e.sshhost import (
     NOBODY_IP,
     SERVER_IP,
@@ -54,6 +57,7 @@ COPY_TIMEOUT = 900.0  # a p2v of the ~750 MiB server under a contended 2-core ho
 BOOT_TIMEOUT = 600.0  # Debian's kernel and systemd, emulated devices, under TCG
 TINY_BOOT_TIMEOUT = 180.0
 MEMORY = "512MiB"
+MID_COPY = re.compile(r"copying files from .*: ([6-9][0-9]|[1-9][0-9]{2})(\.[0-9])?MiB of")
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -178,6 +182,23 @@ def test_block_copy_boots_to_the_servers_name_and_files(cli: tuple[Run, Path], s
     assert_boots_as_the_server(run, root, server, "bl1")
 
 
+def test_an_image_taken_with_dd_boots_to_the_servers_name_and_files(
+    cli: tuple[Run, Path], server: SshServer, tmp_path: Path
+) -> None:
+    """`--from-image`: the server's disk as `dd` would take it (no bootloader on it): its kernel."""
+    run, root = cli
+    image = tmp_path / "server.img"
+    subprocess.run(["cp", "--sparse=always", str(server.disk), str(image)], check=True, timeout=300)
+    done = run("p2v", "--from-image", str(image), "--no-convert", "--memory", MEMORY, "--json", "im1",
+               timeout=COPY_TIMEOUT)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert (result["mode"], result["boot"], result["hostname"]) == ("image", "direct", server.hostname)
+    assert result["source"] == str(image)
+    assert image.exists()  # the image is read, never changed or taken
+    assert_boots_as_the_server(run, root, server, "im1")
+
+
 # --- wrong and hostile input: a clear error, nothing left -------------------------------------------
 
 BAD_URLS = [
@@ -276,3 +297,40 @@ def test_bad_images_are_refused_and_leave_nothing(cli: tuple[Run, Path], tmp_pat
         assert "Traceback" not in done.stderr and "\nError: " in "\n" + done.stderr, done.stderr
         assert says in done.stderr, done.stderr
         assert_nothing_left(run, root, "x1")
+
+
+def test_a_server_killed_mid_copy_is_a_clear_error_and_leaves_nothing(
+    cli: tuple[Run, Path], server: SshServer
+) -> None:
+    """The stand-in dies while its files are streamed: p2v says so, and undoes what it made."""
+    run, root = cli
+    assert server.host is not None
+    env = {**os.environ, "VIRTKIT_ROOT": str(root)}
+    argv = [str(VIRTKIT), "p2v", "--from", server.url, *server.ssh_options(), "--filesystem", "x1"]
+    copying = subprocess.Popen(server.host.argv(argv), env=env, text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)  # fmt: skip
+    assert copying.stderr is not None
+    said: list[str] = []
+    reader = threading.Thread(target=lambda: said.extend(copying.stderr or []), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + COPY_TIMEOUT
+        while not any(MID_COPY.search(line) for line in list(said)):  # 64 MiB or more of ~700 sent
+            assert copying.poll() is None, said
+            assert time.monotonic() < deadline, "the copy never got far"
+            time.sleep(0.01)
+        server.kill()
+        copying.wait(timeout=COPY_TIMEOUT)
+        reader.join(30)
+        out = copying.stdout.read() if copying.stdout else ""
+    finally:
+        if copying.poll() is None:
+            copying.kill()
+            copying.communicate()
+        if server.proc is None:
+            server.start()  # for the tests after this one
+    err = "".join(said)
+    print(f"p2v with its server killed said: {err.strip().splitlines()[-2:]}")
+    assert_clear_error(subprocess.CompletedProcess(argv, copying.returncode, out, err), 1,
+                       f"ssh to root@{SERVER_IP} failed")  # fmt: skip
+    assert_nothing_left(run, root, "x1")

@@ -49,6 +49,7 @@ MAX_GPT_ENTRIES = 256
 MAX_KERNEL = 256 * MiB
 MAX_INITRD = 2 * GiB
 RELEASE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}", re.ASCII)
+HOSTNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}", re.ASCII)
 DEBUGFS = Limits(wall=300.0, cpu=120, memory=1 * GiB)
 EXPORT_TIMEOUT = 10.0
 # (kernel name, initrd name) patterns of a kernel release R, most common first.
@@ -84,6 +85,7 @@ class Boot:
     root: str = ""  # the root= of a direct boot
     release: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    hostname: str = ""  # a direct boot's: what its root filesystem's /etc/hostname says, if plain
 
 
 def _version_key(release: str) -> list[tuple[int, int | str]]:
@@ -249,7 +251,7 @@ def inspect_disk(raw: Path, out: Path, arch: str) -> Boot:
         _debugfs(raw, fs.offset, f"dump {where}/{kernel} guest-kernel", cwd=out)
         _debugfs(raw, fs.offset, f"dump {where}/{initrd} guest-initrd", cwd=out)
         boot = Boot("direct", out / "guest-kernel", out / "guest-initrd", f"UUID={root.uuid}",
-                    kernel.removeprefix("vmlinuz-"), layout.notes)  # fmt: skip
+                    kernel.removeprefix("vmlinuz-"), layout.notes, _hostname(raw, root.offset))  # fmt: skip
         check_kernel(boot, arch)
         return boot
     raise RejectedError(
@@ -258,6 +260,14 @@ def inspect_disk(raw: Path, out: Path, arch: str) -> Boot:
         hint="install a bootloader on the server before copying it (grub-install), or copy its files "
         "with --filesystem",
     )
+
+
+def _hostname(raw: Path, offset: int) -> str:
+    """The first line of the guest's /etc/hostname (read by debugfs, inside its filesystem), if it
+    is a plain host name; "" otherwise."""
+    lines = _debugfs(raw, offset, "cat /etc/hostname").splitlines()
+    name = lines[0].strip() if lines else ""
+    return name if HOSTNAME.fullmatch(name) else ""
 
 
 def check_kernel(boot: Boot, arch: str) -> None:

@@ -234,6 +234,7 @@ def _inspected(staging: Path, staged: StagedImage, source: str, result: Result, 
     with raw_view(staging / staged.files[DISK]) as raw:
         boot = inspect_disk(raw, staging, arch)
     result.boot = boot.how
+    result.hostname = result.hostname or boot.hostname
     result.notes += list(boot.notes)
     return _staged(staged, boot, staging, source)
 
