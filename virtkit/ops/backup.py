@@ -462,7 +462,7 @@ class Backups:
                     scratch.mkdir(mode=0o700)
                     rootfs.prepare(rootfs.Layers(lower, top, scratch / "work", scratch / "merged", shift))
             if tree.state is None:
-                backupplace.put(top, layout.upper)
+                backupplace.put(top, layout.upper, fresh_tree=True)
             else:
                 snapshot_files[tree.state][UPPER] = top
 

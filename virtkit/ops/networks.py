@@ -306,8 +306,9 @@ class Networks:
                 missing = []
                 if not links.exists(record.bridge):
                     missing.append("bridge")
-                if record.type == "bridged":
-                    missing += [] if missing or self._uplinked(record) else [f"uplink {record.parent}"]
+                if record.type == "bridged":  # a bridge made again gets its uplink back: not counted twice
+                    if not missing and not self._uplinked(record):
+                        missing.append(f"uplink {record.parent}")
                 elif Dnsmasq(self.directory(record.name)).pid() is None:
                     missing.append("dnsmasq")
                 self.up(record)
@@ -322,9 +323,9 @@ class Networks:
 
     @staticmethod
     def _uplinked(record: NetworkRecord) -> bool:
-        from virtkit.network import links, uplink
+        from virtkit.network import uplink
 
-        return links.exists(record.parent) and uplink.attached(record.parent, record.bridge)
+        return uplink.attached(record.parent, record.bridge)
 
     def refresh_firewall(self) -> list[str]:
         """Render virtkit's tables from the store and swap them in (remove them when there is no

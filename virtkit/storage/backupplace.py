@@ -15,6 +15,7 @@ from pathlib import Path
 
 from virtkit.errors import RejectedError
 from virtkit.storage import backupdisk
+from virtkit.storage.archive import remove_tree
 from virtkit.storage.backupformat import BASE_IMAGE, DiskEntry, Manifest
 from virtkit.storage.backupread import Staged
 from virtkit.storage.snapshots import snapshots_dir, stage
@@ -65,15 +66,21 @@ def rebuild(plans: dict[str, list[DiskEntry]], staged: Staged, base: Path | None
     return built
 
 
-def put(source: Path, target: Path) -> None:
-    """Move `source` to `target`, with the owner and mode of what was there (then replaced)."""
+def put(source: Path, target: Path, *, fresh_tree: bool = False) -> None:
+    """Move `source` to `target`, with the owner and mode of what was there (then replaced).
+    `fresh_tree`: `target` is a writable layer the driver has just made for the new instance,
+    which may hold what it put there (a metacopy host's copy-ups of the image: the archived layer
+    has them made again); otherwise a directory there must be empty."""
     if os.path.lexists(target):
         info = os.lstat(target)
         if stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode):
             os.lchown(source, info.st_uid, info.st_gid)
             os.chmod(source, stat.S_IMODE(info.st_mode))
         if stat.S_ISDIR(info.st_mode) and not os.path.islink(target):
-            os.rmdir(target)  # an empty directory the driver made (a writable layer)
+            if fresh_tree:
+                remove_tree(target)
+            else:
+                os.rmdir(target)  # an empty directory the driver made
     if stat.S_ISREG(os.lstat(source).st_mode):
         fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:

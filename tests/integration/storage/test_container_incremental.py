@@ -17,7 +17,7 @@ from tests.e2e.test_container_incremental_cli import CHANGE, LISTING, SETUP
 from tests.permissions import reachable
 from virtkit import Host
 from virtkit.drivers.oci import idmap, rootfs
-from virtkit.errors import NotFoundError, VirtkitError
+from virtkit.errors import NotFoundError
 from virtkit.model import InstanceState
 from virtkit.ops.backup import Backups
 from virtkit.storage import treediff
@@ -60,12 +60,6 @@ def _run(host: Host, name: str, script: str) -> str:
     return done.stdout.decode()
 
 
-# A full import onto a host whose containers get metacopy copies fails before any incremental: the
-# driver's prepare fills upper/ with them, and backupplace.put then cannot rmdir it (ops/backup.py,
-# not this feature's). This test says so until it is fixed, then goes on with the incremental.
-METACOPY_TARGET = "Directory not empty"
-
-
 @pytest.mark.parametrize(("there", "here"), [
     (rootfs.IDMAPPED, rootfs.METACOPY),
     (rootfs.METACOPY, rootfs.IDMAPPED), (None, None), (rootfs.IDMAPPED, None),
@@ -93,10 +87,6 @@ def test_since_a_snapshot_of_a_running_container(hosts: tuple[Host, Host, dict[P
     assert changes.size * 20 < full.size
 
     importer = Backups(target.root, target.store)
-    if here == rootfs.METACOPY:
-        with pytest.raises(VirtkitError, match=METACOPY_TARGET):
-            importer.import_archive(full.path)
-        pytest.xfail("a full import onto a metacopy host fails (see METACOPY_TARGET)")
     importer.import_archive(full.path)
     done = importer.import_archive(changes.path)
     assert done.notes == ["applied the changes since snapshot base"]
