@@ -88,15 +88,22 @@ def layer(root: Path, name: str) -> dict[str, tuple[object, ...]]:
     return found
 
 
+def _with_base(cli: Cli, name: str, full: Path, *export: str) -> str:
+    """Container `name` running with SETUP's files, snapshot `base`, its full export at `full`,
+    then CHANGE made; its files' manifest at `base`."""
+    ok(cli("launch", "tiny", name, "--container", "--wait", timeout=120))
+    run_in(cli, name, SETUP)
+    ok(cli("snapshot", "create", name, "base"))
+    at_base = manifest(cli, name)
+    ok(cli("export", name, str(full), *export, timeout=300))
+    run_in(cli, name, CHANGE)
+    return at_base
+
+
 def test_incremental_of_a_running_container_onto_another_root(tiny: Cli, other: Cli,  # noqa: F811
                                                               tmp_path: Path) -> None:  # fmt: skip
-    ok(tiny("launch", "tiny", "c1", "--container", "--wait", timeout=120))
-    run_in(tiny, "c1", SETUP)
-    ok(tiny("snapshot", "create", "c1", "base"))
-    at_base = manifest(tiny, "c1")
     full = tmp_path / "full.tar.zst"
-    ok(tiny("export", "c1", str(full), timeout=300))
-    run_in(tiny, "c1", CHANGE)
+    at_base = _with_base(tiny, "c1", full)
     wanted, files = listing(tiny, "c1"), manifest(tiny, "c1")
     changes = tmp_path / "changes.tar.zst"
     said = ok(tiny("export", "c1", str(changes), "--since", "base", timeout=300))
@@ -149,12 +156,8 @@ def reseal(archive: Path, out: Path, deleted: bytes) -> Path:
 
 def test_hostile_incrementals_leave_the_container_as_it_was(tiny: Cli, other: Cli,  # noqa: F811
                                                             tmp_path: Path) -> None:  # fmt: skip
-    ok(tiny("launch", "tiny", "c2", "--container", "--wait", timeout=120))
-    run_in(tiny, "c2", SETUP)
-    ok(tiny("snapshot", "create", "c2", "base"))
     full = tmp_path / "full.tar"
-    ok(tiny("export", "c2", str(full), "--compress", "none", timeout=300))
-    run_in(tiny, "c2", CHANGE)
+    _with_base(tiny, "c2", full, "--compress", "none")
     changes = tmp_path / "changes.tar"
     ok(tiny("export", "c2", str(changes), "--since", "base", "--compress", "none", timeout=300))
     # the instance missing
