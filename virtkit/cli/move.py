@@ -19,7 +19,7 @@ from virtkit.errors import SpecError
 from virtkit.units import format_size
 
 if TYPE_CHECKING:
-    from virtkit.ops.movecold import ApiDestination
+    from virtkit.ops.movedest import ApiDestination
 
 
 def _mapping(values: tuple[str, ...], what: str) -> dict[str, str]:
@@ -119,7 +119,7 @@ def move_cold(ctx: CliContext, name: str, remote: str, *, networks: dict[str, st
 def destination(ctx: CliContext, remote: str) -> Iterator[ApiDestination]:
     """The remote `remote` as ops/movecold.py sees a destination (its API and streams)."""
     from virtkit.api.streams import Streams
-    from virtkit.ops.movecold import ApiDestination
+    from virtkit.ops.movedest import ApiDestination
 
     saved = ctx.remotes().get(remote)
     streams = Streams(saved.url, token=saved.token, certificate=saved.certificate, pinned=saved.pinned)

@@ -12,7 +12,8 @@ import pytest
 from tests.e2e.conftest import tiny_template  # noqa: F401  (the fixture)
 from tests.fixtures.hosts import Hosts, hosts  # noqa: F401  (the fixture)
 from virtkit.api.streams import Streams
-from virtkit.ops.movecold import ApiDestination, ColdMove
+from virtkit.ops.movecold import ColdMove
+from virtkit.ops.movedest import ApiDestination
 from virtkit.store import open_store
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns)")]

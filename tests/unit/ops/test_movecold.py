@@ -20,7 +20,8 @@ from virtkit.images.staged import DISK, ROOTFS, StagedImage
 from virtkit.model import InstanceKind, InstanceRecord, InstanceState, Nic, VolumeAttachment, VolumeType
 from virtkit.ops.images import add_staged
 from virtkit.ops.lifecycle import Lifecycle, Request
-from virtkit.ops.movecold import JOURNAL, ColdMove, Growing, Readable
+from virtkit.ops.movecold import JOURNAL, ColdMove
+from virtkit.ops.movedest import Growing, Readable
 from virtkit.store import SqliteStore
 
 
