@@ -51,8 +51,9 @@ class Chain(Protocol):
         """Whether the instance's own top holds nothing (it has not run since it was made or frozen)."""
 
     def extract(self, record: InstanceRecord, paths: InstancePaths, image: ImageRecord, image_dir: Path,
-                snapshot: str, layer: str) -> None:  # fmt: skip
-        """Make layer `layer`, over the instance's chain, of what snapshot `snapshot` holds."""
+                snapshot: str | None, layer: str) -> None:  # fmt: skip
+        """Make layer `layer`, over the instance's chain, of what snapshot `snapshot` holds (None:
+        of what the stopped instance's own top holds now; the top itself is left as it is)."""
 
     def fill(self, source: InstanceRecord, spaths: InstancePaths, image: ImageRecord, image_dir: Path,
              snapshot: str | None, target: InstanceRecord, tpaths: InstancePaths) -> str:  # fmt: skip
@@ -125,7 +126,7 @@ class VmChain:
         vmlayers.thaw(layer_path(root_of(paths.dir), frozen[0], record.kind), disk, self._saved[frozen[0]])
 
     def extract(self, record: InstanceRecord, paths: InstancePaths, image: ImageRecord, image_dir: Path,
-                snapshot: str, layer: str) -> None:  # fmt: skip
+                snapshot: str | None, layer: str) -> None:  # fmt: skip
         below = self.backing(record, paths, image, image_dir)
         dest = make_home(root_of(paths.dir), layer, record.kind)
         vmlayers.convert(paths.dir / DISK_FILE, below, dest, snapshot=snapshot, over=below)
@@ -215,11 +216,19 @@ class ContainerChain:
         layertree.thaw_tree(layer_path(root, frozen[0], record.kind), files.upper, saved_shift(paths.dir))
 
     def extract(self, record: InstanceRecord, paths: InstancePaths, image: ImageRecord, image_dir: Path,
-                snapshot: str, layer: str) -> None:  # fmt: skip
+                snapshot: str | None, layer: str) -> None:  # fmt: skip
+        from virtkit.drivers.oci.plan import ContainerFiles
         from virtkit.drivers.oci.rootfs import saved_shift
 
+        if record.base == "own":  # its own tree is not a layer a clone could rest on
+            raise StateError(
+                f"container {record.name!r} rests on a tree of its own (a full copy or a flattened "
+                "clone), which a linked copy shares only by freezing it: not while it has snapshots",
+                hint="make a full copy (--full), or delete its snapshots first",
+            )
         dest = make_home(root_of(paths.dir), layer, record.kind)
-        copy(snapshot_dir(paths.dir, snapshot) / "upper", dest, what=f"copying snapshot {snapshot}")
+        upper = snapshot_dir(paths.dir, snapshot) / "upper" if snapshot else ContainerFiles(paths).upper
+        copy(upper, dest, what=f"copying snapshot {snapshot}" if snapshot else "copying the writable layer")
         try:
             layertree.move_ids(dest, saved_shift(paths.dir), None)
         except BaseException:

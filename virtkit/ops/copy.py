@@ -4,7 +4,8 @@ a snapshot, and flattening a clone off its layers (design: docs/clones.md).
 - Linked (default): the stopped source's own top (root.qcow2, upper/) is frozen into a new shared
   layer by a rename, whatever its size; the source and the clone each get a new empty top on it.
   Nothing shared is ever written again, so the two diverge independently. The source must be
-  stopped, and have no snapshots (their data would go into the frozen layer: see docs/clones.md).
+  stopped. A source with snapshots is not frozen (they are bound to its top): what its top holds
+  is copied into the clone's own new layer over the source's chain instead, as for a snapshot.
 - `--snapshot SNAP`: the snapshot's own data is copied into a new layer over the source's chain
   (the source is not touched: it may be running, keep its snapshots).
 - `--full`: an independent copy of the stopped source (or of its snapshot) resting on no layer.
@@ -127,6 +128,10 @@ class Copies:
                 self._quietly(lambda: self._put_back(before, chain, chained, image, image_dir))
             self._quietly(lambda: self._drop_fresh(fresh, record.kind))
             raise
+        if fresh and not frozen and snap is None:
+            taken = ", ".join(s.name for s in self.store.list(SnapshotRecord, instance=before.name))
+            notes.append(f"{before.name} has snapshots ({taken}): what its top holds was copied into "
+                         f"{target}'s own layer instead of frozen, and {before.name} keeps them")  # fmt: skip
         return Copied(clone, "linked", tuple(chained), tuple(notes))
 
     def _layers_for(self, record: InstanceRecord, snap: str | None, image: ImageRecord, image_dir: Path,
@@ -139,10 +144,12 @@ class Copies:
             layers.layers_dir(self.root)
             chain.extract(record, paths, image, image_dir, snap, made[0])
             return [made[0], *record.layers], record.base, False
-        if chain.empty(record, paths, image, image_dir):
+        if record.base != "own" and chain.empty(record, paths, image, image_dir):  # own: not shareable
             return list(record.layers), record.base, False
-        self._refuse_snapshots(record)
         layers.layers_dir(self.root)
+        if self.store.list(SnapshotRecord, instance=record.name):  # they stay bound to its top
+            chain.extract(record, paths, image, image_dir, None, made[0])
+            return [made[0], *record.layers], record.base, False
         chained, base = chain.freeze(record, paths, image, image_dir, made)
         return chained, base, True
 
@@ -231,7 +238,7 @@ class Copies:
                 raise StateError(f"instance {wanted!r} rests on no layer: there is nothing to flatten")
             self._require_stopped(record, "flattened")
             if record.kind is InstanceKind.VM:
-                self._refuse_snapshots(record, doing="flattened")
+                self._refuse_snapshots(record)
             image = self.images().store.get(ImageRecord, record.image or "")
             image_dir = self.images().path(image)
             before = record.model_copy(deep=True)
@@ -297,20 +304,15 @@ class Copies:
                 f"instance {record.name!r} is {state.value}: it can be {doing} only stopped", hint=hint
             )
 
-    def _refuse_snapshots(self, record: InstanceRecord, doing: str = "linked-cloned") -> None:
+    def _refuse_snapshots(self, record: InstanceRecord) -> None:
+        """A VM's snapshots are inside the disk that flatten rewrites."""
         taken = sorted(s.name for s in self.store.list(SnapshotRecord, instance=record.name))
-        if not taken:
-            return
-        if doing == "linked-cloned":
-            why = "its disk would be frozen into a shared layer, and its snapshots with it"
-            hint = f"make a full copy (--full), copy one snapshot (--snapshot {taken[-1]}), or delete them"
-        else:
-            why = "its snapshots belong to the disk that would be rewritten"
-            hint = "delete them first (virtkit snapshot delete)"
-        raise StateError(
-            f"instance {record.name!r} has snapshots ({', '.join(taken)}): it cannot be {doing}: {why}",
-            hint=hint,
-        )
+        if taken:
+            raise StateError(
+                f"instance {record.name!r} has snapshots ({', '.join(taken)}): it cannot be flattened: "
+                "its snapshots belong to the disk that would be rewritten",
+                hint="delete them first (virtkit snapshot delete)",
+            )
 
     def _refuse_leftover(self, name: str) -> None:
         """A directory of that name that no record owns is in the way: said, not overwritten."""

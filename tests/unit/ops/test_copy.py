@@ -63,9 +63,10 @@ class FakeChain:
         os.replace(self._layer(frozen[0]), paths.dir / "disk")
 
     def extract(self, record: InstanceRecord, paths: InstancePaths, image: ImageRecord, image_dir: Path,
-                snapshot: str, layer: str) -> None:  # fmt: skip
+                snapshot: str | None, layer: str) -> None:  # fmt: skip
         self._step("extract")
-        self._layer(layer).write_text(f"snapshot {snapshot}")
+        top = (paths.dir / "disk").read_text()
+        self._layer(layer).write_text(f"snapshot {snapshot}" if snapshot else f"top {top}")
 
     def fill(self, source: InstanceRecord, spaths: InstancePaths, image: ImageRecord, image_dir: Path,
              snapshot: str | None, target: InstanceRecord, tpaths: InstancePaths) -> str:  # fmt: skip
@@ -261,13 +262,29 @@ def test_running_source_and_missing_snapshot_are_refused(
     assert _tree(root) == files and copies.store.find(InstanceRecord, "web2") is None
 
 
-def test_linked_copy_refused_while_the_source_has_snapshots(copies: Copies) -> None:
+def test_a_source_with_snapshots_is_not_frozen_its_top_is_copied(copies: Copies, root: Path) -> None:
     _source(copies)
     copies.store.create(SnapshotRecord(instance="web1", name="snap0"))
-    with pytest.raises(StateError, match=r"has snapshots \(snap0\)") as caught:
+    copied = copies.copy("web1", "web2")
+    assert copied.mode == "linked"
+    source = copies.store.get(InstanceRecord, "web1")
+    assert source.layers == [] and (copies.paths("web1").dir / "disk").read_text() == "source data"
+    (layer,) = copied.record.layers
+    assert (root / "layers" / f"{layer}.qcow2").read_text() == "top source data"
+    assert any("has snapshots (snap0)" in note and "keeps them" in note for note in copied.notes)
+    assert copies.store.list(SnapshotRecord, instance="web2") == []
+
+
+def test_a_failed_copy_of_a_source_with_snapshots_leaves_no_layer(
+    copies: Copies, chain: FakeChain, root: Path
+) -> None:
+    _source(copies)
+    copies.store.create(SnapshotRecord(instance="web1", name="snap0"))
+    files = _tree(root)
+    chain.fail_on.add("identity")
+    with pytest.raises(ToolError):
         copies.copy("web1", "web2")
-    assert "--full" in (caught.value.hint or "")
-    assert copies.copy("web1", "web2", full=True).mode == "full"
+    assert copies.store.find(InstanceRecord, "web2") is None and _tree(root) == files
 
 
 @pytest.mark.parametrize("step", ["freeze", "linked", "identity", "prepare", "generate"])
