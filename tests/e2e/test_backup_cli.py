@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,6 +103,56 @@ def test_vm_incremental_on_top_of_a_full_import(tiny: Cli, other: Cli, tmp_path:
     ok(other("stop", "v2", timeout=90))
     ok(other("delete", "v2"))
     assert_clear_error(other("import", str(changes)), 1, "instance 'v2' not found")
+
+
+def files(virtkit: Cli, name: str) -> str:
+    """The guest's manifest without directories' link counts: overlayfs counts a directory merged
+    from two layers as 1, one in a single tree as 2 + its subdirectories (the same files)."""
+    return re.sub(r"( directory) \d+$", r"\1", manifest(virtkit, name), flags=re.MULTILINE)
+
+
+def test_container_clones_round_trip_to_another_root(tiny: Cli, other: Cli, tmp_path: Path) -> None:  # noqa: F811
+    """A linked clone (on a layer frozen from its source, which wrote and deleted image files) and
+    a full copy (a tree of its own) come back as containers on a tree of their own, with their
+    data, their own changes and a snapshot; an incremental export follows onto the imported one."""
+    ok(tiny("launch", "tiny", "tmpl", "--container", "--wait", timeout=120))
+    run_in(tiny, "tmpl", SETUP)  # in the layer the clone will rest on: data, links, a deleted file
+    ok(tiny("stop", "tmpl", timeout=60))
+    ok(tiny("copy", "tmpl", "clone"))
+    ok(tiny("copy", "tmpl", "whole", "--full"))
+    ok(tiny("start", "clone", "--wait", timeout=120))
+    at_snapshot = files(tiny, "clone")
+    ok(tiny("snapshot", "create", "clone", "s0"))
+    run_in(tiny, "clone", CHANGE)
+    now = files(tiny, "clone")
+    archive, whole = tmp_path / "clone.tar.zst", tmp_path / "whole.tar"
+    said = ok(tiny("export", "clone", str(archive), timeout=300))  # running, on a layer
+    assert "that whole tree is carried" in said, said
+    ok(tiny("export", "whole", str(whole), "--compress", "none", timeout=300))
+    ok(tiny("delete", "--force", "clone", timeout=60))
+
+    ok(other("import", str(archive), timeout=300))
+    shown = json.loads(ok(other("show", "clone", "--json")))
+    assert shown["layers"] == [] and shown["base"] == "own"
+    ok(other("start", "clone", "--wait", timeout=120))
+    assert files(other, "clone") == now
+    ok(other("snapshot", "restore", "clone", "s0", "--wait", timeout=120))
+    assert files(other, "clone") == at_snapshot
+    ok(other("import", str(whole), timeout=300))
+    ok(other("start", "whole", "--wait", timeout=120))
+    ok(tiny("start", "tmpl", "--wait", timeout=120))
+    assert files(other, "whole") == files(tiny, "tmpl")
+    # what the imported clone changes since s0 goes onto the other root's copy by an incremental
+    run_in(other, "clone", "echo later > /root/later; sync")
+    later = files(other, "clone")
+    ok(other("stop", "clone", timeout=60))
+    changes = tmp_path / "changes.tar"
+    ok(other("export", "clone", str(changes), "--since", "s0", "--compress", "none", timeout=300))
+    assert changes.stat().st_size < whole.stat().st_size / 4
+    ok(other("import", str(archive), "back", timeout=300))
+    assert ok(other("import", str(changes), "back", timeout=300)).startswith("Imported container back")
+    ok(other("start", "back", "--wait", timeout=120))
+    assert files(other, "back") == later
 
 
 def test_nics_follow_networks_by_name(tiny: Cli, other: Cli, tmp_path: Path) -> None:  # noqa: F811

@@ -48,7 +48,15 @@ from virtkit.storage import backupcache, backupexport, backupplace, backupread
 from virtkit.storage.archive import remove_tree
 from virtkit.storage.backupcache import TreeCache
 from virtkit.storage.backupexport import Parts, VmView
-from virtkit.storage.backupformat import IMAGE_TREE, UPPER, DiskEntry, FileEntry, Manifest, SinceEntry
+from virtkit.storage.backupformat import (
+    BASE_TREE,
+    IMAGE_TREE,
+    UPPER,
+    DiskEntry,
+    FileEntry,
+    Manifest,
+    SinceEntry,
+)
 from virtkit.storage.backuptree import IdRange, shift_tree
 from virtkit.storage.backupwrite import COMPRESSIONS
 from virtkit.storage.snapshots import copy, snapshot_dir, sweep
@@ -112,7 +120,6 @@ class Backups:
         wanted = validate_name(name)
         with self.store.lock("instance", wanted), _host_errors(f"exporting {wanted}"):
             record = self.store.get(InstanceRecord, wanted)
-            self._refuse_layered(record)
             image = self._image_of(record)
             snapshots = Snapshots(self.root, self.store, self.drivers).list(record.name)
             base = self._since(record, snapshots, since)
@@ -146,18 +153,6 @@ class Backups:
         directory = self.root / EXPORT_CACHE
         backupcache.sweep(directory, {i.fingerprint for i in self.store.list(ImageRecord)})
         return TreeCache(directory, image.fingerprint)
-
-    @staticmethod
-    def _refuse_layered(record: InstanceRecord) -> None:
-        """A container whose root filesystem is more than its image's tree and its writable layer
-        (a clone's shared layers, a full copy's own tree: docs/clones.md) is not exported yet."""
-        layered = getattr(record, "layers", None) or getattr(record, "base", "image") != "image"
-        if record.kind is InstanceKind.CONTAINER and layered:
-            raise StateError(
-                f"container {record.name!r} rests on layers of a copy, not only on its image: "
-                "exporting it is not supported yet",
-                hint="export the instance it was copied from",
-            )
 
     def _image_of(self, record: InstanceRecord) -> ImageRecord:
         image = self.store.find(ImageRecord, record.image) if record.image else None
@@ -218,7 +213,7 @@ class Backups:
         driver, paths = self.drivers(record.kind), InstancePaths.of(self.root, record.name)
         shift = saved_shift(paths.dir)
         ids = IdRange(shift.uid, shift.gid, shift.size) if shift is not None else None
-        lower = self.images.path(image) / image.files[ROOTFS]
+        lower = self._whole_base(record, image, paths, staging, parts, since is None)
         upper = ContainerFiles(paths).upper
         state = driver.status(record, paths).state
         if state in (InstanceState.RUNNING, InstanceState.PAUSED):
@@ -241,6 +236,32 @@ class Backups:
             backupexport.gather_tree(f"{UPPER}@{snapshot.name}", UPPER, top, snapshot.name, parts,
                                      ids=ids, lower=lower)  # fmt: skip
         return shift.mode if shift is not None else "none"
+
+    def _whole_base(self, record: InstanceRecord, image: ImageRecord, paths: InstancePaths, staging: Path,
+                    parts: Parts, carry: bool) -> Path:  # fmt: skip
+        """The tree under the container's writable layer: its image's; or, for a clone on layers or
+        one with a tree of its own (docs/clones.md), that whole tree, carried with `carry` (the
+        archive's base tree: the import rests on it, as a full copy does). Layers are merged by
+        the kernel into a copy in `staging`; a tree of its own is only read (nothing writes it)."""
+        from virtkit.drivers.oci.rootfs import METACOPY, saved_shift
+        from virtkit.ops.chains import BASE_DIR, ContainerChain
+        from virtkit.storage import layertree
+
+        image_dir = self.images.path(image)
+        if not record.layers and record.base == "image":
+            return image_dir / image.files[ROOTFS]
+        if not record.layers and record.base == "own":
+            whole = paths.dir / BASE_DIR
+        else:
+            whole = staging / BASE_TREE
+            shift = saved_shift(paths.dir)
+            layertree.merged_copy(ContainerChain().lowers(record, paths, image, image_dir), whole,
+                                  metacopy=bool(shift and shift.mode == METACOPY))  # fmt: skip
+        if carry:
+            backupexport.gather_tree(BASE_TREE, BASE_TREE, whole, None, parts)
+            parts.notes.append(f"{record.name} rests on layers or a tree of its own: that whole tree is "
+                               "carried (base), and the import rests on it as a full copy does")  # fmt: skip
+        return whole
 
     def _cloud_init(self, record: InstanceRecord, parts: Parts) -> None:
         directory = InstancePaths.of(self.root, record.name).dir / cloudinit.INPUT_DIR
@@ -413,6 +434,13 @@ class Backups:
                 self._vm_files(manifest, staged, built, paths, snapshot_files)
             else:
                 lower = image_dir / image.files[ROOTFS]
+                if BASE_TREE in staged.trees:  # a clone's whole tree: it rests on it, as a full copy
+                    from virtkit.ops.chains import BASE_DIR
+
+                    lower = paths.dir / BASE_DIR
+                    backupplace.put(staged.trees[BASE_TREE], lower)
+                    record.base = "own"
+                    self.store.put(record)
                 self._container_files(manifest, staged, paths, lower, snapshot_files)
             runtime = driver.generate(record, image, image_dir, paths)
             atomic_write(paths.runtime, json.dumps(runtime.to_dict(), indent=2))

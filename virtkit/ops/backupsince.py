@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 
 from virtkit.drivers.base import InstancePaths
 from virtkit.errors import RejectedError, StateError, ToolError
-from virtkit.images.staged import ROOTFS
 from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState, SnapshotRecord
 from virtkit.storage import backupdisk, backupplace, treediff
 from virtkit.storage.archive import remove_tree
@@ -139,11 +138,14 @@ def _apply_layer(backups: Backups, staged: Staged, record: InstanceRecord, paths
         copy(source, new_upper, what=f"copying the writable layer of snapshot {snapshot}")
         treediff.apply(new_upper, tree, deleted, label=label, snapshot=snapshot)
         if shift is not None and shift.mode == rootfs.METACOPY:  # the image's files shown in the range
+            from virtkit.ops.chains import ContainerChain
+
             image = backups.store.get(ImageRecord, record.image or "")
-            lower = backups.images.path(image) / image.files[ROOTFS]
+            lowers = ContainerChain().lowers(record, paths, image, backups.images.path(image))
             scratch = staged.dir / "scratch-upper"
             scratch.mkdir(mode=0o700)
-            rootfs.prepare(rootfs.Layers(lower, new_upper, scratch / "work", scratch / "merged", shift))
+            rootfs.prepare(rootfs.Layers(lowers[-1], new_upper, scratch / "work", scratch / "merged", shift,
+                                         tuple(lowers[:-1])))  # fmt: skip
         info = os.lstat(layout.upper)  # the layer's root keeps the owner and mode it has (as import does)
         os.lchown(new_upper, info.st_uid, info.st_gid)
         os.chmod(new_upper, stat.S_IMODE(info.st_mode))

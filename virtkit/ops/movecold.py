@@ -129,7 +129,6 @@ class ColdMove:
             names = ", ".join(f"{v.pool}/{v.name}" for v in record.volumes)
             raise SpecError(f"{record.name!r} has volumes attached ({names}): a move does not carry "
                             "them yet", hint="detach them first, and copy their data on its own")  # fmt: skip
-        _exportable(record)
         if self.store.find(ImageRecord, record.image or "") is None:
             raise StateError(f"the image {record.name!r} was made from is no longer here: "
                              "it cannot be carried")  # fmt: skip
@@ -319,7 +318,6 @@ class ColdMove:
         record = self.store.get(InstanceRecord, validate_name(name))
         new = validate_name(new, what="new instance name")
         began = time.monotonic()
-        _exportable(record)
         if snapshot is not None:
             self.store.get(SnapshotRecord, record.name, validate_name(snapshot, what="snapshot name"))
         self._taken(new, None)
@@ -375,14 +373,6 @@ class ColdMove:
             follower.close()
             writer.join()
             remove_tree(directory)
-
-
-def _exportable(record: InstanceRecord) -> None:
-    """What export would refuse, refused before anything is stopped."""
-    if record.kind is InstanceKind.CONTAINER and (record.layers or record.base != "image"):
-        raise StateError(f"container {record.name!r} rests on layers of a copy: it cannot be moved or "
-                         "copied to another host yet", hint=f"virtkit copy --flatten {record.name} does not "
-                         "help for containers: move the instance it was copied from")  # fmt: skip
 
 
 def _inside(ip: str | None, subnet: str) -> bool:

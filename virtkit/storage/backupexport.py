@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from virtkit.storage.backupcache import TreeCache
 from virtkit.storage.backupdisk import DiskSource
 from virtkit.storage.backupformat import (
     BASE_IMAGE,
+    BASE_TREE,
     DISKS,
     FILES,
     IMAGE_TREE,
@@ -48,7 +50,12 @@ HOST_KEYS = ("iso",)  # settings naming a file of this host: not carried
 
 
 def origin(uuid: str, snapshot: SnapshotRecord) -> str:
-    """A snapshot's identity on any host: its instance's uuid, its name, when it was taken."""
+    """A snapshot's identity on any host: its instance's uuid, its name, when it was taken; for one
+    imported from an archive, the identity it had there (so an incremental of an imported instance
+    applies where the same archive was imported too)."""
+    kept = snapshot.config.get("origin", "")
+    if re.fullmatch(r"[0-9a-f]{32}", kept):
+        return kept
     return hashlib.sha256(f"{uuid}\0{snapshot.name}\0{snapshot.created_at!r}".encode()).hexdigest()[:32]
 
 
@@ -223,7 +230,8 @@ def snapshot_entries(uuid: str, snapshots: list[SnapshotRecord]) -> list[Snapsho
 
 def manifest(instance: InstanceEntry, image: ImageEntry | None, snapshots: list[SnapshotEntry], parts: Parts,
              since: SinceEntry | None = None) -> Manifest:  # fmt: skip
-    return Manifest(format="virtkit-backup", version=1, virtkit=__version__, created_at=time.time(),
+    version = 2 if any(tree.role == BASE_TREE for tree, _ in parts.trees) else 1
+    return Manifest(format="virtkit-backup", version=version, virtkit=__version__, created_at=time.time(),
                     instance=instance, image=image, snapshots=snapshots, since=since,
                     disks=[d for d, _ in parts.disks], files=[f for f, _ in parts.files],
                     trees=[t for t, _ in parts.trees], notes=parts.notes[:100])  # fmt: skip

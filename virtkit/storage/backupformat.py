@@ -36,7 +36,7 @@ from virtkit.model import InstanceKind, Name, SnapshotPart
 from virtkit.units import MiB
 
 FORMAT = "virtkit-backup"
-VERSION = 1
+VERSION = 2  # the newest this virtkit reads; it writes 1 unless the archive needs 2 (a base tree)
 MANIFEST = "virtkit-backup.json"
 CHECKSUMS = "virtkit-backup.sha256"
 MAX_MANIFEST = 1 * MiB  # a manifest names a few dozen parts: far below this
@@ -44,6 +44,7 @@ MAX_CHECKSUMS = 1 * MiB
 DISKS, FILES, TREES = "disks", "files", "trees"
 IMAGE_TREE = "image"
 UPPER = "upper"
+BASE_TREE = "base"  # a container's own whole tree under its writable layer (format version 2)
 BASE_IMAGE = "image"  # a disk's base: the image's disk
 
 PartId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_@-]*(\.[a-z0-9_@-]+)*$", max_length=128)]
@@ -135,10 +136,11 @@ class FileEntry(_Strict):
 
 
 class TreeEntry(_Strict):
-    """A directory tree: the image's, or a container's writable layer (`state` as for disks)."""
+    """A directory tree: the image's, a container's writable layer (`state` as for disks), or the
+    whole tree a container clone's layers make with its image, which it then rests on instead."""
 
     id: PartId
-    role: Literal["image", "upper"]
+    role: Literal["image", "upper", "base"]
     state: Name | None = None
     entries: int = Field(ge=1, le=10_000_000)
     bytes: Size
@@ -231,6 +233,11 @@ def _check_unique(manifest: Manifest, label: str) -> None:
     for state in states:
         if state is not None and state not in names:
             raise RejectedError(f"archive {label} is refused: it has data of an unlisted snapshot {state!r}")
+    bases = [t for t in manifest.trees if t.role == BASE_TREE]
+    container = manifest.instance.kind is InstanceKind.CONTAINER
+    if bases and (len(bases) > 1 or bases[0].id != BASE_TREE or bases[0].state is not None
+                  or not container or manifest.version < 2):  # fmt: skip
+        raise RejectedError(f"archive {label} is refused: its base tree does not fit its instance")
     images = [t for t in manifest.trees if t.role == IMAGE_TREE]
     if (manifest.image is None) != (not images) or len(images) > 1 or any(t.id != IMAGE_TREE for t in images):
         raise RejectedError(f"archive {label} is refused: its image and its image tree do not match")

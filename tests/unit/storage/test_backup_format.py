@@ -37,7 +37,7 @@ def test_a_good_manifest_parses() -> None:
 @pytest.mark.parametrize(
     ("changes", "match"),
     [
-        ({"version": 2}, "format version 2, newer than this virtkit reads"),
+        ({"version": 3}, "format version 3, newer than this virtkit reads"),
         ({"version": "1"}, "no valid format version"),
         ({"version": True}, "no valid format version"),
         ({"format": "tar"}, "not a virtkit backup"),
@@ -54,6 +54,33 @@ def test_a_good_manifest_parses() -> None:
 def test_bad_manifests_are_refused(changes: dict[str, Any], match: str) -> None:
     with pytest.raises(RejectedError, match=match):
         parse(manifest(**changes))
+
+
+BASE = {"id": "base", "role": "base", "entries": 1, "bytes": 0}
+
+
+@pytest.mark.parametrize(
+    ("version", "trees", "kind", "match"),
+    [
+        (2, [BASE], "container", None),
+        (1, [BASE], "container", "base tree does not fit"),  # version 1 has none
+        (2, [BASE], "vm", "base tree does not fit"),
+        (2, [BASE, {**BASE, "id": "base2"}], "container", "base tree does not fit"),
+        (2, [{**BASE, "id": "other"}], "container", "base tree does not fit"),
+        (2, [{**BASE, "state": "snap0"}], "container", "base tree does not fit"),
+    ],
+)
+def test_a_base_tree_only_in_version_2_containers(
+    version: int, trees: list[dict[str, Any]], kind: str, match: str | None
+) -> None:
+    document = manifest(version=version)
+    document["trees"] += trees
+    document["instance"]["kind"] = kind
+    if match is None:
+        assert [t.role for t in parse(document).trees][-1] == "base"
+    else:
+        with pytest.raises(RejectedError, match=match):
+            parse(document)
 
 
 def test_not_json_and_not_a_name() -> None:
