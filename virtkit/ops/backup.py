@@ -30,16 +30,16 @@ from pathlib import Path
 from virtkit import cloudinit
 from virtkit.drivers.base import InstancePaths, get_driver
 from virtkit.errors import ConflictError, NotFoundError, RejectedError, SpecError, StateError, VirtkitError
-from virtkit.images.staged import DISK, ROLES, ROOTFS, StagedImage
+from virtkit.images.staged import DISK, ROLES, StagedImage
 from virtkit.images.store import ImageStore, fingerprint_files
 from virtkit.model import (
     ImageRecord,
     InstanceKind,
     InstanceRecord,
-    InstanceState,
     NetworkRecord,
     SnapshotRecord,
 )
+from virtkit.ops import backupcontainer
 from virtkit.ops.lifecycle import DriverFor
 from virtkit.ops.networks import Networks
 from virtkit.ops.nics import NicRequest, Nics
@@ -49,17 +49,14 @@ from virtkit.storage.archive import remove_tree
 from virtkit.storage.backupcache import TreeCache
 from virtkit.storage.backupexport import Parts, VmView
 from virtkit.storage.backupformat import (
-    BASE_TREE,
     IMAGE_TREE,
-    UPPER,
     DiskEntry,
     FileEntry,
     Manifest,
     SinceEntry,
 )
-from virtkit.storage.backuptree import IdRange, shift_tree
 from virtkit.storage.backupwrite import COMPRESSIONS
-from virtkit.storage.snapshots import copy, snapshot_dir, sweep
+from virtkit.storage.snapshots import sweep
 from virtkit.store import Store, atomic_write
 from virtkit.store.files import temp_name
 from virtkit.units import format_size, validate_name
@@ -131,7 +128,7 @@ class Backups:
                         backupexport.gather_vm(view, chosen, staging, self.root, parts, since=base)
                     idmap = ""
                 else:
-                    idmap = self._container_parts(record, image, chosen, staging, parts, since=base)
+                    idmap = backupcontainer.gather(self, record, image, chosen, staging, parts, since=base)
                 self._cloud_init(record, parts)
                 if base is None:  # an incremental goes onto an instance that has its image already
                     backupexport.gather_tree(IMAGE_TREE, "image", self.images.path(image), None, parts)
@@ -201,67 +198,6 @@ class Backups:
                 backend_for(record, paths, still).remove(PRESENT, captured)
             except VirtkitError as exc:
                 log.error("cannot remove the temporary snapshot %s of %s: %s", PRESENT, record.name, exc)
-
-    def _container_parts(self, record: InstanceRecord, image: ImageRecord, chosen: list[SnapshotRecord],
-                         staging: Path, parts: Parts,
-                         since: SnapshotRecord | None = None) -> str:  # fmt: skip
-        """The container's layer (copied while frozen if it runs) and its snapshots' layers; with
-        `since`, only the layer's difference to that snapshot's (storage/treediff.py)."""
-        from virtkit.drivers.oci.plan import ContainerFiles
-        from virtkit.drivers.oci.rootfs import saved_shift
-
-        driver, paths = self.drivers(record.kind), InstancePaths.of(self.root, record.name)
-        shift = saved_shift(paths.dir)
-        ids = IdRange(shift.uid, shift.gid, shift.size) if shift is not None else None
-        lower = self._whole_base(record, image, paths, staging, parts, since is None)
-        upper = ContainerFiles(paths).upper
-        state = driver.status(record, paths).state
-        if state in (InstanceState.RUNNING, InstanceState.PAUSED):
-            copied = staging / UPPER
-            if state is InstanceState.RUNNING:
-                driver.pause(record, paths)
-            try:
-                copy(upper, copied, what="copying the writable layer")
-            finally:
-                if state is InstanceState.RUNNING:
-                    driver.resume(record, paths)
-            upper = copied
-        if since is not None:
-            base = snapshot_dir(paths.dir, since.name) / UPPER
-            backupexport.gather_tree_since(upper, base, since.name, staging, parts, ids=ids, lower=lower)
-            return shift.mode if shift is not None else "none"
-        backupexport.gather_tree(UPPER, UPPER, upper, None, parts, ids=ids, lower=lower)
-        for snapshot in chosen:
-            top = snapshot_dir(paths.dir, snapshot.name) / UPPER
-            backupexport.gather_tree(f"{UPPER}@{snapshot.name}", UPPER, top, snapshot.name, parts,
-                                     ids=ids, lower=lower)  # fmt: skip
-        return shift.mode if shift is not None else "none"
-
-    def _whole_base(self, record: InstanceRecord, image: ImageRecord, paths: InstancePaths, staging: Path,
-                    parts: Parts, carry: bool) -> Path:  # fmt: skip
-        """The tree under the container's writable layer: its image's; or, for a clone on layers or
-        one with a tree of its own (docs/clones.md), that whole tree, carried with `carry` (the
-        archive's base tree: the import rests on it, as a full copy does). Layers are merged by
-        the kernel into a copy in `staging`; a tree of its own is only read (nothing writes it)."""
-        from virtkit.drivers.oci.rootfs import METACOPY, saved_shift
-        from virtkit.ops.chains import BASE_DIR, ContainerChain
-        from virtkit.storage import layertree
-
-        image_dir = self.images.path(image)
-        if not record.layers and record.base == "image":
-            return image_dir / image.files[ROOTFS]
-        if not record.layers and record.base == "own":
-            whole = paths.dir / BASE_DIR
-        else:
-            whole = staging / BASE_TREE
-            shift = saved_shift(paths.dir)
-            layertree.merged_copy(ContainerChain().lowers(record, paths, image, image_dir), whole,
-                                  metacopy=bool(shift and shift.mode == METACOPY))  # fmt: skip
-        if carry:
-            backupexport.gather_tree(BASE_TREE, BASE_TREE, whole, None, parts)
-            parts.notes.append(f"{record.name} rests on layers or a tree of its own: that whole tree is "
-                               "carried (base), and the import rests on it as a full copy does")  # fmt: skip
-        return whole
 
     def _cloud_init(self, record: InstanceRecord, parts: Parts) -> None:
         directory = InstancePaths.of(self.root, record.name).dir / cloudinit.INPUT_DIR
@@ -433,15 +369,7 @@ class Backups:
             if record.kind is InstanceKind.VM:
                 self._vm_files(manifest, staged, built, paths, snapshot_files)
             else:
-                lower = image_dir / image.files[ROOTFS]
-                if BASE_TREE in staged.trees:  # a clone's whole tree: it rests on it, as a full copy
-                    from virtkit.ops.chains import BASE_DIR
-
-                    lower = paths.dir / BASE_DIR
-                    backupplace.put(staged.trees[BASE_TREE], lower)
-                    record.base = "own"
-                    self.store.put(record)
-                self._container_files(manifest, staged, paths, lower, snapshot_files)
+                backupcontainer.place(self, record, image, staged, paths, snapshot_files)
             runtime = driver.generate(record, image, image_dir, paths)
             atomic_write(paths.runtime, json.dumps(runtime.to_dict(), indent=2))
             self._snapshots(record, manifest, paths, snapshot_files, notes)
@@ -470,29 +398,6 @@ class Backups:
                 backupplace.put(staged.parts[entry.id], paths.dir / entry.file)
             elif entry.role == "snapshot" and entry.state is not None:
                 snapshot_files[entry.state][entry.file] = staged.parts[entry.id]
-
-    @staticmethod
-    def _container_files(manifest: Manifest, staged: backupread.Staged, paths: InstancePaths, lower: Path,
-                         snapshot_files: dict[str, dict[str, Path]]) -> None:  # fmt: skip
-        from virtkit.drivers.oci import rootfs
-        from virtkit.drivers.oci.plan import ContainerFiles
-
-        layout = ContainerFiles(paths)
-        shift = rootfs.saved_shift(paths.dir)
-        for tree in manifest.trees:
-            if tree.role != UPPER:
-                continue
-            top = staged.trees[tree.id]
-            if shift is not None:
-                shift_tree(top, IdRange(shift.uid, shift.gid, shift.size))
-                if shift.mode == rootfs.METACOPY:  # the image's files shown in the range, as `create` does
-                    scratch = staged.dir / f"scratch-{tree.id}"
-                    scratch.mkdir(mode=0o700)
-                    rootfs.prepare(rootfs.Layers(lower, top, scratch / "work", scratch / "merged", shift))
-            if tree.state is None:
-                backupplace.put(top, layout.upper, fresh_tree=True)
-            else:
-                snapshot_files[tree.state][UPPER] = top
 
     def _snapshots(self, record: InstanceRecord, manifest: Manifest, paths: InstancePaths,
                    snapshot_files: dict[str, dict[str, Path]], notes: list[str]) -> None:  # fmt: skip

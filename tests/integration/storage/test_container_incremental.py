@@ -107,3 +107,35 @@ def test_since_a_snapshot_of_a_running_container(hosts: tuple[Host, Host, dict[P
     importer.import_archive(again.path)
     target.instance("c1").start(wait=True)
     assert _run(target, "c1", LISTING) == wanted
+
+
+@pytest.mark.parametrize(("there", "here"),
+                         [(rootfs.IDMAPPED, rootfs.METACOPY), (rootfs.METACOPY, rootfs.IDMAPPED)])
+def test_a_clone_goes_whole_and_its_incremental_follows(hosts: tuple[Host, Host, dict[Path, str | None]],
+                                                       tmp_path: Path, there: str | None,
+                                                       here: str | None) -> None:  # fmt: skip
+    """A linked clone (on the layer its template's changes were frozen into) is carried with the
+    whole tree under it; there it rests on that alone, and an incremental goes on top."""
+    source, target, modes = hosts
+    modes[source.root], modes[target.root] = there, here
+    template = source.launch("tiny", "tmpl", kind="container", wait=True)
+    _run(source, "tmpl", SETUP)
+    template.stop()
+    box = template.copy("c1")
+    box.start(wait=True)
+    box.snapshot("base")
+    exporter = Backups(source.root, source.store)
+    full = exporter.export("c1", tmp_path / "full.tar.zst")
+    assert full.manifest.version == 2 and "base" in [t.id for t in full.manifest.trees]
+    _run(source, "c1", CHANGE)
+    wanted = _run(source, "c1", LISTING)
+    changes = exporter.export("c1", tmp_path / "changes.tar.zst", since="base")
+    assert changes.manifest.version == 1 and changes.size * 20 < full.size
+
+    importer = Backups(target.root, target.store)
+    importer.import_archive(full.path)
+    importer.import_archive(changes.path)
+    record = target.instance("c1").record
+    assert record.layers == [] and record.base == "own"
+    target.instance("c1").start(wait=True)
+    assert _run(target, "c1", LISTING) == wanted
