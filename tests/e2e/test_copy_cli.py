@@ -102,7 +102,7 @@ def test_linked_copy_of_a_source_with_snapshots(tiny: Cli, state_root: Path, kin
         assert_clear_error(tiny("copy", "own", "x"), 1, "rests on a tree of its own")
         assert_clear_error(tiny("copy", "own", "x", "--snapshot", "s1"), 1, "rests on a tree of its own")
         assert _state(state_root) == before
-        ok(tiny, "snapshot", "delete", "own", "s1")  # without them its tree is frozen into a layer (never run)
+        ok(tiny, "snapshot", "delete", "own", "s1")  # then its tree is frozen into a layer (it never ran)
         ok(tiny, "copy", "own", "y")
         ok(tiny, "start", "y", "--wait")
         assert inside(tiny, "y", "cat /root/mine").strip() == "two"
