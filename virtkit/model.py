@@ -54,6 +54,7 @@ __all__ = [
     "TokenRecord",
     "VolumeAttachment",
     "VolumeRecord",
+    "VolumeSnapshotRecord",
     "VolumeType",
     "format_size",
     "parse_size",
@@ -284,6 +285,24 @@ class SnapshotRecord(Record):
     files: list[SnapshotPart] = Field(default_factory=list)
     live: bool = False  # taken while the instance ran: consistent as after a power cut (unless stateful)
     scheduled: bool = False
+
+
+class VolumeSnapshotRecord(Record):
+    """A snapshot of a pool volume (see docs/storage.md): a qcow2 internal snapshot named like it in a
+    block volume's disk, or a copy of a filesystem volume's directory beside it in its pool
+    (POOL/filesystem/.VOLUME.snapshots/NAME/). Deleted with its volume. `size`: bytes it keeps (a
+    block volume: what its disk had allocated then); `live`: taken while the instance holding the
+    volume ran (a container, frozen for the copy: consistent as after a power cut)."""
+
+    TABLE: ClassVar[str] = "volume_snapshots"
+    KEY: ClassVar[tuple[str, ...]] = ("pool", "volume", "name")
+
+    pool: Name
+    volume: Name
+    name: Name
+    type: VolumeType
+    size: int = Field(default=0, ge=0)
+    live: bool = False
 
 
 class OperationStatus(StrEnum):

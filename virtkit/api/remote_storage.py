@@ -1,11 +1,12 @@
 """The storage pools and volumes of a remote server, shaped as the local ones.
 
-`RemoteStorage` has the methods of ops.storage.Storage the CLI calls and `RemoteVolumes` those of
-ops.volumes.Volumes, with the same return types, rebuilt from `/1.0/storage-pools` and
-`/1.0/volumes` (api/routes/storage.py). A pool's view there names its volumes only: their records
-are read beside it, as the local view holds them. Paths (a pool's, a volume's) are the server's.
-What the server would refuse by the shape of a request (an unknown driver, an empty path) is
-checked here first by the local rules, so that it fails with the local words.
+`RemoteStorage` has the methods of ops.storage.Storage the CLI calls, `RemoteVolumes` those of
+ops.volumes.Volumes and `RemoteVolumeSnapshots` those of ops.volumesnaps.VolumeSnapshots, with the
+same return types, rebuilt from `/1.0/storage-pools` and `/1.0/volumes` (api/routes/storage.py).
+A pool's view there names its volumes only: their records are read beside it, as the local view
+holds them. Paths (a pool's, a volume's) are the server's. What the server would refuse by the
+shape of a request (an unknown driver, an empty path) is checked here first by the local rules, so
+that it fails with the local words.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from virtkit.api.remote_common import model_of, seg
 
 if TYPE_CHECKING:
     from virtkit.api.client import Client
-    from virtkit.model import PoolRecord, VolumeRecord
+    from virtkit.model import PoolRecord, VolumeRecord, VolumeSnapshotRecord
     from virtkit.ops.storage import PoolView, VolumeView
     from virtkit.ops.volumes import Attached
 
@@ -64,7 +65,18 @@ def volume_view_of(document: Mapping[str, Any]) -> VolumeView:
                                       path=document.get("attached_path"))  # fmt: skip
     usage = document.get("usage")
     path = Path(str(document["path"]))
-    return VolumeView(record, path, int(usage) if usage is not None else None, attachment)
+    taken = int(document.get("snapshots") or 0)
+    return VolumeView(record, path, int(usage) if usage is not None else None, attachment, taken)
+
+
+def volume_snapshot_of(document: Mapping[str, Any]) -> VolumeSnapshotRecord:
+    from virtkit.model import VolumeSnapshotRecord
+
+    return model_of(VolumeSnapshotRecord, document)
+
+
+def _noted(document: Mapping[str, Any]) -> tuple[VolumeSnapshotRecord, tuple[str, ...]]:
+    return volume_snapshot_of(document), tuple(str(note) for note in document.get("notes") or [])
 
 
 def attached_of(document: Mapping[str, Any]) -> Attached:
@@ -86,6 +98,12 @@ def _volume(pool: str, name: str) -> str:
     from virtkit.units import validate_name
 
     return f"{_pool(pool)}/volumes/{seg(validate_name(name, what='volume name'))}"
+
+
+def _snapshot(pool: str, volume: str, name: str) -> str:
+    from virtkit.units import validate_name
+
+    return f"{_volume(pool, volume)}/snapshots/{seg(validate_name(name, what='snapshot name'))}"
 
 
 class RemoteStorage:
@@ -180,3 +198,31 @@ class RemoteVolumes:
     def detach(self, pool: str, name: str, instance: str) -> Attached:
         body = {"instance": instance}
         return attached_of(self.client.request("POST", f"{_volume(pool, name)}/detach", json=body))
+
+
+class RemoteVolumeSnapshots:
+    """`ops.volumesnaps.VolumeSnapshots` through a server's API."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def list(self, pool: str, volume: str) -> list[VolumeSnapshotRecord]:
+        listed = self.client.request("GET", f"{_volume(pool, volume)}/snapshots")
+        return [volume_snapshot_of(document) for document in listed]
+
+    def get(self, pool: str, volume: str, name: str) -> VolumeSnapshotRecord:
+        return volume_snapshot_of(self.client.request("GET", _snapshot(pool, volume, name)))
+
+    def create(
+        self, pool: str, volume: str, name: str | None = None
+    ) -> tuple[VolumeSnapshotRecord, tuple[str, ...]]:
+        path = f"{_volume(pool, volume)}/snapshots"
+        if name is not None:  # checked here, so that a bad name fails with the local words
+            _snapshot(pool, volume, name)
+        return _noted(self.client.request("POST", path, json={"name": name}))
+
+    def restore(self, pool: str, volume: str, name: str) -> tuple[VolumeSnapshotRecord, tuple[str, ...]]:
+        return _noted(self.client.request("POST", f"{_snapshot(pool, volume, name)}/restore"))
+
+    def delete(self, pool: str, volume: str, name: str) -> VolumeSnapshotRecord:
+        return volume_snapshot_of(self.client.request("DELETE", _snapshot(pool, volume, name)))

@@ -15,10 +15,11 @@ from virtkit.cli.context import get_context, json_option
 from virtkit.cli.output import print_fields, print_json, print_table
 
 if TYPE_CHECKING:
-    from virtkit.api.remote_storage import RemoteStorage, RemoteVolumes
-    from virtkit.model import VolumeAttachment, VolumeRecord
+    from virtkit.api.remote_storage import RemoteStorage, RemoteVolumes, RemoteVolumeSnapshots
+    from virtkit.model import VolumeAttachment, VolumeRecord, VolumeSnapshotRecord
     from virtkit.ops.storage import PoolView, Storage, VolumeView
     from virtkit.ops.volumes import Attached, Volumes
+    from virtkit.ops.volumesnaps import VolumeSnapshots
 
 # --limit-* options and the volume settings they set.
 LIMIT_OPTIONS = {
@@ -51,6 +52,17 @@ def volume_verbs() -> Volumes | RemoteVolumes:
     return Volumes(ctx.root, ctx.store())
 
 
+def volume_snapshots() -> VolumeSnapshots | RemoteVolumeSnapshots:
+    ctx = get_context()
+    if ctx.is_remote():
+        from virtkit.api.remote_storage import RemoteVolumeSnapshots
+
+        return RemoteVolumeSnapshots(ctx.client())
+    from virtkit.ops.volumesnaps import VolumeSnapshots
+
+    return VolumeSnapshots(ctx.root, ctx.store())
+
+
 def _where(attachment: VolumeAttachment | None) -> str:
     """How an instance holds a volume: at a path inside (containers) or as a disk (VMs)."""
     if attachment is None:
@@ -62,6 +74,10 @@ def _size(value: int | None) -> str:
     from virtkit.units import format_size
 
     return "-" if value is None else format_size(value)
+
+
+def _when(stamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
 
 
 def _limit(key: str, value: str) -> str:
@@ -234,7 +250,7 @@ def _volume_fields(view: VolumeView) -> list[tuple[str, str]]:
         ("Pool", r.pool), ("Name", r.name), ("Type", str(r.type)), ("Format", r.format), ("Size", size),
         ("Usage", _size(view.usage) if view.usage is not None else "missing: its file is gone"),
         ("Path", str(view.path)), ("Attached to", (r.attached_to or "-") + _where(view.attachment)),
-        ("Created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))),
+        ("Created", _when(r.created_at)), ("Snapshots", str(view.snapshots)),
     ]  # fmt: skip
     for key, value in limits_of(r.config).items():
         fields.append((key, _limit(key, value)))
@@ -353,3 +369,76 @@ def volume_detach_command(pool: str, name: str, instance: str) -> None:
     click.echo(f"Volume {done.volume.name} of pool {done.volume.pool} detached from {done.instance}.")
     for notice in done.notices:
         click.echo(f"Note: {notice}.", err=True)
+
+
+@volume_group.group("snapshot")
+def volume_snapshot_group() -> None:
+    """Snapshots of a volume: a block volume's qcow2 internal snapshots, a copy of a filesystem
+    volume's directory (kept beside it in its pool). Deleted with the volume."""
+
+
+def _taken(record: VolumeSnapshotRecord) -> str:
+    return "attached, running" if record.live else "not in use"
+
+
+def _notes(notes: tuple[str, ...]) -> None:
+    for note in notes:
+        click.echo(f"Note: {note}.")
+
+
+@volume_snapshot_group.command("create")
+@click.argument("pool")
+@click.argument("name", metavar="VOLUME")
+@click.argument("snapshot", required=False)
+@json_option
+def volume_snapshot_create_command(pool: str, name: str, snapshot: str | None) -> None:
+    """Snapshot VOLUME of POOL as SNAPSHOT (default: snap0, snap1, ...). A filesystem volume of a
+    running container is copied with the container frozen; a running VM's block volume is refused."""
+    record, notes = volume_snapshots().create(pool, name, snapshot)
+    if get_context().json:
+        print_json({**record.model_dump(mode="json"), "notes": list(notes)})
+        return
+    click.echo(f"Snapshot {record.name} of volume {record.volume} of pool {record.pool} created "
+               f"({_size(record.size)}).")  # fmt: skip
+    _notes(notes)
+
+
+@volume_snapshot_group.command("list")
+@click.argument("pool")
+@click.argument("name", metavar="VOLUME")
+@json_option
+def volume_snapshot_list_command(pool: str, name: str) -> None:
+    """List the snapshots of VOLUME of POOL, oldest first."""
+    records = volume_snapshots().list(pool, name)
+    if get_context().json:
+        print_json([record.model_dump(mode="json") for record in records])
+        return
+    rows = [(r.name, _when(r.created_at), _size(r.size), _taken(r)) for r in records]
+    empty = f"No snapshots of volume {name}. Take one: virtkit volume snapshot create {pool} {name}"
+    print_table(["NAME", "TAKEN AT", "SIZE", "TAKEN WHILE"], rows, empty=empty)
+
+
+@volume_snapshot_group.command("restore")
+@click.argument("pool")
+@click.argument("name", metavar="VOLUME")
+@click.argument("snapshot")
+@json_option
+def volume_snapshot_restore_command(pool: str, name: str, snapshot: str) -> None:
+    """Put VOLUME of POOL back to SNAPSHOT: what it holds now is lost. Refused while it is attached
+    to a running instance (stop it first)."""
+    record, notes = volume_snapshots().restore(pool, name, snapshot)
+    if get_context().json:
+        print_json({**record.model_dump(mode="json"), "notes": list(notes)})
+        return
+    click.echo(f"Volume {record.volume} of pool {record.pool} restored to snapshot {record.name}.")
+    _notes(notes)
+
+
+@volume_snapshot_group.command("delete")
+@click.argument("pool")
+@click.argument("name", metavar="VOLUME")
+@click.argument("snapshot")
+def volume_snapshot_delete_command(pool: str, name: str, snapshot: str) -> None:
+    """Delete SNAPSHOT of VOLUME of POOL."""
+    record = volume_snapshots().delete(pool, name, snapshot)
+    click.echo(f"Snapshot {record.name} of volume {record.volume} of pool {record.pool} deleted.")

@@ -27,13 +27,14 @@ from virtkit.model import (
     PoolRecord,
     VolumeAttachment,
     VolumeRecord,
+    VolumeSnapshotRecord,
     VolumeType,
     format_size,
     parse_size,
     validate_name,
 )
 from virtkit.storage import limits as io_limits
-from virtkit.storage import pools, volumes
+from virtkit.storage import pools, volumes, volumesnap
 from virtkit.store import Store
 
 log = logging.getLogger(__name__)
@@ -72,11 +73,13 @@ class VolumeView:
     path: Path
     usage: int | None
     attachment: VolumeAttachment | None = None  # as the instance it is attached to holds it
+    snapshots: int = 0  # how many it has (virtkit volume snapshot list)
 
     def to_dict(self) -> dict[str, object]:
         data = self.record.model_dump(mode="json")
         data["path"] = str(self.path)
         data["usage"] = self.usage
+        data["snapshots"] = self.snapshots
         data["limits"] = io_limits.limits_of(self.record.config)
         data["attached_path"] = self.attachment.path if self.attachment else None
         data["attached_device"] = self.attachment.device if self.attachment else None
@@ -220,7 +223,8 @@ class Storage:
     def volume_view(self, pool: str, name: str) -> VolumeView:
         record = self.volume(pool, name)
         path = self.path_of(record)
-        return VolumeView(record, path, volumes.usage(path), self.attachment_of(record))
+        taken = len(self.store.list(VolumeSnapshotRecord, pool=record.pool, volume=record.name))
+        return VolumeView(record, path, volumes.usage(path), self.attachment_of(record), taken)
 
     def attachment_of(self, volume: VolumeRecord) -> VolumeAttachment | None:
         """How the instance the volume is attached to holds it (None: attached to nothing)."""
@@ -350,17 +354,25 @@ class Storage:
             return self.store.put(volume.model_copy(update={"config": config}))
 
     def delete_volume(self, pool: str, name: str) -> None:
-        """Delete a volume no instance uses: its file or directory, then its record."""
+        """Delete a volume no instance uses and its snapshots: its file or directory (and its
+        snapshots' copies) renamed out of sight, the records deleted, then the data removed."""
         with self.lock():
             volume = self._usable(pool, name, "deleted")
             path = self.path_of(volume)
             hidden = volumes.retire(path)
+            copies = volumesnap.retire_home(path) if volume.type is VolumeType.FILESYSTEM else None
             try:
-                self.store.delete(VolumeRecord, volume.pool, volume.name)
+                with self.store.transaction():
+                    taken = self.store.list(VolumeSnapshotRecord, pool=volume.pool, volume=volume.name)
+                    for snapshot in taken:
+                        self.store.delete(VolumeSnapshotRecord, *snapshot.key())
+                    self.store.delete(VolumeRecord, volume.pool, volume.name)
             except BaseException:
                 volumes.restore(hidden, path)
+                volumes.restore(copies, volumesnap.home(path))
                 raise
             volumes.purge(hidden)
+            volumes.purge(copies)
 
     def claim(self, pool: str, name: str, instance: str) -> VolumeRecord:
         """Mark a volume as attached to `instance` (what attaching calls, holding its lock)."""

@@ -6,7 +6,8 @@ What goes where (as in Incus, whose custom volumes these are):
   container's ids (drivers/oci/mounts.py). A stopped container gets it at its next start; a
   running (or paused) one at once, in its mount namespace (drivers/oci/mountns.py).
 - a block volume on a VM: a virtio disk. The attachment is recorded on a stopped VM for its next
-  start; a running VM is refused (hot-plug through QMP comes with the QEMU driver's support).
+  start; a running q35 VM gets it hot-plugged at once (QMP, on one of its volume root ports); a
+  running microvm, arm `virt` or emulated-device VM is refused by its driver: stop it first.
 - a block volume on a container, a filesystem volume on a VM (virtiofs): refused.
 
 An attachment lives in the instance's record (`InstanceRecord.volumes`: all its driver needs) and

@@ -7,8 +7,8 @@ its version bump or not at all. Migrations are append-only: once released, a mig
 edited — a change is a new migration.
 
 Every record table holds the record's key columns, its JSON (`data`, the source of truth) and its
-timestamps. Foreign keys say what depends on what: an instance's snapshots go with it; a pool
-holding volumes cannot be deleted.
+timestamps. Foreign keys say what depends on what: an instance's snapshots go with it, and a
+volume's; a pool holding volumes cannot be deleted.
 """
 
 from __future__ import annotations
@@ -80,7 +80,20 @@ _V3 = [
         updated_at REAL NOT NULL)""",
 ]
 
-MIGRATIONS: list[list[str]] = [_V1, _V2, _V3]
+# v4: snapshots of pool volumes (`virtkit volume snapshot`), deleted with their volume.
+_V4 = [
+    """CREATE TABLE volume_snapshots (
+        pool TEXT NOT NULL,
+        volume TEXT NOT NULL,
+        name TEXT NOT NULL,
+        data TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (pool, volume, name),
+        FOREIGN KEY (pool, volume) REFERENCES volumes(pool, name) ON DELETE CASCADE)""",
+]
+
+MIGRATIONS: list[list[str]] = [_V1, _V2, _V3, _V4]
 
 
 def quote(identifier: str) -> str:

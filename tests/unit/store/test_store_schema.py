@@ -13,7 +13,7 @@ from virtkit.model import InstanceRecord, Record
 from virtkit.store import SqliteStore, known_version, open_store, schema
 
 TABLES = {"instances", "images", "networks", "pools", "volumes", "snapshots", "operations", "tokens",
-          "stacks"}
+          "stacks", "volume_snapshots"}
 
 
 def version_rows(db: Path) -> list[tuple[int]]:

@@ -4,7 +4,9 @@ Reads are the viewer's. Pools are the admin's (a pool is a directory of the host
 be told to take); volumes the operator's, as the instances they are attached to. Every change is
 a moment's work under the storage lock (a qcow2 made or resized, a directory, a record), so it
 answers at once, with the same errors the CLI prints: a bad name or size 400, an unknown pool or
-volume 404, a taken name 409, a pool holding volumes or an attached volume 409.
+volume 404, a taken name 409, a pool holding volumes or an attached volume 409. A volume's
+snapshots (`.../volumes/NAME/snapshots`) too: a qcow2 internal snapshot, or a copy of a directory
+made while the request waits, as `volume create` makes its disk.
 """
 
 from __future__ import annotations
@@ -13,10 +15,21 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from virtkit.api.bodies import InstanceRef, LimitsBody, PoolBody, ResizeBody, VolumeAttachBody, VolumeBody
+from virtkit.api.bodies import (
+    InstanceRef,
+    LimitsBody,
+    PoolBody,
+    ResizeBody,
+    Strict,
+    VolumeAttachBody,
+    VolumeBody,
+)
 from virtkit.api.context import ADMIN, OPERATOR, VIEWER, ApiContext
+from virtkit.model import VolumeSnapshotRecord
 from virtkit.ops.storage import Storage
 from virtkit.ops.volumes import Attached, Volumes
+from virtkit.ops.volumesnaps import VolumeSnapshots
+from virtkit.units import validate_name
 
 router = APIRouter(prefix="/1.0", tags=["storage"])
 POOLS = "/storage-pools"
@@ -25,6 +38,19 @@ VOLUME = POOLS + "/{pool}/volumes/{name}"
 
 def storage(ctx: ApiContext) -> Storage:
     return Storage(ctx.root, ctx.store)
+
+
+class VolumeSnapshotBody(Strict):
+    """`POST .../volumes/NAME/snapshots`: `virtkit volume snapshot create POOL NAME [SNAP]`."""
+
+    name: str | None = None  # default: snap0, snap1, ...
+
+    def check(self) -> str | None:
+        return None if self.name is None else validate_name(self.name, what="snapshot name")
+
+
+def _noted(record: VolumeSnapshotRecord, notes: tuple[str, ...]) -> dict[str, Any]:
+    return {**record.model_dump(mode="json"), "notes": list(notes)}
 
 
 def _attached(done: Attached) -> dict[str, Any]:
@@ -132,3 +158,41 @@ def attach_volume(pool: str, name: str, body: VolumeAttachBody, ctx: ApiContext 
 def detach_volume(pool: str, name: str, body: InstanceRef, ctx: ApiContext = OPERATOR) -> dict[str, Any]:
     """Detach from `instance` (at once if it runs); the data stays in the volume."""
     return _attached(Volumes(ctx.root, ctx.store).detach(pool, name, body.check()))
+
+
+# --- volume snapshots ---------------------------------------------------------------------------
+
+
+@router.get(VOLUME + "/snapshots")
+def list_volume_snapshots(pool: str, name: str, ctx: ApiContext = VIEWER) -> list[dict[str, Any]]:
+    """The volume's snapshots, oldest first."""
+    return [
+        record.model_dump(mode="json") for record in VolumeSnapshots(ctx.root, ctx.store).list(pool, name)
+    ]
+
+
+@router.post(VOLUME + "/snapshots", status_code=201)
+def create_volume_snapshot(
+    pool: str, name: str, body: VolumeSnapshotBody, ctx: ApiContext = OPERATOR
+) -> dict[str, Any]:
+    """Snapshot the volume as `name` (default snap0, snap1, ...); the record, and `notes`."""
+    return _noted(*VolumeSnapshots(ctx.root, ctx.store).create(pool, name, body.check()))
+
+
+@router.get(VOLUME + "/snapshots/{snapshot}")
+def get_volume_snapshot(pool: str, name: str, snapshot: str, ctx: ApiContext = VIEWER) -> dict[str, Any]:
+    return VolumeSnapshots(ctx.root, ctx.store).get(pool, name, snapshot).model_dump(mode="json")
+
+
+@router.post(VOLUME + "/snapshots/{snapshot}/restore")
+def restore_volume_snapshot(
+    pool: str, name: str, snapshot: str, ctx: ApiContext = OPERATOR
+) -> dict[str, Any]:
+    """Put the volume back to the snapshot (409 while attached to a running instance)."""
+    return _noted(*VolumeSnapshots(ctx.root, ctx.store).restore(pool, name, snapshot))
+
+
+@router.delete(VOLUME + "/snapshots/{snapshot}")
+def delete_volume_snapshot(pool: str, name: str, snapshot: str, ctx: ApiContext = OPERATOR) -> dict[str, Any]:
+    """Delete the snapshot; the record it had."""
+    return VolumeSnapshots(ctx.root, ctx.store).delete(pool, name, snapshot).model_dump(mode="json")
