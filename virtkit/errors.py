@@ -22,6 +22,9 @@ meets them, so the CLI and the API only ever handle this tree::
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class VirtkitError(Exception):
     """Root of every error virtkit reports to a user.
@@ -114,3 +117,13 @@ class RemoteError(VirtkitError):
 
 class AuthError(RemoteError):
     """The server refused the request's credentials (401) or its token's role (403)."""
+
+
+@contextlib.contextmanager
+def host_errors(doing: str) -> Iterator[None]:
+    """The host's own failures (a full disk, an I/O error) while `doing`, said as virtkit errors."""
+    try:
+        yield
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise VirtkitError(f"{doing} failed: {exc.strerror or exc}{where}") from exc

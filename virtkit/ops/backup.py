@@ -29,7 +29,15 @@ from pathlib import Path
 
 from virtkit import cloudinit
 from virtkit.drivers.base import InstancePaths, get_driver
-from virtkit.errors import ConflictError, NotFoundError, RejectedError, SpecError, StateError, VirtkitError
+from virtkit.errors import (
+    ConflictError,
+    NotFoundError,
+    RejectedError,
+    SpecError,
+    StateError,
+    VirtkitError,
+    host_errors,
+)
 from virtkit.images.staged import DISK, ROLES, StagedImage
 from virtkit.images.store import ImageStore, fingerprint_files
 from virtkit.model import (
@@ -115,7 +123,7 @@ class Backups:
         if compression not in COMPRESSIONS:
             raise SpecError(f"invalid compression {compression!r}: expected one of {', '.join(COMPRESSIONS)}")
         wanted = validate_name(name)
-        with self.store.lock("instance", wanted), _host_errors(f"exporting {wanted}"):
+        with self.store.lock("instance", wanted), host_errors(f"exporting {wanted}"):
             record = self.store.get(InstanceRecord, wanted)
             image = self._image_of(record)
             snapshots = Snapshots(self.root, self.store, self.drivers).list(record.name)
@@ -217,7 +225,7 @@ class Backups:
         archived NIC, in order) say the network, MAC and address each NIC gets here."""
         target = validate_name(name) if name is not None else None
         label = source.name
-        with _host_errors(f"importing {label}"), self._staging("import") as staging:
+        with host_errors(f"importing {label}"), self._staging("import") as staging:
             chosen: list[str] = []
 
             def check(manifest: Manifest) -> None:
@@ -425,12 +433,4 @@ class Backups:
         with contextlib.suppress(OSError):
             instances.rmdir()
 
-
-@contextlib.contextmanager
-def _host_errors(doing: str) -> Iterator[None]:
-    try:
-        yield
-    except OSError as exc:
-        where = f" ({exc.filename})" if exc.filename else ""
-        raise VirtkitError(f"{doing} failed: {exc.strerror or exc}{where}") from exc
 

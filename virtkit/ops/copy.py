@@ -31,7 +31,7 @@ from pathlib import Path
 
 from virtkit import cloudinit
 from virtkit.drivers.base import InstancePaths, get_driver
-from virtkit.errors import ConflictError, StateError, VirtkitError
+from virtkit.errors import ConflictError, StateError, host_errors
 from virtkit.images.store import ImageStore
 from virtkit.model import (
     ImageRecord,
@@ -96,7 +96,7 @@ class Copies:
         dst_name = validate_name(target, what="new instance name")
         snap = validate_name(snapshot, what="snapshot name") if snapshot is not None else None
         self.check(src_name, dst_name, snapshot=snap)  # before the locks: a typo never waits
-        with self._locked(src_name, dst_name), _host_errors(f"copying {src_name} to {dst_name}"):
+        with self._locked(src_name, dst_name), host_errors(f"copying {src_name} to {dst_name}"):
             record = self.check(src_name, dst_name, snapshot=snap)  # again, now under them
             image = self.images().store.get(ImageRecord, record.image or "")
             image_dir = self.images().path(image)
@@ -232,7 +232,7 @@ class Copies:
         layer. Layers no instance uses any more are removed."""
         wanted = validate_name(name)
         self.store.get(InstanceRecord, wanted)
-        with self._locked(wanted), _host_errors(f"flattening {wanted}"):
+        with self._locked(wanted), host_errors(f"flattening {wanted}"):
             record = self.store.get(InstanceRecord, wanted)
             if not record.layers:
                 raise StateError(f"instance {wanted!r} rests on no layer: there is nothing to flatten")
@@ -347,12 +347,3 @@ def _copy_inputs(source_dir: Path, target_dir: Path) -> None:
     if given.is_dir() and not given.is_symlink():
         shutil.copytree(given, target_dir / cloudinit.INPUT_DIR, symlinks=True)
 
-
-@contextlib.contextmanager
-def _host_errors(doing: str) -> Iterator[None]:
-    """The host's own failures (a full disk, an I/O error) said as virtkit errors."""
-    try:
-        yield
-    except OSError as exc:
-        where = f" ({exc.filename})" if exc.filename else ""
-        raise VirtkitError(f"{doing} failed: {exc.strerror or exc}{where}") from exc

@@ -15,11 +15,11 @@ import shutil
 from pathlib import Path
 
 from virtkit.drivers.base import InstancePaths, get_driver
-from virtkit.errors import ConflictError
+from virtkit.errors import ConflictError, host_errors
 from virtkit.images.staged import DISK, ISO, KERNEL, ROOTFS, StagedImage
 from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, SnapshotRecord, validate_name
 from virtkit.ops.chains import ContainerChain, VmChain
-from virtkit.ops.copy import Copies, _host_errors
+from virtkit.ops.copy import Copies
 from virtkit.ops.lifecycle import DriverFor
 from virtkit.storage import identity, layertree, vmlayers
 from virtkit.storage.snapshots import snapshot_dir
@@ -69,7 +69,7 @@ class Publisher:
                                 hint="pick another with --alias, or remove it: virtkit image alias remove "
                                 f"{chosen}")  # fmt: skip
         self.store.get(InstanceRecord, wanted)
-        with self.copies._locked(wanted), _host_errors(f"publishing {wanted}"):
+        with self.copies._locked(wanted), host_errors(f"publishing {wanted}"):
             record = self.store.get(InstanceRecord, wanted)
             if snap is not None:
                 self.store.get(SnapshotRecord, wanted, snap)

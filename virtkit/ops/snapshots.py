@@ -31,13 +31,12 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from virtkit.drivers.base import Driver, InstancePaths, Runtime, get_driver
-from virtkit.errors import ConflictError, StateError, StoreError, VirtkitError
+from virtkit.errors import ConflictError, StateError, StoreError, VirtkitError, host_errors
 from virtkit.model import InstanceKind, InstanceRecord, InstanceState, SnapshotRecord, validate_name
 from virtkit.ops.lifecycle import READY_TIMEOUT, DriverFor, Lifecycle
 from virtkit.storage.archive import remove_tree
@@ -139,7 +138,7 @@ class Snapshots:
         `scheduled`: made by the instance's schedule."""
         wanted = validate_name(instance)
         snap = validate_name(name, what="snapshot name") if name is not None else None
-        with self.store.lock("instance", wanted), _host_errors(f"snapshotting {wanted}"):
+        with self.store.lock("instance", wanted), host_errors(f"snapshotting {wanted}"):
             record = self.store.get(InstanceRecord, wanted)
             snap = self._free_name(record.name, snap)
             driver, paths = self.drivers(record.kind), self.paths(record.name)
@@ -248,7 +247,7 @@ class Snapshots:
         restored and started again (with `wait`, until it is ready). A stateful snapshot resumes
         the guest where it was instead, running (nothing to wait for)."""
         snapshot = self.get(instance, name)
-        with self.store.lock("instance", snapshot.instance), _host_errors(f"restoring {snapshot.instance}"):
+        with self.store.lock("instance", snapshot.instance), host_errors(f"restoring {snapshot.instance}"):
             snapshot = self.get(instance, name)
             record = self.store.get(InstanceRecord, snapshot.instance)
             driver, paths = self.drivers(record.kind), self.paths(record.name)
@@ -308,7 +307,7 @@ class Snapshots:
         """Remove a snapshot's data and its record."""
         snapshot = self.get(instance, name)
         doing = f"deleting snapshot {snapshot.name} of {snapshot.instance}"
-        with self.store.lock("instance", snapshot.instance), _host_errors(doing):
+        with self.store.lock("instance", snapshot.instance), host_errors(doing):
             snapshot = self.get(instance, name)
             record = self.store.get(InstanceRecord, snapshot.instance)
             driver, paths = self.drivers(record.kind), self.paths(record.name)
@@ -318,15 +317,6 @@ class Snapshots:
             self.store.delete(SnapshotRecord, record.name, snapshot.name)
             return snapshot
 
-
-@contextmanager
-def _host_errors(doing: str) -> Iterator[None]:
-    """The host's own failures (a full disk, an I/O error) said as virtkit errors."""
-    try:
-        yield
-    except OSError as exc:
-        where = f" ({exc.filename})" if exc.filename else ""
-        raise VirtkitError(f"{doing} failed: {exc.strerror or exc}{where}") from exc
 
 
 def _check_stateful(record: InstanceRecord, live: bool) -> None:

@@ -35,7 +35,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from virtkit.drivers.base import Driver, InstancePaths, get_driver
-from virtkit.errors import BusyError, ConflictError, NotFoundError, StateError, ToolError, VirtkitError
+from virtkit.errors import (
+    BusyError,
+    ConflictError,
+    NotFoundError,
+    StateError,
+    ToolError,
+    VirtkitError,
+    host_errors,
+)
 from virtkit.model import (
     InstanceRecord,
     InstanceState,
@@ -115,7 +123,7 @@ class VolumeSnapshots:
     ) -> tuple[VolumeSnapshotRecord, tuple[str, ...]]:
         """Snapshot the volume as `name` (default: snapN, the next number); the record and notes."""
         wanted = validate_name(name, what="snapshot name") if name is not None else None
-        with self._held(pool, volume) as (record, holder), _host_errors(f"snapshotting {_named(record)}"):
+        with self._held(pool, volume) as (record, holder), host_errors(f"snapshotting {_named(record)}"):
             path = self._path(record)
             if record.type is VolumeType.BLOCK:
                 return self._create_block(record, holder, path, wanted)
@@ -187,7 +195,7 @@ class VolumeSnapshots:
     def restore(self, pool: str, volume: str, name: str) -> tuple[VolumeSnapshotRecord, tuple[str, ...]]:
         """Put the volume back to snapshot `name` (what it holds now is lost); the snapshot and notes."""
         snap = validate_name(name, what="snapshot name")
-        with self._held(pool, volume) as (record, holder), _host_errors(f"restoring {_named(record)}"):
+        with self._held(pool, volume) as (record, holder), host_errors(f"restoring {_named(record)}"):
             snapshot = self._get(record, snap)
             if holder is not None and holder.live:
                 raise StateError(
@@ -217,7 +225,7 @@ class VolumeSnapshots:
     def delete(self, pool: str, volume: str, name: str) -> VolumeSnapshotRecord:
         """Delete snapshot `name` of the volume: its data, then its record."""
         snap = validate_name(name, what="snapshot name")
-        with self._held(pool, volume) as (record, holder), _host_errors(f"deleting snapshot {snap}"):
+        with self._held(pool, volume) as (record, holder), host_errors(f"deleting snapshot {snap}"):
             snapshot = self._get(record, snap)
             path = self._path(record)
             if record.type is VolumeType.BLOCK:
@@ -286,15 +294,6 @@ class VolumeSnapshots:
             )
         return name
 
-
-@contextlib.contextmanager
-def _host_errors(doing: str) -> Iterator[None]:
-    """The host's own failures (a full disk, an I/O error) said as virtkit errors."""
-    try:
-        yield
-    except OSError as exc:
-        where = f" ({exc.filename})" if exc.filename else ""
-        raise VirtkitError(f"{doing} failed: {exc.strerror or exc}{where}") from exc
 
 
 def _quietly(step: Callable[..., object], *args: object) -> None:
