@@ -432,5 +432,3 @@ class Backups:
         instances = paths.dir.parent
         with contextlib.suppress(OSError):
             instances.rmdir()
-
-
