@@ -79,29 +79,18 @@ class RemoteBackups:
 
         target = validate_name(name) if name is not None else None
         _check_archive(source)
-        done = self.streams.import_archive(source, self._name(source, target))
-        return Imported(InstanceRecord.model_validate(done["instance"]), list(done.get("notes") or []),
-                        str(done.get("image") or ""), bool(done.get("image_added")))  # fmt: skip
-
-    def _name(self, source: Path, target: str | None) -> str | None:
-        """The name to send, checked first as the local import checks it. The server refuses any
-        name already taken before it reads the archive, even for an incremental one, which must go
-        onto the instance it names: that one is sent without its name when the archive has it."""
         manifest = manifest_of(source)
         final = target or manifest.instance.name
-        if manifest.since is not None:
-            if final != manifest.instance.name:
-                from virtkit.errors import SpecError
-
-                raise SpecError(f"an incremental archive goes onto instance {manifest.instance.name!r} "
-                                f"through a remote, not {final!r}",
-                                hint="import it on the server's host to apply it to another instance")
+        if manifest.since is not None:  # onto the instance it names, or `name`, as locally
             self.streams.client.instance(final)  # NotFoundError as locally
-            return None
-        if self._exists(final):
-            raise ConflictError(f"instance {final!r} already exists",
-                                hint=f"import it under another name: virtkit import {source.name} NEW-NAME")
-        return target
+            done = self.streams.import_archive(source, final, incremental=True)
+        else:
+            if self._exists(final):
+                hint = f"import it under another name: virtkit import {source.name} NEW-NAME"
+                raise ConflictError(f"instance {final!r} already exists", hint=hint)
+            done = self.streams.import_archive(source, target)
+        return Imported(InstanceRecord.model_validate(done["instance"]), list(done.get("notes") or []),
+                        str(done.get("image") or ""), bool(done.get("image_added")))  # fmt: skip
 
     def _exists(self, name: str) -> bool:
         try:
