@@ -118,15 +118,24 @@ def test_a_stopped_instance_moves_and_stays_stopped_and_the_text_says_so(
 def test_a_running_container_asked_to_move_live_moves_cold_and_says_why(
     pair: tuple[Host, Host, Path],
 ) -> None:
+    """l1 is a linked clone (on the layer its template's data was frozen into): it is carried with
+    the whole tree under it, and rests on that alone there."""
     a, b, config = pair
-    a.ok("launch", "tiny", "l1", "--container", "--network", "lan", "--wait", timeout=120)
+    a.ok("launch", "tiny", "tmpl", "--container", "--network", "lan", "--wait", timeout=120)
+    digest = a.ok("exec", "tmpl", "--", "sh", "-c", WRITE.format(size=1_000_000))
+    a.ok("stop", "tmpl", timeout=60)
+    a.ok("copy", "tmpl", "l1")
+    a.ok("start", "l1", "--wait", timeout=120)
     before = show(a, "l1")
+    assert before["layers"]
     done = on(a, config, "move", "l1", "--to", "b", "--live")
     assert done.returncode == 0, done.stderr
     assert "Note: a container moves live only with CRIU" in done.stderr and "moving it cold" in done.stderr
     assert done.stdout.startswith("Instance l1 moved to b in ") and "downtime" in done.stdout
     after = show(b, "l1")
-    assert names(a) == [] and after["state"] == "running" and after["uuid"] == before["uuid"]
+    assert names(a) == ["tmpl"] and after["state"] == "running" and after["uuid"] == before["uuid"]
+    assert after["layers"] == [] and after["base"] == "own"
+    assert exec_retry(b, "l1", "sha256sum", "/root/data") == digest
 
 
 def test_a_copy_to_a_remote_is_a_new_instance_and_the_source_runs_on(pair: tuple[Host, Host, Path]) -> None:
