@@ -2,7 +2,8 @@
 with real qemu-img and cp: a block volume's bytes (written and read back with qemu-io) and a
 filesystem volume's tree (checksums, owners, modes, links) put back exactly; list, delete, and
 deleting the volume taking its snapshots along; bad input refused with a clear error and nothing
-changed; restore refused under a running container; the same through `--remote`."""
+changed; restore refused under a running container; a running VM's volume snapshotted by its
+QEMU (through a throttle node), restore refused until it stops; the same through `--remote`."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from tests.apiserver import Server, servers  # noqa: F401  (the fixture)
 from tests.e2e.conftest import VIRTKIT, Cli
 from tests.e2e.test_cli import assert_clear_error
 from tests.e2e.test_vm_lifecycle import tiny  # noqa: F401  (the fixture)
+from tests.e2e.test_vm_volumes import wait_disk
 from tests.permissions import reachable
 
 State = dict[str, object]
@@ -227,12 +229,35 @@ def test_a_running_containers_volume(tiny: Cli, state_root: Path) -> None:  # no
     assert ok(tiny, "exec", "c1", "--", "cat", "/mnt/data/f") == "first\n"  # what it sees: the snapshot's
 
     # a block volume attached to a stopped VM is snapshotted and restored as a free one
-    ok(tiny, "volume", "create", "default", "disk", "--size", "64MiB")
+    ok(tiny, "volume", "create", "default", "disk", "--size", "64MiB", "--limit-iops", "5000")  # throttled
     ok(tiny, "create", "tiny", "v1", "--vm")
     ok(tiny, "volume", "attach", "default", "disk", "v1")
     ok(tiny, "volume", "snapshot", "create", "default", "disk")
     ok(tiny, "volume", "snapshot", "restore", "default", "disk", "snap0")
-    assert tags(state_root / "pools" / "default" / "block" / "disk.qcow2") == ["snap0"]
+    disk = state_root / "pools" / "default" / "block" / "disk.qcow2"
+    assert tags(disk) == ["snap0"]
+
+    # one of a running VM: its QEMU takes the snapshot (the guest's write flushed into it first)
+    ok(tiny, "start", "v1", "--wait")
+    seen = wait_disk(tiny, "v1", "disk", present=True)
+    assert seen is not None
+    def write(text: str) -> None:
+        ok(tiny, "exec", "v1", "--", "sh", "-c", f"echo {text} | dd of=/dev/{seen} conv=fsync 2>/dev/null")
+
+    write("before-snap")
+    said = ok(tiny, "volume", "snapshot", "create", "default", "disk", "live")
+    assert "taken by the QEMU of v1 while it ran" in said, said
+    assert tags(disk) == ["snap0", "live"]
+    write("after-snap!")
+    before = state(state_root)
+    refused = tiny("volume", "snapshot", "restore", "default", "disk", "live")
+    assert_clear_error(refused, 1, "attached to v1, which is running", "stop it first: virtkit stop v1")
+    assert state(state_root) == before
+    ok(tiny, "volume", "snapshot", "delete", "default", "disk", "snap0")  # by its QEMU too
+    assert tags(disk) == ["live"]
+    ok(tiny, "stop", "v1", "--force")
+    ok(tiny, "volume", "snapshot", "restore", "default", "disk", "live")
+    assert qemu_io(disk, "read -P 0x62 0 1") == 0  # 'b' of "before-snap", the guest's write
 
 
 def test_through_a_remote(

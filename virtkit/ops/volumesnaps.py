@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -48,6 +49,7 @@ from virtkit.model import (
     InstanceRecord,
     InstanceState,
     PoolRecord,
+    VolumeAttachment,
     VolumeRecord,
     VolumeSnapshotRecord,
     VolumeType,
@@ -132,13 +134,6 @@ class VolumeSnapshots:
     def _create_block(
         self, record: VolumeRecord, holder: Holder | None, path: Path, wanted: str | None
     ) -> tuple[VolumeSnapshotRecord, tuple[str, ...]]:
-        if holder is not None and holder.live:
-            raise StateError(
-                f"{_named(record)} is attached to {holder.record.name}, which is {holder.state}: its QEMU "
-                "holds the disk, and a running VM's volume cannot be snapshotted yet",
-                hint=f"stop it (virtkit stop {holder.record.name}) or detach the volume (virtkit volume "
-                f"detach {record.pool} {record.name} {holder.record.name}), then retry",
-            )
         inside = volumesnap.tags(path)
         snap = self._free_name(record, wanted, inside)
         if snap in inside:
@@ -147,8 +142,46 @@ class VolumeSnapshots:
                 "has no record of (made by another tool, or left by an interrupted create)",
                 hint=f"choose another name, or remove it: qemu-img snapshot -d {snap} {path}",
             )
-        size = volumesnap.take_block(path, snap)
-        return self._record(record, snap, size, False, lambda: volumesnap.drop_block(path, snap)), ()
+        if holder is None or not holder.live:
+            size = volumesnap.take_block(path, snap)
+            return self._record(record, snap, size, False, lambda: volumesnap.drop_block(path, snap)), ()
+        note = self._take_live(record, holder, snap)
+        size = os.lstat(path).st_blocks * 512
+        return self._record(record, snap, size, True, lambda: self._drop_live(record, holder, snap)), (note,)
+
+    def _take_live(self, volume: VolumeRecord, holder: Holder, snap: str) -> str:
+        """Snapshot `snap` of the block volume of a running (or paused) VM, taken by its QEMU, the
+        guest's filesystems frozen for it where its agent can (as `snapshot create` does); a note."""
+        take = self._snapshotter(volume, holder)
+        freeze = getattr(holder.driver, "frozen", None)
+        running = holder.state is InstanceState.RUNNING
+        frozen = freeze(holder.record, holder.paths) if freeze and running else contextlib.nullcontext("")
+        with frozen as said:
+            take(holder.record, holder.paths, self._attachment(volume, holder), snap)
+        how = f"; {said}" if said else ""
+        return f"taken by the QEMU of {holder.record.name} while it ran{how}"
+
+    def _drop_live(self, volume: VolumeRecord, holder: Holder, snap: str) -> None:
+        drop = self._snapshotter(volume, holder)
+        drop(holder.record, holder.paths, self._attachment(volume, holder), snap, delete=True)
+
+    @staticmethod
+    def _snapshotter(volume: VolumeRecord, holder: Holder) -> Callable[..., None]:
+        """The holder's driver's way to snapshot a volume it holds (a VM's QEMU does)."""
+        found: Callable[..., None] | None = getattr(holder.driver, "snapshot_volume", None)
+        if found is None:
+            raise StateError(f"{holder.record.name} holds {_named(volume)}, and cannot snapshot it while "
+                             "it runs", hint=f"stop it first: virtkit stop {holder.record.name}")  # fmt: skip
+        return found
+
+    @staticmethod
+    def _attachment(volume: VolumeRecord, holder: Holder) -> VolumeAttachment:
+        key = (volume.pool, volume.name)
+        found = next((a for a in holder.record.volumes if (a.pool, a.name) == key), None)
+        if found is None:
+            hint = f"virtkit volume detach {volume.pool} {volume.name} {holder.record.name}"
+            raise StateError(f"{holder.record.name} does not list {_named(volume)} as attached", hint=hint)
+        return found
 
     def _create_dir(
         self, record: VolumeRecord, holder: Holder | None, path: Path, wanted: str | None
@@ -230,12 +263,10 @@ class VolumeSnapshots:
             path = self._path(record)
             if record.type is VolumeType.BLOCK:
                 if holder is not None and holder.live:
-                    raise StateError(
-                        f"{_named(record)} is attached to {holder.record.name}, which is {holder.state}: "
-                        "its QEMU holds the disk",
-                        hint=f"stop it (virtkit stop {holder.record.name}) or detach the volume, then retry",
-                    )
-                volumesnap.drop_block(path, snap)
+                    if snap in volumesnap.tags(path):  # its QEMU holds the disk: it deletes it
+                        self._drop_live(record, holder, snap)
+                else:
+                    volumesnap.drop_block(path, snap)
             else:
                 volumesnap.drop_dir(path, snap)
             self.store.delete(VolumeSnapshotRecord, record.pool, record.name, snap)

@@ -27,6 +27,7 @@ from virtkit.model import (
     InstanceKind,
     InstanceRecord,
     InstanceState,
+    VolumeAttachment,
     VolumeRecord,
     VolumeSnapshotRecord,
     VolumeType,
@@ -307,22 +308,44 @@ def test_restore_is_refused_under_a_running_instance(
     assert store.get(VolumeRecord, "default", "www").attached_to == "i1"  # still attached
 
 
-def test_a_running_vms_block_volume_is_refused(
+def test_a_running_vms_block_volume_is_snapshotted_by_its_qemu(
     storage: Storage,
     snaps: VolumeSnapshots,
     store: SqliteStore,
     fake: FakeDriver,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    store.create(VolumeRecord(pool="default", name="disk", size=1 << 30))
+    storage.create_volume("default", "disk", size="64MiB")
     store.create(VolumeSnapshotRecord(pool="default", volume="disk", name="old", type=VolumeType.BLOCK))
     attach(store, fake, "disk", InstanceKind.VM, InstanceState.RUNNING)
-    monkeypatch.setattr(vmsnap, "qemu_img", None)  # never reached
-    for verb, args in ((snaps.create, ()), (snaps.restore, ("old",)), (snaps.delete, ("old",))):
-        with pytest.raises(StateError, match="attached to i1, which is running") as caught:
-            verb("default", "disk", *args)
-        assert caught.value.hint is not None and "virtkit stop i1" in caught.value.hint
-    assert [s.name for s in store.list(VolumeSnapshotRecord)] == ["old"]
+    record = store.get(InstanceRecord, "i1")
+    record.volumes = [VolumeAttachment(pool="default", name="disk", type=VolumeType.BLOCK, format="qcow2",
+                                       source="/x.qcow2", device="vol0")]  # fmt: skip
+    store.put(record)
+    inside = ["old"]
+    monkeypatch.setattr(volumesnap, "tags", lambda disk: list(inside))
+    monkeypatch.setattr(vmsnap, "qemu_img", None)  # never reached: its QEMU holds the disk
+    asked: list[tuple[str, str, bool]] = []
+
+    def snapshot_volume(rec: InstanceRecord, paths: object, vol: VolumeAttachment, name: str, *,
+                        delete: bool = False) -> None:  # fmt: skip
+        asked.append((vol.device, name, delete))
+
+    monkeypatch.setattr(fake, "snapshot_volume", snapshot_volume, raising=False)
+    taken, notes = snaps.create("default", "disk", "live")
+    assert asked == [("vol0", "live", False)] and taken.live
+    assert notes and "taken by the QEMU of i1 while it ran" in notes[0]
+    with pytest.raises(StateError, match="attached to i1, which is running") as caught:
+        snaps.restore("default", "disk", "live")
+    assert caught.value.hint is not None and "virtkit stop i1" in caught.value.hint
+    snaps.delete("default", "disk", "old")
+    assert asked[-1] == ("vol0", "old", True)
+    assert [s.name for s in store.list(VolumeSnapshotRecord)] == ["live"]
+
+    monkeypatch.delattr(fake, "snapshot_volume")  # a driver that cannot: refused, nothing recorded
+    with pytest.raises(StateError, match="cannot snapshot it while it runs"):
+        snaps.create("default", "disk", "more")
+    assert [s.name for s in store.list(VolumeSnapshotRecord)] == ["live"]
 
 
 def test_lost_data_is_said_before_anything_changes(

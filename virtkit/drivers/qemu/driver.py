@@ -415,6 +415,21 @@ class QemuDriver:
         boot.spec = replace(spec, volumes=(*spec.volumes, vol))
         boot.save(files.boot)
 
+    def snapshot_volume(self, record: InstanceRecord, paths: InstancePaths, volume: VolumeAttachment,
+                        name: str, *, delete: bool = False) -> None:  # fmt: skip
+        """Take (with `delete`: delete) internal snapshot `name` of `volume`'s disk in the running
+        VM, by its QEMU, which holds the disk (blockdev-snapshot-internal-sync on the volume's top
+        node: QEMU flushes the guest's writes to it first)."""
+        self._running(record, paths)
+        spec = self._boot(record, VmFiles(paths)).spec
+        vol = next((v for v in spec.volumes if v.device == volume.device), None)
+        if vol is None:
+            raise StateError(f"{record.name}'s QEMU does not hold volume {volume.pool}/{volume.name} "
+                             "(it gets it at its next start)",
+                             hint=f"stop {record.name}, then retry")  # fmt: skip
+        command = "blockdev-snapshot-delete-internal-sync" if delete else "blockdev-snapshot-internal-sync"
+        self._monitor(record, paths, timeout=60.0).execute(command, {"device": node_id(vol), "name": name})
+
     def detach_volume(self, record: InstanceRecord, paths: InstancePaths, volume: VolumeAttachment) -> None:
         """Hot-unplug `volume` from the running VM (a bounded wait for the guest to let it go); a
         stopped VM has nothing of it to remove."""
