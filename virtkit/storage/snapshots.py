@@ -112,9 +112,16 @@ def snapshots_dir(instance_dir: Path) -> Path:
     """The instance's snapshots directory, made (root, 0700) if missing. A VM's directory is writable
     by QEMU's user (sticky, group-writable): what is there must be root's own directory, not a
     symlink or a directory that user made."""
-    path = instance_dir / SNAPSHOTS_DIR
+    return own_dir(instance_dir / SNAPSHOTS_DIR)[0]
+
+
+def own_dir(path: Path) -> tuple[Path, bool]:
+    """Snapshot directory `path`, made (root, 0700) if missing; (it, whether made now). What is
+    there must be root's own directory, not a symlink or another user's."""
+    made = False
     try:
         os.mkdir(path, DIR_MODE)
+        made = True
     except FileExistsError:
         pass
     except OSError as exc:
@@ -127,7 +134,7 @@ def snapshots_dir(instance_dir: Path) -> Path:
         )
     if stat.S_IMODE(info.st_mode) != DIR_MODE:
         os.chmod(path, DIR_MODE)
-    return path
+    return path, made
 
 
 def _kind(mode: int) -> str:

@@ -31,14 +31,13 @@ from pathlib import Path
 from virtkit.errors import StateError
 from virtkit.storage import vmsnap
 from virtkit.storage.archive import remove_tree
-from virtkit.storage.snapshots import copy, sweep
+from virtkit.storage.snapshots import copy, own_dir, sweep
 from virtkit.storage.volumes import retire, usage
 from virtkit.store.files import temp_name
 
 log = logging.getLogger(__name__)
 
 SUFFIX = ".snapshots"
-DIR_MODE = 0o700
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 
@@ -87,28 +86,8 @@ def home(volume_dir: Path) -> Path:
 
 
 def _open_home(volume_dir: Path) -> tuple[Path, bool]:
-    """The volume's snapshots directory, made (root, 0700) if missing; (it, whether made now).
-    What is there must be root's own directory, not a symlink or another user's."""
-    path = home(volume_dir)
-    made = False
-    try:
-        os.mkdir(path, DIR_MODE)
-        made = True
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise StateError(f"cannot make {path}: {exc.strerror or exc}") from exc
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
-        mode = info.st_mode
-        kind = "symlink" if stat.S_ISLNK(mode) else "directory" if stat.S_ISDIR(mode) else "file"
-        raise StateError(
-            f"{path} is not virtkit's snapshot directory: a {kind} of uid {info.st_uid}",
-            hint=f"move it away, then retry: mv {path} {path}.suspect",
-        )
-    if stat.S_IMODE(info.st_mode) != DIR_MODE:
-        os.chmod(path, DIR_MODE)
-    return path, made
+    """The volume's snapshots directory, made (root, 0700) if missing; (it, whether made now)."""
+    return own_dir(home(volume_dir))
 
 
 def has_dir(volume_dir: Path, name: str) -> bool:
