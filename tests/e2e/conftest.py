@@ -86,5 +86,5 @@ def debian_root(tmp_path_factory: pytest.TempPathFactory, flavour: str) -> Itera
 
 @pytest.fixture(scope="session")
 def debian(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cli, Path]]:
-    """The debian-bookworm VM image's root, built once per session (test_vm_debian, test_vm_disk)."""
+    """The debian-bookworm VM image's root, built once per session (test_vm_debian)."""
     yield from debian_root(tmp_path_factory, "vm")

@@ -39,7 +39,7 @@ from tests.netns import Namespace
 HOST_IP = "172.31.252.1"
 SERVER_IP = "172.31.252.2"
 NOBODY_IP = "172.31.252.3"  # on the link, nobody answers
-DISK_SIZE = 1536 * 1024 * 1024
+DISK_SIZE = 1152 * 1024 * 1024  # the ~750 MiB tree, with room for its boots: read whole by --disks auto
 START_TIMEOUT = 60.0
 REPORT_BEGIN = "P2V-REPORT begin"
 REPORT_END = "P2V-REPORT end"

@@ -14,7 +14,9 @@ from tests.e2e.conftest import VIRTKIT, Cli
 from tests.e2e.test_cli import assert_clear_error
 from tests.e2e.test_vm_lifecycle import state_of, tiny  # noqa: F401  (the fixture)
 
-BOMB = "for i in $(seq 100); do sleep 30 & done; wait"
+# the sleeps hold the limit while the loop forks on; their output goes elsewhere, so the exec ends with
+# the shell (which may give up at the first refused fork) instead of 30 s later with the last sleep
+BOMB = "p=; for i in $(seq 100); do sleep 30 >/dev/null 2>&1 & p=\"$p $!\"; done; kill $p 2>/dev/null; wait"
 HOG = "x=$(head -c 150000000 /dev/zero | tr '\\0' a); echo survived ${#x}"
 
 

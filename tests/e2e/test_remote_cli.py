@@ -177,6 +177,17 @@ def _token(run: Run, root: Path, name: str = "e2e", role: str = "operator") -> s
     return made.stdout.strip()
 
 
+LOCAL_PLAYS: list[list[Step]] = []
+
+
+def _played_locally(run: Run, root: Path) -> list[Step]:
+    """The scenario played locally, once per module: what it says does not depend on the transport
+    the remote side is reached by, so each transport's test compares against the same local run."""
+    if not LOCAL_PLAYS:
+        LOCAL_PLAYS.append(play(run, None, [root]))
+    return LOCAL_PLAYS[0]
+
+
 @pytest.mark.parametrize("transport", ["unix", "tls"])
 def test_remote_cli_matches_local(
     transport: str, tmp_path: Path, root_of: Callable[[str], Path], servers: Callable[..., Server],  # noqa: F811
@@ -187,7 +198,7 @@ def test_remote_cli_matches_local(
     run = cli({"VIRTKIT_ROOT": str(local_root), "VIRTKIT_CONFIG_DIR": str(config)})
     cleanup.append((run, local_root))
     began = time.monotonic()
-    local = play(run, None, [local_root])
+    local = _played_locally(run, local_root)
     local_seconds = time.monotonic() - began
 
     server_root = root_of("server")

@@ -343,13 +343,18 @@ def test_snapshots_copies_images_backups(
     assert not (tmp_path / "client-root").exists()
 
 
+LOCAL_STORAGE: list[list[Step]] = []  # STORAGE played locally, once per module
+
+
 @pytest.mark.parametrize("transport", ["unix", "tls"])
 def test_storage(
     transport: str, tmp_path: Path, root_of: Callable[[str], Path], servers: Callable[..., Server],  # noqa: F811
 ) -> None:
     local, local_root, remote, server_root, start = _sides(tmp_path, root_of, servers, transport, "admin")
-    with side(local, local_root, None):
-        here = play(local, STORAGE, None, [local_root], tmp_path)
+    if not LOCAL_STORAGE:  # what the local side says does not depend on the remote's transport: played once
+        with side(local, local_root, None):
+            LOCAL_STORAGE.append(play(local, STORAGE, None, [local_root], tmp_path))
+    here = LOCAL_STORAGE[0]
     start()
     with side(remote, server_root, "far"):
         there = play(remote, STORAGE, "far", [server_root], tmp_path)

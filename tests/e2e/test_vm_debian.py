@@ -2,6 +2,9 @@
 an SSH key, ready when qemu-guest-agent answers, then exec, a graceful stop and delete; and
 cloud-init inputs refused before anything is made.
 
+The Debian VM is launched with a 4 GiB root disk: cloud-init's resizefs grows its root filesystem
+to fill it on first boot (tests/e2e/test_vm_disk.py proves it for the tiny image).
+
 The image is built once per module into the module's own state root (`virtkit image build debian
 --flavour vm`); the debootstrapped tree comes from the download cache (~/.cache/virtkit), so
 after the first run on a machine this takes well under a minute. The guest boots under TCG here.
@@ -37,6 +40,7 @@ runcmd:
   - [sh, -c, "echo ran as $(id -un) > /var/tmp/runcmd-done"]
 """
 LAUNCH_TIMEOUT = 600.0  # the build is already done; the boot under TCG on a busy 2-core host
+GiB = 1 << 30
 STOP_TIMEOUT = 120  # seconds `virtkit stop` waits for the guest to power off before forcing it
 
 
@@ -58,7 +62,7 @@ def test_launch_with_cloud_init_exec_stop_delete(debian: tuple[Cli, Path], tmp_p
     key, user_data = _inputs(tmp_path)
     began = time.monotonic()
     launched = virtkit(
-        "launch", "debian-bookworm", "d1", "--vm", "--memory", "512MiB", "--wait",
+        "launch", "debian-bookworm", "d1", "--vm", "--memory", "512MiB", "--disk", "4GiB", "--wait",
         "--ssh-key", str(key), "--user-data", str(user_data), timeout=LAUNCH_TIMEOUT,
     )  # fmt: skip
     assert launched.returncode == 0, launched.stderr
@@ -77,6 +81,12 @@ def test_launch_with_cloud_init_exec_stop_delete(debian: tuple[Cli, Path], tmp_p
     assert _exec(virtkit, "hostname").strip() == "d1"
     assert KEY in _exec(virtkit, "cat", "/home/debian/.ssh/authorized_keys")
     assert _exec(virtkit, "cat", "/etc/virtkit-e2e") == "written by write_files\n"
+    # --disk grew the root disk; cloud-init's resizefs (its init stage too) grew / to fill it
+    image = json.loads(virtkit("image", "show", "debian-bookworm", "--json").stdout)
+    size = int(_exec(virtkit, "df", "-k", "/").splitlines()[-1].split()[1]) * 1024
+    assert image["virtual_size"] < 2 * GiB and 0.95 * 4 * GiB < size <= 4 * GiB, size
+    logged = _exec(virtkit, "grep", "-h", "cc_resizefs", "/var/log/cloud-init.log")
+    assert "Resizing / (ext4) using resize2fs /dev/vda" in logged and "Resized root filesystem" in logged
     status = _exec(virtkit, "cloud-init", "status", "--wait", "--long", timeout=300)
     assert "status: done" in status and "DataSourceNoCloud" in status, status
     assert _exec(virtkit, "cat", "/var/tmp/runcmd-done") == "ran as root\n"

@@ -1,14 +1,14 @@
 """A VM's root disk size as a user types it: `virtkit launch IMAGE NAME --vm --disk SIZE` grows the
 root disk and the guest grows its filesystem to fill it on first boot, proven inside the guest with
 `df`: the tiny image (its initramfs runs resize2fs online, saying so on the console; virtio on
-microvm, AHCI on q35, and an aarch64 guest) and the Debian image (cloud-init's resizefs). A bad
-size is refused in one or two lines and leaves no instance behind.
+microvm, AHCI on q35, and an aarch64 guest); the Debian image's (cloud-init's resizefs) is proven in
+tests/e2e/test_vm_debian.py, on the boot that test makes anyway. A bad size is refused in one or two
+lines and leaves no instance behind.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -17,7 +17,6 @@ import pytest
 
 from tests.e2e.conftest import Cli
 from tests.e2e.test_cli import assert_clear_error
-from tests.e2e.test_vm_debian import LAUNCH_TIMEOUT
 from tests.e2e.test_vm_lifecycle import tiny  # noqa: F401  (the fixture)
 
 MiB = 1 << 20
@@ -104,20 +103,3 @@ def test_disk_for_a_container_is_refused(tiny: Cli, state_root: Path) -> None:  
     done = tiny("launch", "tiny", "c1", "--container", "--disk", "1GiB", timeout=60)
     assert_clear_error(done, 2, "--disk sizes a VM's root disk")
     assert json.loads(ok(tiny, "list", "--json")) == []
-
-
-@pytest.mark.root
-@pytest.mark.skipif(os.geteuid() != 0, reason="debootstrap and QEMU's confinement need root")
-@pytest.mark.skipif(shutil.which("debootstrap") is None, reason="needs debootstrap")
-@pytest.mark.skipif(shutil.which("xorriso") is None, reason="needs xorriso (the cloud-init seed)")
-def test_debian_vm_grows_its_root_filesystem_with_cloud_init(debian: tuple[Cli, Path]) -> None:
-    virtkit, _ = debian
-    image = json.loads(ok(virtkit, "image", "show", "debian-bookworm", "--json"))
-    ok(virtkit, "launch", "debian-bookworm", "g1", "--vm", "--memory", "512MiB", "--disk", "4GiB", "--wait",
-       timeout=LAUNCH_TIMEOUT)  # fmt: skip
-    # Ready means the guest agent answers, after cloud-init's init stage, where resizefs runs.
-    size = root_size(virtkit, "g1")
-    assert image["virtual_size"] < 2 * GiB and 0.95 * 4 * GiB < size <= 4 * GiB, size
-    logged = ok(virtkit, "exec", "g1", "--", "grep", "-h", "cc_resizefs", "/var/log/cloud-init.log")
-    assert "Resizing / (ext4) using resize2fs /dev/vda" in logged and "Resized root filesystem" in logged
-    ok(virtkit, "delete", "--force", "g1", timeout=120)

@@ -7,12 +7,14 @@ from the guest's /proc/meminfo, the disk figures from dd with O_DIRECT in the gu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
 import re
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.e2e.conftest import VIRTKIT, Cli
@@ -30,20 +32,29 @@ def live(virtkit: Cli, name: str) -> dict[str, object]:
     return details
 
 
-def cpu_share(virtkit: Cli, state_root: Path, name: str, seconds: float = 4.0) -> float:
-    """Host CPUs the VM used while its guest spun in a busy loop (1.0 = one host CPU)."""
+@contextlib.contextmanager
+def spinning(virtkit: Cli, state_root: Path, name: str, seconds: float) -> Iterator[None]:
+    """The guest spinning in a busy loop (for at most `seconds`) while the body runs; one loop for
+    every measurement of a test, so each does not wait for its own loop to start and end."""
     env = {**os.environ, "VIRTKIT_ROOT": str(state_root)}
-    loop = f"timeout {seconds + 3:g} sh -c '{BUSY}'; true"
-    spinning = subprocess.Popen(
+    loop = f"timeout {seconds:g} sh -c '{BUSY}'; true"
+    spinner = subprocess.Popen(
         [str(VIRTKIT), "exec", name, "--", "sh", "-c", loop], env=env, stdout=subprocess.DEVNULL
     )
     try:
         time.sleep(1.0)  # let the loop start
-        before, began = live(virtkit, name)["cpu_seconds"], time.monotonic()
-        time.sleep(seconds)
-        after, ended = live(virtkit, name)["cpu_seconds"], time.monotonic()
+        yield
+        assert spinner.poll() is None, "the busy loop ended before the measurements did"
     finally:
-        spinning.wait(timeout=60)
+        spinner.terminate()  # the exec only: the guest's loop ends by its timeout, or with the VM
+        spinner.wait(timeout=60)
+
+
+def cpu_share(virtkit: Cli, name: str, seconds: float = 4.0) -> float:
+    """Host CPUs the VM used over `seconds` (1.0 = one host CPU), while its guest spins."""
+    before, began = live(virtkit, name)["cpu_seconds"], time.monotonic()
+    time.sleep(seconds)
+    after, ended = live(virtkit, name)["cpu_seconds"], time.monotonic()
     assert isinstance(before, float) and isinstance(after, float)
     return (after - before) / (ended - began)
 
@@ -71,12 +82,14 @@ def test_cpu_allowance_holds_and_changes_live(tiny: Cli, state_root: Path) -> No
     assert launched.returncode == 0, launched.stderr
     details = live(tiny, "cpu1")
     assert details["cpu_allowance"] == "50ms/100ms" and str(details["cgroup"]).startswith("virtkit/cpu1.")
-    half = cpu_share(tiny, state_root, "cpu1")
-    assert 0.2 < half < 0.6, half  # unconfined, a spinning TCG vCPU takes a whole host CPU
-    changed = tiny("set", "cpu1", "cpu.allowance=20%")
-    assert changed.returncode == 0 and "(now)" in changed.stdout, changed.stderr
-    fifth = cpu_share(tiny, state_root, "cpu1")
-    assert 0.05 < fifth < 0.27, fifth
+    with spinning(tiny, state_root, "cpu1", seconds=60):
+        half = cpu_share(tiny, "cpu1")
+        assert 0.2 < half < 0.6, half  # unconfined, a spinning TCG vCPU takes a whole host CPU
+        changed = tiny("set", "cpu1", "cpu.allowance=20%")  # while the guest spins
+        assert changed.returncode == 0 and "(now)" in changed.stdout, changed.stderr
+        time.sleep(0.5)
+        fifth = cpu_share(tiny, "cpu1")
+        assert 0.05 < fifth < 0.27, fifth
     assert "--cpu-allowance" not in tiny("show", "cpu1", "--runtime").stdout  # a cgroup, not a QEMU flag
     assert json.loads(tiny("show", "cpu1", "--json").stdout)["config"]["cpu_allowance"] == "20%"
 

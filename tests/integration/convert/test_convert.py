@@ -187,7 +187,9 @@ def _boot(qcow: Path, tmp: Path) -> str:
         "-initrd",
         str(tmp / "initrd"),
         "-append",
-        f"root=UUID={uuid} ro console=ttyS0 rootdelay=20 panic=-1",
+        # no rootdelay=: initramfs-tools would sleep that long before even looking, then wait its own
+        # max(30 s, rootdelay) for the root device; its 30 s floor is wait enough for a virtio disk
+        f"root=UUID={uuid} ro console=ttyS0 panic=-1",
         "-drive",
         f"file={overlay},if=virtio,format=qcow2",
     ]
@@ -200,7 +202,7 @@ def _boot(qcow: Path, tmp: Path) -> str:
             text = log.read_text(errors="replace")
             if "login:" in text or "Gave up waiting" in text:
                 break
-            time.sleep(2)
+            time.sleep(0.5)
     finally:
         qemu.kill()
         qemu.wait()
