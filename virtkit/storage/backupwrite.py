@@ -47,7 +47,7 @@ from virtkit.store.files import temp_name
 log = logging.getLogger(__name__)
 
 COMPRESSORS = {
-    "zstd": (["zstd", "-q", "-c", "-3", "-T0"], "zstd"),
+    "zstd": (["zstd", "-q", "-c", "-3", "-T0", "--no-check"], "zstd"),
     "gzip": (["gzip", "-c", "-6"], "gzip"),
 }
 COMPRESSIONS = ("zstd", "gzip", "none")
