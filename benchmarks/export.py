@@ -105,7 +105,7 @@ def main() -> None:
             out.unlink()
         medians = {name: statistics.median(values) for name, values in times.items()}
         print(f"disk: {format_size(size)} virtual, {format_size(disk_bytes)} qcow2 file; runs: {args.runs}")
-        print(f"{'':<16} {'median s':>9} {'MiB/s':>8} {'output':>10}")
+        print(f"{'':<20} {'median s':>9} {'MiB/s':>8} {'output':>10}")
         for name, seconds in medians.items():
             rate = disk_bytes / seconds / BLOCK
             print(f"{name:<20} {seconds:>9.2f} {rate:>8.0f} {format_size(sizes[name]):>10}")
