@@ -308,7 +308,7 @@ def test_bad_uploads_leave_the_store_unchanged(api: tuple[Server, Client, Stream
     flipped[len(data) // 2] ^= 0xFF
     hostile = tmp_path / "flipped.tar.zst"
     hostile.write_bytes(bytes(flipped))
-    with pytest.raises(RejectedError, match=r"truncated or corrupt|checksum"):
+    with pytest.raises(RejectedError, match=r"is (truncated or )?corrupt|checksum"):  # zstd or the sha256
         streams.import_archive(hostile, "c3")
     garbage = tmp_path / "garbage.bin"
     garbage.write_bytes(os.urandom(200_000))
