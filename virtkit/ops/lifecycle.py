@@ -7,6 +7,7 @@ launch leaves no record and no files; a failed start leaves the instance stopped
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -439,8 +440,12 @@ class Lifecycle:
         Storage(self.root, self.store).release_all(record.name)  # volumes outlive it, detached (as Incus's)
         self.nics.forget(record)
         with_root = self.root / "instances"
-        if with_root.exists() and not os.listdir(with_root):
-            with_root.rmdir()
+        try:  # a delete beside this one (delete --all) may remove it first, a create fill it meanwhile
+            if not os.listdir(with_root):
+                with_root.rmdir()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST):
+                raise
 
 
 def default_kind(image: ImageRecord) -> InstanceKind:
