@@ -38,7 +38,8 @@ def sha(path: Path) -> str:
 
 
 def img(*args: str) -> None:
-    subprocess.run(["qemu-img", *args], check=True, capture_output=True)
+    done = subprocess.run(["qemu-img", *args], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, (args, done.stderr)  # what qemu-img said (a lock still held?)
 
 
 @pytest.fixture
