@@ -9,7 +9,6 @@ writable layer as it was."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import stat
@@ -21,6 +20,7 @@ from tests.e2e.test_backup_cli import other  # noqa: F401  (the fixture)
 from tests.e2e.test_cli import assert_clear_error
 from tests.e2e.test_snapshot_cli import MANIFEST, ok, run_in
 from tests.e2e.test_vm_lifecycle import tiny  # noqa: F401  (the fixture)
+from tests.unit.storage.backupbuild import sealed
 
 SETUP = """set -e
 mkdir -p /srv/app/sub /srv/big
@@ -126,8 +126,8 @@ def test_incremental_of_a_running_container_onto_another_root(tiny: Cli, other: 
 
 
 def reseal(archive: Path, out: Path, deleted: bytes) -> Path:
-    """`archive` (uncompressed) with another list of deleted paths, its manifest and checksums made
-    to match, as a hostile exporter would."""
+    """`archive` (uncompressed) with another list of deleted paths, its manifest and checksums
+    (the manifest's, the stored digest) made to match, as a hostile exporter would."""
     with tarfile.open(archive) as tar:
         members = [(m, tar.extractfile(m).read() if m.isreg() else b"") for m in tar]  # type: ignore[union-attr]
     document = json.loads(members[0][1])
@@ -144,13 +144,10 @@ def reseal(archive: Path, out: Path, deleted: bytes) -> Path:
         elif info.name == "virtkit-backup.sha256":
             sums = json.loads(data)
             sums["manifest"] = hashlib.sha256(head).hexdigest()
-            sums["files"]["upper.deleted"] = hashlib.sha256(deleted).hexdigest()
             data = json.dumps(sums).encode()
         info.size = len(data) if info.isreg() else 0
         rewritten.append((info, data))
-    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
-        for info, data in rewritten:
-            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    out.write_bytes(sealed(rewritten))
     return out
 
 

@@ -91,12 +91,7 @@ def _run(stream: TarStream, members: Members) -> None:
             ) from None
         raise stream.corrupt(f"{exc} (after member {name!r})") from None
     members.finish()
-    stream.drain()
-    stream.finish()
-    if stream.position < end + tarfile.BLOCKSIZE:
-        raise stream.corrupt(f"it ends after member {name!r} without the tar end-of-archive marker")
-    if stream.last_nonzero > end:
-        raise stream.corrupt(f"after member {name!r} comes something that is neither a member nor the end")
+    stream.end_at(end, name)
 
 
 def _next(tar: tarfile.TarFile, stream: TarStream) -> tarfile.TarInfo | None:

@@ -27,11 +27,11 @@ from virtkit.storage.backupcache import TreeCache
 from virtkit.storage.backupdisk import DiskSource
 from virtkit.storage.backupformat import (
     BASE_IMAGE,
-    BASE_TREE,
     DISKS,
     FILES,
     IMAGE_TREE,
     UPPER,
+    VERSION,
     DiskEntry,
     FileEntry,
     ImageEntry,
@@ -230,8 +230,7 @@ def snapshot_entries(uuid: str, snapshots: list[SnapshotRecord]) -> list[Snapsho
 
 def manifest(instance: InstanceEntry, image: ImageEntry | None, snapshots: list[SnapshotEntry], parts: Parts,
              since: SinceEntry | None = None) -> Manifest:  # fmt: skip
-    version = 2 if any(tree.role == BASE_TREE for tree, _ in parts.trees) else 1
-    return Manifest(format="virtkit-backup", version=version, virtkit=__version__, created_at=time.time(),
+    return Manifest(format="virtkit-backup", version=VERSION, virtkit=__version__, created_at=time.time(),
                     instance=instance, image=image, snapshots=snapshots, since=since,
                     disks=[d for d, _ in parts.disks], files=[f for f, _ in parts.files],
                     trees=[t for t, _ in parts.trees], notes=parts.notes[:100])  # fmt: skip
@@ -240,9 +239,9 @@ def manifest(instance: InstanceEntry, image: ImageEntry | None, snapshots: list[
 def write(dest: Path, compression: str, document: Manifest, parts: Parts, image_cache: TreeCache | None = None
           ) -> Path:  # fmt: skip
     """The archive at `dest`: manifest, image (its compressed form from `image_cache` when kept
-    there: storage/backupcache.py), files, disks, layers, checksums. The big files' and
-    disks' hashes start at once, beside the image's compression (they do not change meanwhile:
-    ops/backup.py hands over a stopped instance's files or staged copies)."""
+    there: storage/backupcache.py), files, disks, layers, checksums. The files and disks are
+    opened before anything is written (ops/backup.py hands over a stopped instance's files or
+    staged copies: they do not change meanwhile)."""
     with contextlib.ExitStack() as stack:
         listed: list[tuple[str, FileEntry | DiskEntry, int]] = []
         for kind, entries in ((FILES, parts.files), (DISKS, parts.disks)):
@@ -252,8 +251,6 @@ def write(dest: Path, compression: str, document: Manifest, parts: Parts, image_
                 listed.append((kind, entry, fd))
         writer = ArchiveWriter(dest, compression)  # closed or aborted before the files are
         try:
-            for kind, entry, fd in listed:
-                writer.hash_ahead(kind, entry.id, fd, entry.size, parts.heads.get(entry.id, b""))
             writer.add_manifest(document.model_dump(mode="json"))
             ordered = sorted(parts.trees, key=lambda tree: tree[0].id != IMAGE_TREE)
             for tree, tree_entries in ordered[:1] if ordered and ordered[0][0].id == IMAGE_TREE else []:

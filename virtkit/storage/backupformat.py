@@ -11,7 +11,10 @@ A backup is one tar stream (plain, or compressed whole by zstd or gzip)::
                                container sees them (0 is its root); in an incremental archive,
                                only what changed since the snapshot, what went listed in
                                files/upper.deleted (storage/treediff.py)
-    virtkit-backup.sha256      the sha256 of the manifest and of every disk, file and tree
+    virtkit-backup.sha256      the sha256 of the manifest, the digest of every tree, and (version
+                               3) the sha256 of the archive's own bytes before the run holding
+                               this list (storage/backupstored.py); versions 1 and 2 had the
+                               sha256 of every disk's and file's content instead
 
 The checksums come last because a tar stream cannot go back: they are computed while the data is
 written, in one pass, without a temporary copy of every disk. The manifest says where they are.
@@ -36,7 +39,8 @@ from virtkit.model import InstanceKind, Name, SnapshotPart
 from virtkit.units import MiB
 
 FORMAT = "virtkit-backup"
-VERSION = 2  # the newest this virtkit reads; it writes 1 unless the archive needs 2 (a base tree)
+VERSION = 3  # the newest this virtkit reads, and the one it writes (1 and 2 are still read)
+STORED_VERSION = 3  # from this version on: the stored digest, no sha256 of each disk and file
 MANIFEST = "virtkit-backup.json"
 CHECKSUMS = "virtkit-backup.sha256"
 MAX_MANIFEST = 1 * MiB  # a manifest names a few dozen parts: far below this
@@ -180,11 +184,20 @@ class Manifest(_Strict):
         return data + sum(t.bytes + t.entries * 4096 for t in self.trees)
 
 
+class Stored(_Strict):
+    """The sha256 of the archive file's first `bytes` bytes: all of it before the run holding the
+    checksum list (storage/backupstored.py)."""
+
+    bytes: Size
+    sha256: Sha256
+
+
 class Checksums(_Strict):
     manifest: Sha256
-    disks: dict[str, Sha256] = Field(default_factory=dict)
-    files: dict[str, Sha256] = Field(default_factory=dict)
+    disks: dict[str, Sha256] = Field(default_factory=dict)  # versions 1 and 2
+    files: dict[str, Sha256] = Field(default_factory=dict)  # versions 1 and 2
     trees: dict[str, Sha256] = Field(default_factory=dict)
+    stored: Stored | None = None  # version 3
 
 
 def parse_manifest(data: bytes, label: str) -> Manifest:

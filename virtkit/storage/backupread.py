@@ -6,7 +6,9 @@ is parsed and checked (`check` lets the caller refuse early: a name taken, no ro
 data is written. Then every member must be one the manifest announced, of the size it announced:
 
 - ``disks/ID`` and ``files/ID``: regular files, written to ``staging/parts/ID`` (zero runs as
-  holes), hashed as they are written; a symlink, link, device or a second copy is refused;
+  holes), hashed as they are written (versions 1 and 2: from version 3 the stored digest covers
+  them, hashed from the archive file by a thread beside decompression: storage/backupstored.py);
+  a symlink, link, device or a second copy is refused;
 - ``trees/ID/...``: entries of one tree, written under ``staging/trees/ID`` by the safe extractor
   in exact mode (storage/members.py: no write through a symlink, no ``..``, no absolute path, no
   hard link leaving the tree, no device node but whiteouts, only known extended attributes);
@@ -35,6 +37,7 @@ from virtkit.storage.backupformat import (
     MANIFEST,
     MAX_CHECKSUMS,
     MAX_MANIFEST,
+    STORED_VERSION,
     TREES,
     Checksums,
     Manifest,
@@ -42,9 +45,10 @@ from virtkit.storage.backupformat import (
     parse_checksums,
     parse_manifest,
 )
+from virtkit.storage.backupstored import StoredHasher
 from virtkit.storage.backuptree import IMAGE_XATTRS, UPPER_XATTRS, tarinfo_line
 from virtkit.storage.members import Members
-from virtkit.storage.tarstream import HEADER_BUDGET, NONE, ByteProgress, Limits, TarStream
+from virtkit.storage.tarstream import HEADER_BUDGET, NONE, ByteProgress, Limits, TarStream, sniff_compression
 from virtkit.units import MiB, format_size
 
 PARTS = "parts"
@@ -81,6 +85,8 @@ class _Reader:
         self.trees: dict[str, _Tree] = {}
         self.checksums: Checksums | None = None
         self.manifest_sum = ""
+        self.stored: StoredHasher | None = None  # version 3: the archive's own bytes, hashed
+        self.checksums_at = 0  # where the checksum list's header begins, in the tar stream
 
     def refuse(self, why: str) -> RejectedError:
         return RejectedError(f"archive {self.label} is refused: {why}")
@@ -97,7 +103,10 @@ class _Reader:
                               f"{format_size(MAX_MANIFEST)} a manifest may have")  # fmt: skip
         data = self._small(tar, first)
         self.manifest_sum = hashlib.sha256(data).hexdigest()
-        return parse_manifest(data, self.label)
+        manifest = parse_manifest(data, self.label)
+        if manifest.version >= STORED_VERSION:
+            self.stored = StoredHasher(self.stream.source_fd, self.stream.size)
+        return manifest
 
     def _small(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
         source = tar.extractfile(member)
@@ -116,6 +125,7 @@ class _Reader:
             if not member.isreg() or member.size > MAX_CHECKSUMS:
                 raise self.refuse("its checksum list is not a small regular file")
             self.checksums = parse_checksums(self._small(tar, member), self.label)
+            self.checksums_at = member.offset
             return
         announced = manifest.member_names()
         if name in announced:
@@ -145,16 +155,17 @@ class _Reader:
         path.parent.mkdir(mode=0o700, exist_ok=True)
         source = tar.extractfile(member)
         assert source is not None
-        digest = hashlib.sha256()
+        digest = hashlib.sha256() if self.stored is None else None  # else: the stored digest's
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             while chunk := source.read(MiB):
-                digest.update(chunk)
+                if digest is not None:
+                    digest.update(chunk)
                 _write_sparse(fd, chunk)
             os.ftruncate(fd, member.size)
         finally:
             os.close(fd)
-        self.sums[kind][part] = digest.hexdigest()
+        self.sums[kind][part] = digest.hexdigest() if digest is not None else ""
         staged.parts[part] = path
 
     def _tree_member(self, tar: tarfile.TarFile, member: tarfile.TarInfo, entry: TreeEntry,
@@ -212,12 +223,41 @@ class _Reader:
         expected = self.checksums
         if expected.manifest != self.manifest_sum:
             raise self._mismatch("its manifest")
-        for kind, wanted in ((DISKS, expected.disks), (FILES, expected.files), (TREES, expected.trees)):
+        kinds = [(DISKS, expected.disks), (FILES, expected.files), (TREES, expected.trees)]
+        if self.stored is not None:
+            self._verify_stored(expected)
+            kinds = kinds[2:]
+        elif expected.stored is not None:
+            raise self.refuse(f"its checksum list has a stored digest, which format version "
+                              f"{manifest.version} does not")  # fmt: skip
+        for kind, wanted in kinds:
             if set(wanted) != set(self.sums[kind]):
                 raise self.refuse(f"its checksum list does not name the same {kind} as its manifest")
             for part, value in wanted.items():
                 if self.sums[kind][part] != value:
                     raise self._mismatch(f"{kind}/{part}")
+
+    def _verify_stored(self, expected: Checksums) -> None:
+        """Version 3: the sha256 of the archive's bytes before the checksum list's run."""
+        assert self.stored is not None
+        if expected.stored is None or expected.disks or expected.files:
+            raise self.refuse(f"its checksum list is not one of format version {STORED_VERSION} "
+                              "(a stored digest, no sha256 of each disk and file)")  # fmt: skip
+        length = expected.stored.bytes
+        digest = self.stored.digest(length)
+        if digest is None or not self._list_begins_at(length):
+            raise self.refuse(f"its checksum list says its data ends at byte {length} of "
+                              f"{self.stream.size}: that is not where the list begins")  # fmt: skip
+        if digest != expected.stored.sha256:
+            raise self._mismatch(f"its first {length} bytes")
+
+    def _list_begins_at(self, length: int) -> bool:
+        """Whether the checksum list's run begins at byte `length` of the file: its header there in
+        a plain tar; a frame of the archive's compression there in a compressed one."""
+        if self.stream.compression == NONE:
+            return length == self.checksums_at
+        head = os.pread(self.stream.source_fd, 8, length)
+        return sniff_compression(head) == self.stream.compression
 
     def _mismatch(self, what: str) -> RejectedError:
         return RejectedError(
@@ -253,39 +293,45 @@ def read(source: Path, staging: Path, *, label: str | None = None, check: Callab
     first = Limits(max_bytes=MAX_MANIFEST + 2 * HEADER_BUDGET, max_members=2, max_ratio=1 << 40)
     with TarStream(source, label, first, progress) as stream:
         reader = _Reader(stream, staging, label)
-        name = MANIFEST
         try:
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
-                stream.fence = HEADER_BUDGET
-                manifest = reader.manifest(tar)
-                check(manifest)
-                stream.limits = _limits(manifest)
-                staged = Staged(staging, manifest)
-                while (member := _next(tar, stream)) is not None:
-                    name = member.name
-                    stream.fence = tar.offset + HEADER_BUDGET
-                    reader.member(tar, member, manifest, staged)
-                    vars(tar)["members"].clear()
-                end = tar.offset
-            for tree in reader.trees.values():
-                tree.members.finish()
-        except tarfile.TarError as exc:
-            if not reader.manifest_sum:
-                if stream.compression != NONE:  # a decompressor's complaint says more: truncated?
-                    stream.drain()
-                    stream.finish()
-                raise RejectedError(f"{label} is not a virtkit backup (not a tar archive: {exc})") from None
-            raise stream.corrupt(f"{exc} (after member {name!r})") from None
+            staged = _read(stream, reader, check)
+            reader.verify(staged.manifest)
         finally:
-            for tree in reader.trees.values():
-                tree.members.close()
-        stream.drain()
-        stream.finish()
-        if stream.position < end + tarfile.BLOCKSIZE:
-            raise stream.corrupt(f"it ends after member {name!r} without the tar end-of-archive marker")
-        if stream.last_nonzero > end:
-            raise stream.corrupt(f"after member {name!r} comes what is neither a member nor the end")
-        reader.verify(manifest)
+            if reader.stored is not None:  # before the stream closes the file it reads
+                reader.stored.stop()
+    return staged
+
+
+def _read(stream: TarStream, reader: _Reader, check: Callable[[Manifest], None]) -> Staged:
+    """The stream read to its end, every member staged and hashed."""
+    name = MANIFEST
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            stream.fence = HEADER_BUDGET
+            manifest = reader.manifest(tar)
+            check(manifest)
+            stream.limits = _limits(manifest)
+            staged = Staged(reader.staging, manifest)
+            while (member := _next(tar, stream)) is not None:
+                name = member.name
+                stream.fence = tar.offset + HEADER_BUDGET
+                reader.member(tar, member, manifest, staged)
+                vars(tar)["members"].clear()
+            end = tar.offset
+        for tree in reader.trees.values():
+            tree.members.finish()
+    except tarfile.TarError as exc:
+        if not reader.manifest_sum:
+            if stream.compression != NONE:  # a decompressor's complaint says more: truncated?
+                stream.drain()
+                stream.finish()
+            what = f"{reader.label} is not a virtkit backup (not a tar archive: {exc})"
+            raise RejectedError(what) from None
+        raise stream.corrupt(f"{exc} (after member {name!r})") from None
+    finally:
+        for tree in reader.trees.values():
+            tree.members.close()
+    stream.end_at(end, name)
     return staged
 
 

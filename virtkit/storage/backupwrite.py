@@ -7,13 +7,14 @@ sequence of their frames (both formats read concatenated frames as one stream):
 - what is small (headers, the manifest, trees' files, small disks) goes through a compressor's
   pipe, one process per run of such data;
 - a big file (a disk, a kernel) is compressed by a compressor of its own reading the file itself
-  — no pipe (a pipe costs zstd a third of its speed here), the same flags as `zstd` by hand —
-  while a second thread hashes the same bytes from the page cache; uncompressed, it is copied in
-  the kernel (copy_file_range). A disk's hash may start earlier (`hash_ahead`: while the image
-  before it is compressed, when a core is free), its bytes read once more from the page cache.
+  — no pipe (a pipe costs zstd a third of its speed here), the same flags as `zstd` by hand;
+  uncompressed, it is copied in the kernel (copy_file_range).
 
-The archive's pages are handed to the disk as they are written (sync_file_range, every
-`FLUSH_STEP`), so the final fsync waits for little and writing overlaps compressing.
+A thread follows the archive as it grows (`_Follower`): it hashes its bytes for the stored digest
+(storage/backupstored.py: the compressed bytes, not each disk's content) and hands its pages to
+the disk (sync_file_range, every `FLUSH_STEP`), so the final fsync waits for little and writing
+overlaps compressing. A tree's files are hashed as they go (its digest covers their content): a
+big one by a second thread from the page cache, beside its compressor.
 
 The archive is written under a hidden temporary name beside its destination and renamed into place
 only when complete and synced: an interrupted export never leaves a plausible but truncated archive.
@@ -33,21 +34,22 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
 from virtkit.errors import ConflictError, StoreError, ToolError
 from virtkit.images.tools import missing_tool
 from virtkit.storage.backupcache import TreeCache
-from virtkit.storage.backupformat import CHECKSUMS, DISKS, FILES, MANIFEST, TREES
+from virtkit.storage.backupformat import CHECKSUMS, MANIFEST, TREES
+from virtkit.storage.backupstored import hash_range
 from virtkit.storage.backuptree import Entry, tarinfo_line
 from virtkit.store.files import temp_name
 
 log = logging.getLogger(__name__)
 
 COMPRESSORS = {
-    "zstd": (["zstd", "-q", "-c", "-3", "-T0", "--no-check"], "zstd"),
+    "zstd": (["zstd", "-q", "-c", "-3", "-T0"], "zstd"),  # with its frames' content checksum
     "gzip": (["gzip", "-c", "-6"], "gzip"),
 }
 COMPRESSIONS = ("zstd", "gzip", "none")
@@ -71,18 +73,16 @@ class ArchiveWriter:
             raise StoreError(f"cannot write {self.dest}: {self.dest.parent} is not a directory")
         self.partial = self.dest.with_name(temp_name(self.dest.name))
         self.position = 0
-        self.sums: dict[str, dict[str, str]] = {DISKS: {}, FILES: {}, TREES: {}}
+        self.sums: dict[str, dict[str, str]] = {TREES: {}}
         self.manifest_sum = ""
         self.compression = compression
         self._hasher = ThreadPoolExecutor(1, thread_name_prefix="vk-export-hash")
-        self._ahead: ThreadPoolExecutor | None = None  # hash_ahead's thread, made when first used
-        self._pending: dict[tuple[str, str], Future[hashlib._Hash]] = {}
-        self._stopped = threading.Event()  # abort: hash_ahead's work is dropped
         self._proc: subprocess.Popen[bytes] | None = None  # the compressor of the current run
         self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close/abort)
-        self._fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        # read and write: the follower reads back what the compressors wrote (the stored digest)
+        self._fd = os.open(self.partial, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self._sink = self._fd if compression == "none" else -1
-        self._flusher = _Flusher(self._fd)
+        self._follower = _Follower(self._fd)
 
     # --- compressors --------------------------------------------------------------------------------
 
@@ -140,10 +140,10 @@ class ArchiveWriter:
         if rest:
             self._out(bytes(tarfile.BLOCKSIZE - rest))
 
-    def _copy(self, fd: int, size: int, digest: hashlib._Hash, what: str, head: bytes = b"") -> None:
+    def _copy(self, fd: int, size: int, digest: hashlib._Hash | None, what: str, head: bytes = b"") -> None:
         """`size` bytes of `fd` from its start (the first ones replaced by `head`) into the stream,
-        hashed on the way: each chunk is hashed by a second thread while this one writes it (both
-        release the GIL), so hashing and compressing run side by side."""
+        hashed on the way into `digest` if one is given: each chunk by a second thread while this
+        one writes it (both release the GIL), so hashing and compressing run side by side."""
         buffer = bytearray(CHUNK)
         view = memoryview(buffer)
         done = 0
@@ -154,18 +154,19 @@ class ArchiveWriter:
             if done < len(head):
                 start = min(len(head) - done, count)
                 view[:start] = head[done : done + start]
-            hashed = self._hasher.submit(digest.update, view[:count])
+            hashed = self._hasher.submit(digest.update, view[:count]) if digest is not None else None
             try:
                 self._out(view[:count])
             finally:
-                hashed.result()
+                if hashed is not None:
+                    hashed.result()
             done += count
         self._pad(size)
 
     def _copy_big(self, fd: int, size: int, digest: hashlib._Hash | None, what: str, head: bytes) -> None:
         """As `_copy`, for a big file: after `head` (written through the stream), the rest of the
         file goes to a compressor reading it itself (or is copied by the kernel), hashed meanwhile
-        into `digest` (None: hashed already, by hash_ahead)."""
+        into `digest` if one is given."""
         self._out(head)
         self._end_run()
         hashed = self._hasher.submit(_hash_file, fd, size, digest, head) if digest is not None else None
@@ -196,31 +197,15 @@ class ArchiveWriter:
         self.manifest_sum = self.add_bytes(MANIFEST, json.dumps(document, indent=1).encode())
 
     def add_file(self, kind: str, part: str, fd: int, size: int, head: bytes = b"") -> None:
-        """The open file `fd` (`size` bytes; its start replaced by `head`) as member KIND/PART."""
+        """The open file `fd` (`size` bytes; its start replaced by `head`) as member KIND/PART
+        (covered by the stored digest: not hashed on its own)."""
         info = tarfile.TarInfo(f"{kind}/{part}")
         info.size, info.mode, info.mtime = size, 0o600, int(time.time())
-        ahead = self._pending.pop((kind, part), None)
-        digest = hashlib.sha256()
         self._header(info)
-        if ahead is not None:  # hashed by hash_ahead: only compressed here
+        if size >= BIG and len(head) < size:
             self._copy_big(fd, size, None, part, head)
-            digest = ahead.result()
-        elif size >= BIG and len(head) < size:
-            self._copy_big(fd, size, digest, part, head)
         else:
-            self._copy(fd, size, digest, part, head)
-        self.sums[kind][part] = digest.hexdigest()
-
-    def hash_ahead(self, kind: str, part: str, fd: int, size: int, head: bytes = b"") -> None:
-        """Start hashing what `add_file(kind, part, fd, size, head)` will write, now, in a thread
-        of its own (`fd` stays open until that add_file returns). Only for a big file that does
-        not change meanwhile (a stopped instance's, or a staged copy): it is read twice."""
-        if size < BIG or len(head) >= size or (kind, part) in self._pending:
-            return
-        if self._ahead is None:
-            self._ahead = ThreadPoolExecutor(1, thread_name_prefix="vk-export-ahead")
-        self._pending[(kind, part)] = self._ahead.submit(_hash_file, fd, size, hashlib.sha256(), head,
-                                                         self._stopped)  # fmt: skip
+            self._copy(fd, size, None, part, head)
 
     def add_tree(self, part: str, entries: Iterable[Entry],
                  cache: TreeCache | None = None) -> tuple[int, int]:  # fmt: skip
@@ -295,12 +280,15 @@ class ArchiveWriter:
         """Write the checksums and the end of the archive, finish compressing, sync, rename into
         place; the archive's path."""
         try:
-            document = {"manifest": self.manifest_sum, **self.sums}
+            self._end_run()
+            length = os.lseek(self._fd, 0, os.SEEK_CUR)  # where the checksums' run begins
+            stored = {"bytes": length, "sha256": self._follower.digest(length)}
+            document = {"manifest": self.manifest_sum, **self.sums, "stored": stored}
             self.add_bytes(CHECKSUMS, json.dumps(document, indent=1, sort_keys=True).encode())
             end = self.position + 2 * tarfile.BLOCKSIZE
             self._out(bytes(end - self.position + (-end) % RECORD))
             self._end_run()
-            self._flusher.stop()
+            self._follower.stop()
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
@@ -320,8 +308,7 @@ class ArchiveWriter:
 
     def abort(self) -> None:
         """Stop the compressor and remove the partial archive."""
-        self._stopped.set()
-        self._flusher.stop()
+        self._follower.stop()
         proc, self._proc = self._proc, None
         if proc is not None:
             with contextlib.suppress(OSError):
@@ -339,58 +326,61 @@ class ArchiveWriter:
 
     def _release(self) -> None:
         self._hasher.shutdown(wait=True)
-        if self._ahead is not None:
-            for future in self._pending.values():
-                future.cancel()
-            self._ahead.shutdown(wait=True)
-        self._pending.clear()
         self._stderr.close()
 
 
-def _hash_file(fd: int, size: int, digest: hashlib._Hash, head: bytes,
-               stop: threading.Event | None = None) -> hashlib._Hash:  # fmt: skip
+def _hash_file(fd: int, size: int, digest: hashlib._Hash, head: bytes) -> hashlib._Hash:
     """`digest` updated with `head` then the bytes of `fd` after it, up to `size` (pread: the
-    file's offset is the compressor's), unless `stop` is set meanwhile; `digest`."""
+    file's offset is the compressor's); `digest`."""
     digest.update(head)
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
-    done = len(head)
-    while done < size:
-        count = os.preadv(fd, [view[: min(CHUNK, size - done)]], done)
-        if count == 0:
-            raise StoreError("a file shrank while it was being exported", hint="export it again")
-        digest.update(view[:count])
-        done += count
-        if stop is not None and stop.is_set():
-            break
+    if hash_range(fd, digest, len(head), size) != size:
+        raise StoreError("a file shrank while it was being exported", hint="export it again")
     return digest
 
 
-class _Flusher:
-    """A thread starting the writeback of what was appended to `fd` (sync_file_range
-    SYNC_FILE_RANGE_WRITE: asynchronous, nothing waited for), every FLUSH_STEP bytes. Nothing
-    where the call is missing; an error only stops it (the final fsync is what counts)."""
+class _Follower:
+    """A thread following the archive `fd` as it grows, every FLUSH_EVERY: it hashes the new bytes
+    (read back from the page cache) for the stored digest, and starts their writeback
+    (sync_file_range SYNC_FILE_RANGE_WRITE: asynchronous, nothing waited for) every FLUSH_STEP
+    bytes. Writeback is skipped where the call is missing or fails (the final fsync is what
+    counts); `digest` hashes whatever the thread had not yet."""
 
     def __init__(self, fd: int) -> None:
-        self.fd, self.done = fd, 0
+        self.fd, self.hashed, self.flushed = fd, 0, 0
+        self._broken = False  # a read failed midway: the digest cannot be trusted
+        self._digest = hashlib.sha256()
         self._stop = threading.Event()
         self._call = _sync_file_range()
-        self._thread: threading.Thread | None = None
-        if self._call is not None:
-            self._thread = threading.Thread(target=self._run, name="vk-export-flush", daemon=True)
-            self._thread.start()
+        self._thread: threading.Thread | None = threading.Thread(target=self._run, name="vk-export-follow",
+                                                                 daemon=True)  # fmt: skip
+        self._thread.start()
 
     def _run(self) -> None:
-        assert self._call is not None
         while not self._stop.wait(FLUSH_EVERY):
             try:
                 size = os.fstat(self.fd).st_size
-                if size - self.done >= FLUSH_STEP:
-                    if self._call(self.fd, self.done, size - self.done, _SYNC_FILE_RANGE_WRITE) != 0:
-                        return
-                    self.done = size
+                self.hashed = hash_range(self.fd, self._digest, self.hashed, size, self._stop)
+                if self._call is not None and size - self.flushed >= FLUSH_STEP:
+                    if self._call(self.fd, self.flushed, size - self.flushed, _SYNC_FILE_RANGE_WRITE) != 0:
+                        self._call = None
+                    self.flushed = size
             except OSError:
+                self._broken = True
                 return
+
+    def digest(self, length: int) -> str:
+        """The sha256 of the archive's first `length` bytes (all it holds yet); the thread stops."""
+        self.stop()
+        if self._broken:
+            raise StoreError("cannot read back the archive being written", hint="export it again")
+        try:
+            done = hash_range(self.fd, self._digest, self.hashed, length)
+        except OSError as exc:
+            raise StoreError(f"cannot read back the archive being written: {exc.strerror}") from None
+        if done != length:
+            raise StoreError("the archive being written is shorter than what was written to it")
+        self.hashed = done
+        return self._digest.hexdigest()
 
     def stop(self) -> None:
         self._stop.set()

@@ -22,6 +22,7 @@ import lzma
 import os
 import stat
 import subprocess
+import tarfile
 import tempfile
 import zlib
 from collections.abc import Callable
@@ -93,6 +94,11 @@ class TarStream(io.RawIOBase):
         except BaseException:
             self.close()
             raise
+
+    @property
+    def source_fd(self) -> int:
+        """The archive file's descriptor (open until `close`), for a second reader (pread only)."""
+        return self._fd
 
     def _decompressor(self) -> _Reader:
         raw = io.FileIO(self._fd, "rb", closefd=False)
@@ -189,6 +195,16 @@ class TarStream(io.RawIOBase):
             )
         if code != 0:
             raise self.corrupt(f"zstd: {self._zstd_stderr() or f'exit status {code}'}")
+
+    def end_at(self, end: int, after: str) -> None:
+        """The stream read to its end (`drain`, `finish`), which must be the tar end-of-archive
+        marker right after `end` (where tarfile stopped, after member `after`) and nothing else."""
+        self.drain()
+        self.finish()
+        if self.position < end + tarfile.BLOCKSIZE:
+            raise self.corrupt(f"it ends after member {after!r} without the tar end-of-archive marker")
+        if self.last_nonzero > end:
+            raise self.corrupt(f"after member {after!r} comes what is neither a member nor the end")
 
     def _zstd_stderr(self) -> str:
         if self._stderr is None:

@@ -5,6 +5,7 @@ or unreadable cache entry is a miss, never a wrong archive; sweep keeps only ima
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import tarfile
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from virtkit.storage.backupcache import TreeCache, sweep
-from virtkit.storage.backupformat import TREES
+from virtkit.storage.backupformat import CHECKSUMS, TREES
 from virtkit.storage.backuptree import walk
 from virtkit.storage.backupwrite import ArchiveWriter
 
@@ -45,12 +46,17 @@ def export(tree: Path, dest: Path, cache: TreeCache | None, compression: str = "
 
 
 def members(archive: Path) -> list[tuple[str, bytes]]:
-    """Every member's name, header fields and content, as a reader sees them."""
+    """Every member's name, header fields and content, as a reader sees them (the checksum list
+    without its stored digest: that one is of the archive's bytes, framed differently from a cache)."""
     raw = subprocess.run(["zstd", "-dc", str(archive)], capture_output=True, check=True).stdout
     seen = []
     with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
         for info in tar:
             data = tar.extractfile(info).read() if info.isfile() else b""  # type: ignore[union-attr]
+            if info.name == CHECKSUMS:
+                sums = json.loads(data)
+                assert set(sums.pop("stored")) == {"bytes", "sha256"}
+                data = json.dumps(sums).encode()
             seen.append((f"{info.name} {info.type!r} {info.mode} {info.linkname} {info.size}", data))
     return seen
 

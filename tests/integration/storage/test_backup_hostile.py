@@ -328,7 +328,7 @@ CASES: dict[str, tuple[Callable[[Path], Path], type[VirtkitError], str]] = {
     "disk of another size than said": (disk_case(plain), RejectedError, "not the 4194304"),
     "oversized manifest": (resealed(manifest_set("notes", ["x" * 60000] * 20)), RejectedError,
                            "more than the 1MiB"),
-    "future format version": (resealed(manifest_set("version", 3)), RejectedError, "newer than this"),
+    "future format version": (resealed(manifest_set("version", 4)), RejectedError, "newer than this"),
     "not a virtkit manifest": (resealed(manifest_set("format", "other")), RejectedError, "not a virtkit"),
     "duplicate member": (with_members(duplicate), RejectedError, "twice"),
     "member not in the manifest": (with_members(lambda ms: [*ms[:-1], reg("files/extra", b"x"), ms[-1]]),

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,30 @@ class Backup:
     def write(self, path: Path, members: list[Member] | None = None, kind: str = "none") -> Path:
         path.write_bytes(compress(tar_of(members or self.members()), kind))
         return path
+
+
+def version3(backup: Backup, stored: Callable[[int, bytes], dict[str, Any]] | None = None,
+             sums: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> bytes:  # fmt: skip
+    """`backup` as an uncompressed archive of format version 3, sealed as `virtkit export` seals
+    it: the checksum list without a sha256 of each part, with the stored digest of every byte
+    before it (storage/backupstored.py) — or what `stored(offset, data)` and `sums` make of them."""
+    backup.manifest["version"] = 3
+    listed = {key: value for key, value in backup.checksums().items() if key not in ("disks", "files")}
+    return sealed(backup.members(listed), stored, sums)
+
+
+def sealed(members: list[Member], stored: Callable[[int, bytes], dict[str, Any]] | None = None,
+           sums: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> bytes:  # fmt: skip
+    """The uncompressed archive of `members`, the last its checksum list, that list given the
+    stored digest of every byte before it (or what `stored` and `sums` make of them)."""
+    listed = {key: value for key, value in json.loads(members[-1][1]).items() if key != "stored"}
+    data = tar_of([*members[:-1], reg(CHECKSUMS, b"{}")])
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        offset = tar.getmember(CHECKSUMS).offset  # where the list's header starts
+    digest = {"bytes": offset, "sha256": hashlib.sha256(data[:offset]).hexdigest()}
+    final = {**listed, "stored": stored(offset, data) if stored is not None else digest}
+    checksums = reg(CHECKSUMS, json.dumps(sums(final) if sums is not None else final).encode())
+    return tar_of([*members[:-1], checksums])
 
 
 def tar_of(members: list[Member]) -> bytes:

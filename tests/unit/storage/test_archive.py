@@ -236,7 +236,7 @@ def test_truncated_plain_tar(tmp_path: Path, cut: str) -> None:
 def test_data_after_the_end_of_the_archive_is_refused(tmp_path: Path) -> None:
     whole = tar_bytes([reg("a", b"1")]) + tar_bytes([reg("smuggled", b"2")])
     (tmp_path / "two.tar").write_bytes(whole)
-    refused(tmp_path / "two.tar", tmp_path / "out", "after member 'a' comes something that is neither")
+    refused(tmp_path / "two.tar", tmp_path / "out", "after member 'a' comes what is neither")
 
 
 def test_corrupt_zstd_names_zstd(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ def test_a_good_manifest_parses() -> None:
 @pytest.mark.parametrize(
     ("changes", "match"),
     [
-        ({"version": 3}, "format version 3, newer than this virtkit reads"),
+        ({"version": 4}, "format version 4, newer than this virtkit reads"),
         ({"version": "1"}, "no valid format version"),
         ({"version": True}, "no valid format version"),
         ({"format": "tar"}, "not a virtkit backup"),
