@@ -20,23 +20,19 @@ kernels found, by the names Debian/Ubuntu (vmlinuz-R + initrd.img-R), Fedora/RHE
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
-import signal
 import stat
 import struct
-import subprocess
-import tempfile
-import time
 import uuid
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from virtkit.errors import RejectedError, ToolError
+from virtkit.errors import RejectedError
 from virtkit.images.limits import Limits, run_limited
+from virtkit.storage import fuseexport
 from virtkit.units import GiB, MiB
 
 log = logging.getLogger(__name__)
@@ -51,7 +47,6 @@ MAX_INITRD = 2 * GiB
 RELEASE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}", re.ASCII)
 HOSTNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}", re.ASCII)
 DEBUGFS = Limits(wall=300.0, cpu=120, memory=1 * GiB)
-EXPORT_TIMEOUT = 10.0
 # (kernel name, initrd name) patterns of a kernel release R, most common first.
 _INITRDS = ("initrd.img-{}", "initramfs-{}.img", "initrd-{}", "initrd.img-{}.img")
 
@@ -326,44 +321,6 @@ def tree_kernel(tree: Path, out: Path, arch: str, root: str) -> Boot:
 @contextlib.contextmanager
 def raw_view(disk: Path) -> Iterator[Path]:
     """The qcow2 `disk`'s content as a read-only raw file (a FUSE export by qemu-storage-daemon)."""
-    with tempfile.TemporaryDirectory(prefix="virtkit-view-") as scratch:
-        point, pidfile = Path(scratch) / "disk", Path(scratch) / "pid"
-        point.touch(mode=0o600)
-        node = {"driver": "qcow2", "node-name": "vk0", "read-only": True,
-                "file": {"driver": "file", "filename": str(disk.absolute()), "read-only": True}}  # fmt: skip
-        argv = ["qemu-storage-daemon", "--blockdev", json.dumps(node),
-                "--export", f"type=fuse,id=e0,node-name=vk0,mountpoint={point},writable=off",
-                "--pidfile", str(pidfile), "--daemonize"]  # fmt: skip
-        try:
-            subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                           timeout=EXPORT_TIMEOUT, check=True)  # fmt: skip
-        except FileNotFoundError:
-            raise ToolError(
-                "qemu-storage-daemon is missing", hint="apt-get install qemu-system-common"
-            ) from None
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-            said = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
-            raise ToolError(f"exporting {disk.name} to read it failed: {said.strip()[-300:]}") from None
-        pid = int(pidfile.read_text())
-        try:
-            yield point
-        finally:
-            end_export(pid, point)
-
-
-def end_export(pid: int, point: Path) -> None:
-    from virtkit.drivers.oci import idmount
-
-    with contextlib.suppress(OSError):
-        idmount.unmount(point)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + EXPORT_TIMEOUT
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-        except OSError:
-            return
-        if state in ("Z", "X"):
-            return
-        time.sleep(0.005)
+    node = fuseexport.qcow2_node(disk, writable=False)
+    with fuseexport.exported(node, writable=False, what=f"{disk.name} to read it") as raw:
+        yield raw

@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import subprocess
-import tempfile
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -32,10 +31,10 @@ from typing import Any
 
 from virtkit import errors
 from virtkit.errors import StateError, ToolError, VirtkitError
+from virtkit.storage import fuseexport
 
 log = logging.getLogger(__name__)
 
-EXPORT_TIMEOUT = 30
 CLONE_NEWNS = 0x00020000
 MS_REC, MS_PRIVATE = 0x4000, 1 << 18
 
@@ -79,21 +78,9 @@ def commit_overlay(overlay: Path) -> None:
 @contextlib.contextmanager
 def exported(disk: Path) -> Iterator[Path]:
     """The qcow2 `disk` as a writable raw file (a FUSE export by qemu-storage-daemon)."""
-    from virtkit.images.guestboot import end_export
-
-    with tempfile.TemporaryDirectory(prefix="virtkit-guest-") as scratch:
-        point, pidfile = Path(scratch) / "disk", Path(scratch) / "pid"
-        point.touch(mode=0o600)
-        node = {"driver": "qcow2", "node-name": "vk0",
-                "file": {"driver": "file", "filename": str(disk.absolute())}}  # fmt: skip
-        _run(["qemu-storage-daemon", "--blockdev", json.dumps(node),
-              "--export", f"type=fuse,id=e0,node-name=vk0,mountpoint={point},writable=on",
-              "--pidfile", str(pidfile), "--daemonize"], timeout=EXPORT_TIMEOUT)  # fmt: skip
-        pid = int(pidfile.read_text())
-        try:
-            yield point
-        finally:
-            end_export(pid, point)
+    node = fuseexport.qcow2_node(disk, writable=True)
+    with fuseexport.exported(node, writable=True, what=str(disk)) as raw:
+        yield raw
 
 
 @contextlib.contextmanager

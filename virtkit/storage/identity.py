@@ -16,18 +16,15 @@ import json
 import logging
 import os
 import re
-import signal
 import stat
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from virtkit.drivers.oci import idmount
 from virtkit.drivers.oci.rootfs import Shift, shifted
-from virtkit.errors import ToolError
 from virtkit.images.tools import run_tool
+from virtkit.storage import fuseexport
 from virtkit.storage.vmlayers import opened, source
 
 log = logging.getLogger(__name__)
@@ -35,7 +32,6 @@ log = logging.getLogger(__name__)
 MACHINE_ID = "etc/machine-id"
 DBUS_ID = "var/lib/dbus/machine-id"
 SSH_DIR = "etc/ssh"
-EXPORT_TIMEOUT = 10.0
 TOOL_TIMEOUT = 120.0
 
 __all__ = ["clear_disk", "clear_upper"]
@@ -48,61 +44,10 @@ __all__ = ["clear_disk", "clear_upper"]
 def _exported(disk: Path, backing: Path | None) -> Iterator[Path]:
     """The VM disk's content as a raw file (a writable FUSE export of its qcow2 over `backing`):
     writes land in `disk` alone."""
-    with opened(disk, write=True) as fd, tempfile.TemporaryDirectory(prefix="virtkit-export-") as scratch:
-        point, pidfile = Path(scratch) / "disk", Path(scratch) / "pid"
-        point.touch(mode=0o600)
+    with opened(disk, write=True) as fd:
         node = json.loads(source(fd, backing).removeprefix("json:"))
-        node["node-name"] = "vk0"
-        argv = ["qemu-storage-daemon", "--blockdev", json.dumps(node),
-                "--export", f"type=fuse,id=e0,node-name=vk0,mountpoint={point},writable=on",
-                "--pidfile", str(pidfile), "--daemonize"]  # fmt: skip
-        try:
-            subprocess.run(argv, pass_fds=(fd,), stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                           timeout=EXPORT_TIMEOUT, check=True)  # fmt: skip
-        except FileNotFoundError:
-            raise ToolError(
-                "qemu-storage-daemon is missing", hint="apt-get install qemu-system-common"
-            ) from None
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-            said = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
-            raise ToolError(f"exporting {disk} to edit it failed: {said.strip()[-300:]}") from None
-        pid = int(pidfile.read_text())
-        try:
-            yield point
-            _flush(point)
-        finally:
-            _end(pid, point)
-
-
-def _flush(point: Path) -> None:
-    """fsync the export: QEMU flushes the qcow2 (its cached tables too) to the disk file."""
-    fd = os.open(point, os.O_RDWR | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _end(pid: int, point: Path) -> None:
-    """Take the export away and end the storage daemon, waiting (bounded) until it is gone. It is
-    killed: a SIGTERM costs over a second of its shutdown here, and after the flush (`_flush`) the
-    qcow2 file is complete, nothing more being written."""
-    with contextlib.suppress(OSError):
-        idmount.unmount(point)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + EXPORT_TIMEOUT
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.002)
-
-
-def _alive(pid: int) -> bool:
-    """Whether `pid` still runs: a zombie does not (a daemon's reaper, init, may be slow to reap)."""
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat_line.rpartition(")")[2].split()[0] not in ("Z", "X")
+        with fuseexport.exported(node, writable=True, what=f"{disk} to edit it", pass_fds=(fd,)) as raw:
+            yield raw
 
 
 def clear_disk(disk: Path, backing: Path | None) -> str:
