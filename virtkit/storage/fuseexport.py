@@ -4,9 +4,8 @@ filesystem on the host.
 
 The daemon is killed at the end rather than asked to quit (a SIGTERM costs it over a second of
 shutdown here); a writable export is flushed first, so the qcow2 file is complete by then. The end
-waits until every thread of the daemon has gone: its leader shows as a zombie while other threads
-still close its files, and until they have, the image lock it took on the qcow2 makes the next
-`qemu-img` on it fail ("Failed to get shared 'write' lock").
+waits until every thread of the daemon has gone (virtkit/procs.py): until then the image lock it
+took on the qcow2 makes the next `qemu-img` on it fail ("Failed to get "write" lock").
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from virtkit import procs
 from virtkit.errors import ToolError
 
 log = logging.getLogger(__name__)
@@ -89,19 +89,8 @@ def _end(pid: int, point: Path) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + TIMEOUT
-    while not _gone(pid):
+    while not procs.ended(pid):
         if time.monotonic() > deadline:
             log.warning("qemu-storage-daemon %d is still there %.0f s after SIGKILL", pid, TIMEOUT)
             return
         time.sleep(0.002)
-
-
-def _gone(pid: int) -> bool:
-    """Whether process `pid` has ended, all its threads: reaped, or a zombie leader alone (its init,
-    the daemon's parent, may be slow to reap it)."""
-    try:
-        threads = os.listdir(f"/proc/{pid}/task")
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return True
-    return threads == [str(pid)] and state in ("Z", "X")

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from virtkit import procs
 from virtkit.drivers.cgroup import join
 from virtkit.drivers.qemu.runas import RunAs, drop_privileges
 from virtkit.errors import HostCapabilityError
@@ -108,14 +109,10 @@ def _reap(pid: int) -> None:
 
 
 def alive(pid: int) -> bool:
-    """Whether `pid` is a live process (zombies are dead; our own are reaped on the way)."""
+    """Whether `pid` is a live process: until all its threads have ended (virtkit/procs.py: a
+    zombie leader whose threads still close the disks is not gone yet); our own are reaped."""
     _reap(pid)
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    state = stat.rsplit(")", 1)[-1].split()[0]  # the name field may hold spaces and ")"
-    return state not in ("Z", "X", "x")
+    return not procs.ended(pid)
 
 
 def owns(pid: int, uuid: str) -> bool:
