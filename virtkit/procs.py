@@ -4,8 +4,8 @@ process has let go of its files (an image lock on a qcow2, a socket, a mount).
 A process is over when it is reaped, or when its leader is a zombie with no thread left. A zombie
 leader alone is not enough: when a multi-threaded process (QEMU, qemu-storage-daemon) is killed,
 its leader can end before its other threads, and until the last of them has gone the files they
-share stay open (the suite saw `qemu-img` refused the write lock of a disk whose daemon had been
-"waited for").
+share stay open: in a loop of FUSE export, end and `qemu-io` on one qcow2, `qemu-io` was refused
+the write lock in 1-7% of rounds while the daemon was waited for as a zombie leader alone.
 """
 
 from __future__ import annotations
