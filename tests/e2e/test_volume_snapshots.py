@@ -1,4 +1,4 @@
-"""Snapshots of pool volumes as a user types them (`virtkit volume snapshot create|list|restore|delete`),
+"""Snapshots of pool volumes as a user types them (`virtkit volume snapshot create|list|show|restore|delete`),
 with real qemu-img and cp: a block volume's bytes (written and read back with qemu-io) and a
 filesystem volume's tree (checksums, owners, modes, links) put back exactly; list, delete, and
 deleting the volume taking its snapshots along; bad input refused with a clear error and nothing
@@ -95,6 +95,15 @@ def test_a_block_volume_gets_its_bytes_back(virtkit: Cli, state_root: Path) -> N
     assert qemu_io(disk, "write -P 0xcd 0 1M") == 0 and qemu_io(disk, "write -P 0xee 4M 1M") == 0
     later = json.loads(ok(virtkit, "volume", "snapshot", "create", "default", "disk", "later", "--json"))
     assert (later["name"], later["type"], later["live"], later["notes"]) == ("later", "block", False, [])
+    shown = json.loads(ok(virtkit, "volume", "snapshot", "show", "default", "disk", "later", "--json"))
+    assert shown == {key: value for key, value in later.items() if key != "notes"}
+    fields = dict(line.split(":", 1) for line in ok(virtkit, "volume", "snapshot", "show", "default",
+                                                    "disk", "later").splitlines())  # fmt: skip
+    assert {key: value.strip() for key, value in fields.items() if key != "Taken at"} == {
+        "Pool": "default", "Volume": "disk", "Name": "later", "Type": "block",
+        "Size": fields["Size"].strip(), "Taken while": "not in use",
+    }  # fmt: skip
+    assert fields["Size"].strip().endswith("iB") and fields["Taken at"].strip()[:2] == "20"
     ok(virtkit, "volume", "resize", "default", "disk", "128MiB")
 
     said = ok(virtkit, "volume", "snapshot", "restore", "default", "disk", "snap0")
@@ -191,6 +200,10 @@ def test_bad_input_is_refused_and_changes_nothing(virtkit: Cli, state_root: Path
         (("create", "default", "www", "taken"), 1, "already exists"),
         (("list", "default", "nope"), 1, "volume 'nope' in pool 'default' not found"),
         (("list", "default", "Bad"), 2, "invalid volume name 'Bad'"),
+        (("show", "default", "disk", "nope"), 1, "snapshot 'nope' of volume 'disk' of pool 'default'"),
+        (("show", "default", "disk", "../taken"), 2, "invalid snapshot name '../taken'"),
+        (("show", "default", "nope", "taken"), 1, "volume 'nope' in pool 'default' not found"),
+        (("show", "nopool", "www", "taken"), 1, "pool 'nopool' not found"),
         (
             ("restore", "default", "disk", "nope"),
             1,
@@ -287,6 +300,9 @@ def test_through_a_remote(
     assert [
         s["name"] for s in json.loads(ok(far, "volume", "snapshot", "list", "default", "www", "--json"))
     ] == ["snap0"]
+    shown = json.loads(ok(far, "volume", "snapshot", "show", "default", "www", "snap0", "--json"))
+    assert (shown["name"], shown["volume"], shown["type"]) == ("snap0", "www", "filesystem")
+    assert_clear_error(far("volume", "snapshot", "show", "default", "www", "nope"), 1, "'nope' of volume")
     assert_clear_error(
         far("volume", "snapshot", "create", "default", "www", "Bad_Name"), 2, "invalid snapshot"
     )

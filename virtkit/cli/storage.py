@@ -418,6 +418,23 @@ def volume_snapshot_list_command(pool: str, name: str) -> None:
     print_table(["NAME", "TAKEN AT", "SIZE", "TAKEN WHILE"], rows, empty=empty)
 
 
+@volume_snapshot_group.command("show")
+@click.argument("pool")
+@click.argument("name", metavar="VOLUME")
+@click.argument("snapshot")
+@json_option
+def volume_snapshot_show_command(pool: str, name: str, snapshot: str) -> None:
+    """Show SNAPSHOT of VOLUME of POOL: when it was taken, its size, and whether its volume was in use."""
+    r = volume_snapshots().get(pool, name, snapshot)
+    if get_context().json:
+        print_json(r.model_dump(mode="json"))
+        return
+    print_fields([
+        ("Pool", r.pool), ("Volume", r.volume), ("Name", r.name), ("Type", str(r.type)),
+        ("Taken at", _when(r.created_at)), ("Size", _size(r.size)), ("Taken while", _taken(r)),
+    ])  # fmt: skip
+
+
 @volume_snapshot_group.command("restore")
 @click.argument("pool")
 @click.argument("name", metavar="VOLUME")
