@@ -321,6 +321,6 @@ def tree_kernel(tree: Path, out: Path, arch: str, root: str) -> Boot:
 @contextlib.contextmanager
 def raw_view(disk: Path) -> Iterator[Path]:
     """The qcow2 `disk`'s content as a read-only raw file (a FUSE export by qemu-storage-daemon)."""
-    node = fuseexport.qcow2_node(disk, writable=False)
+    node = fuseexport.qcow2_node(disk, writable=False, standalone=True)  # an imported disk: no backing
     with fuseexport.exported(node, writable=False, what=f"{disk.name} to read it") as raw:
         yield raw

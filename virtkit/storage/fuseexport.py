@@ -32,11 +32,14 @@ TIMEOUT = 30.0
 __all__ = ["exported", "qcow2_node"]
 
 
-def qcow2_node(disk: Path, *, writable: bool) -> dict[str, Any]:
-    """The blockdev of the qcow2 file `disk` (its backing chain as its header says)."""
+def qcow2_node(disk: Path, *, writable: bool, standalone: bool = False) -> dict[str, Any]:
+    """The blockdev of the qcow2 file `disk`: over the backing chain its header names, or over none
+    (`standalone`: a disk from outside, whose header is never followed to another file)."""
     node: dict[str, Any] = {"driver": "qcow2", "file": {"driver": "file", "filename": str(disk.absolute())}}
     if not writable:
         node["read-only"] = node["file"]["read-only"] = True
+    if standalone:
+        node["backing"] = None
     return node
 
 

@@ -25,6 +25,13 @@ def _daemons(disk: Path) -> list[str]:
     return found.stdout.split()
 
 
+def _export(
+    disk: Path, *, writable: bool, what: str = "the disk", standalone: bool = False
+) -> contextlib.AbstractContextManager[Path]:
+    node = fuseexport.qcow2_node(disk, writable=writable, standalone=standalone)
+    return fuseexport.exported(node, writable=writable, what=what)
+
+
 def test_writes_land_and_the_disk_is_free_at_once_every_time(tmp_path: Path) -> None:
     disk = _qcow2(tmp_path / "d.qcow2")
     for round_ in range(40):  # a lock left behind showed in 1-7% of rounds
@@ -42,10 +49,6 @@ def test_writes_land_and_the_disk_is_free_at_once_every_time(tmp_path: Path) -> 
     subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(disk), str(out)], check=True)
     data = out.read_bytes()
     assert all(data[r << 16 : (r << 16) + 8] == b"round %02d" % r for r in range(40))
-
-
-def _export(disk: Path, *, writable: bool, what: str = "the disk") -> contextlib.AbstractContextManager[Path]:
-    return fuseexport.exported(fuseexport.qcow2_node(disk, writable=writable), writable=writable, what=what)
 
 
 def test_a_read_only_export_cannot_be_written(tmp_path: Path) -> None:
@@ -69,3 +72,15 @@ def test_a_broken_or_missing_disk_is_a_clear_error(tmp_path: Path, content: byte
     missing = _export(tmp_path / "none", writable=False, what="the missing disk")
     with pytest.raises(ToolError, match="exporting the missing disk failed"), missing:
         pass
+
+
+def test_a_standalone_export_never_follows_the_header_to_another_file(tmp_path: Path) -> None:
+    secret = tmp_path / "host-secret"
+    secret.write_bytes(b"host secret!" * 1000)
+    disk = tmp_path / "imported.qcow2"  # a disk from outside whose header names a host file
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(secret), str(disk)],
+                   check=True)  # fmt: skip
+    with _export(disk, writable=False) as raw:  # a chain of ours: the header is followed
+        assert raw.read_bytes()[:12] == b"host secret!"
+    with _export(disk, writable=False, standalone=True) as raw:
+        assert raw.read_bytes() == bytes(raw.stat().st_size)
