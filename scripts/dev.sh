@@ -101,8 +101,9 @@ run_tests() {
     "$VENV/bin/mypy"
     echo "==> pytest"
     # two workers, whole files each (fixtures are per module); a short basetemp keeps unix socket paths
-    # under their 107-byte limit (xdist puts each worker in basetemp/popen-gwN)
-    "$VENV/bin/pytest" -q -n 2 --dist loadfile --basetemp=/tmp/virtkit-tests "$@"
+    # under their 107-byte limit (xdist puts each worker in basetemp/popen-gwN); the slowest tests
+    # are listed at the end, so a run that nears the 25-minute budget says where its time went
+    "$VENV/bin/pytest" -q -n 2 --dist loadfile --basetemp=/tmp/virtkit-tests --durations=25 "$@"
 }
 
 case "${1:-}" in
