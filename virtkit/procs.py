@@ -11,9 +11,11 @@ the write lock in 1-7% of rounds while the daemon was waited for as a zombie lea
 from __future__ import annotations
 
 import os
+import select
+import subprocess
 from pathlib import Path
 
-__all__ = ["ended"]
+__all__ = ["ended", "exited", "wait"]
 
 
 def ended(pid: int) -> bool:
@@ -25,3 +27,25 @@ def ended(pid: int) -> bool:
         return True
     state = stat.rsplit(")", 1)[-1].split()[0]  # the name field may hold spaces and ")"
     return state in ("Z", "X", "x") and threads == [str(pid)]
+
+
+def exited(pidfd: int, timeout: float) -> bool:
+    """Whether the process behind `pidfd` exited within `timeout` (a pidfd polls readable on exit)."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(max(0, int(timeout * 1000))))
+
+
+def wait(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """`proc`'s exit status, waited for at most `timeout` seconds (subprocess.TimeoutExpired then),
+    woken when it exits: `Popen.wait(timeout)` polls with sleeps of up to 50 ms, which a short
+    compressor run or the end of a long one pays in full."""
+    if proc.returncode is not None:
+        return proc.returncode
+    pidfd = os.pidfd_open(proc.pid)  # not reaped yet: the PID is still this child's
+    try:
+        if not exited(pidfd, timeout):
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+    finally:
+        os.close(pidfd)
+    return proc.wait()

@@ -60,3 +60,36 @@ def test_a_zombie_has_ended_a_zombie_leader_with_a_thread_left_has_not() -> None
         child.kill()
         child.wait()
     assert procs.ended(child.pid)
+
+
+def test_wait_returns_when_the_child_exits_not_at_the_next_poll() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time, sys; time.sleep(0.2); sys.exit(3)"])
+    start = time.monotonic()
+    assert procs.wait(child, 10) == 3
+    took = time.monotonic() - start
+    assert 0.2 <= took < 5
+    assert procs.wait(child, 10) == 3  # reaped: its status again, its PID never looked at
+
+
+def test_wait_gives_up_after_its_timeout_and_leaves_the_child_alone() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        start = time.monotonic()
+        with pytest.raises(subprocess.TimeoutExpired):
+            procs.wait(child, 0.2)
+        assert 0.2 <= time.monotonic() - start < 5
+        assert child.poll() is None
+    finally:
+        child.kill()
+        child.wait()
+    assert procs.wait(child, 1) == -9
+
+
+def test_exited_on_a_pidfd() -> None:
+    child = subprocess.Popen(["true"])
+    pidfd = os.pidfd_open(child.pid)
+    try:
+        assert procs.exited(pidfd, 10)
+    finally:
+        os.close(pidfd)
+        child.wait()

@@ -30,7 +30,6 @@ import grp
 import logging
 import os
 import pwd
-import select
 import shutil
 import signal
 import socket
@@ -39,6 +38,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from virtkit import procs
 from virtkit.errors import HostCapabilityError, ToolError
 from virtkit.network.dnsconfig import (
     CONF,
@@ -118,13 +118,6 @@ def _ifindex(name: str) -> int | None:
         return socket.if_nametoindex(name)
     except OSError:
         return None
-
-
-def _wait_exit(pidfd: int, timeout: float) -> bool:
-    """Whether the process behind `pidfd` exited within `timeout` (a pidfd polls readable on exit)."""
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    return bool(poller.poll(int(timeout * 1000)))
 
 
 class Dnsmasq:
@@ -417,12 +410,12 @@ class Dnsmasq:
             if not self._ours(pid):
                 return
             signal.pidfd_send_signal(pidfd, signal.SIGTERM)
-            if _wait_exit(pidfd, STOP_TIMEOUT):
+            if procs.exited(pidfd, STOP_TIMEOUT):
                 return
             log.warning("dnsmasq in %s (pid %d) ignored SIGTERM for %g s: killing it", self.directory, pid,
                         STOP_TIMEOUT)
             signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            if not _wait_exit(pidfd, KILL_TIMEOUT):
+            if not procs.exited(pidfd, KILL_TIMEOUT):
                 raise ToolError(f"dnsmasq in {self.directory} (pid {pid}) did not exit, even on SIGKILL")
         except ProcessLookupError:
             return

@@ -38,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
+from virtkit import procs
 from virtkit.errors import ConflictError, StoreError, ToolError
 from virtkit.images.tools import missing_tool
 from virtkit.storage.backupcache import TreeCache
@@ -111,7 +112,7 @@ class ArchiveWriter:
 
     def _wait(self, proc: subprocess.Popen[bytes]) -> None:
         try:
-            code = proc.wait(timeout=FINISH_TIMEOUT)
+            code = procs.wait(proc, FINISH_TIMEOUT)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

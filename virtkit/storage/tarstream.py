@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
+from virtkit import procs
 from virtkit.errors import NotFoundError, RejectedError, ToolError
 from virtkit.units import GiB, MiB, format_size
 
@@ -181,7 +182,7 @@ class TarStream(io.RawIOBase):
         if self._proc is None:
             return
         try:
-            code = self._proc.wait(timeout=ZSTD_TIMEOUT)
+            code = procs.wait(self._proc, ZSTD_TIMEOUT)
         except subprocess.TimeoutExpired:
             raise ToolError(
                 f"zstd did not finish reading {self.label} within {ZSTD_TIMEOUT:.0f} s", argv=["zstd", "-dc"]

@@ -14,14 +14,17 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from virtkit.drivers.base import InstancePaths
 from virtkit.drivers.cgroup import Cgroup, Limits, close_all
 from virtkit.drivers.qemu import runas
-from virtkit.drivers.qemu.monitor import Monitor
 from virtkit.drivers.qemu.spec import VmSpec
 from virtkit.errors import HostCapabilityError, StateError
 from virtkit.units import format_size
+
+if TYPE_CHECKING:  # the monitor's module loads asyncio: imported by whoever makes one
+    from virtkit.drivers.qemu.monitor import Monitor
 
 INSTANCE_DIR_MODE = 0o1770
 

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from virtkit import cloudinit
 from virtkit.drivers.base import (
@@ -45,7 +46,6 @@ from virtkit.drivers.qemu.argv import build_argv, with_tap_fds
 from virtkit.drivers.qemu.boot import BootRecord, watch_ready
 from virtkit.drivers.qemu.confinement import apply_live, confined, live_changes, oom_reason, usage, user_of
 from virtkit.drivers.qemu.disk import make_root_disk, remove_quietly
-from virtkit.drivers.qemu.monitor import Monitor
 from virtkit.drivers.qemu.plan import (
     UEFI_FILES,
     VmFiles,
@@ -61,6 +61,9 @@ from virtkit.drivers.qemu.taps import taps
 from virtkit.drivers.qemu.volumes import node_id, volume_spec, with_volume_fds
 from virtkit.errors import HostCapabilityError, StateError, ToolError, VirtkitError
 from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState, Nic, VolumeAttachment
+
+if TYPE_CHECKING:  # its module loads asyncio and qemu.qmp: imported where a monitor is made
+    from virtkit.drivers.qemu.monitor import Monitor
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +141,8 @@ class QemuDriver:
         self, spec: VmSpec, pid: int, paths: InstancePaths, boot: BootRecord, argv: list[str]
     ) -> None:
         """Until QEMU's monitor answers; ToolError with QEMU's last words if it exits or hangs first."""
+        from virtkit.drivers.qemu.monitor import Monitor
+
         monitor = Monitor(paths.monitor, name=spec.name, connect_timeout=1.0, timeout=STATUS_TIMEOUT)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -184,6 +189,8 @@ class QemuDriver:
         return pid
 
     def _monitor(self, record: InstanceRecord, paths: InstancePaths, timeout: float = 10.0) -> Monitor:
+        from virtkit.drivers.qemu.monitor import Monitor
+
         return Monitor(paths.monitor, name=record.name, timeout=timeout)
 
     def stop(self, record: InstanceRecord, paths: InstancePaths, *, force: bool, timeout: float) -> None:

@@ -24,12 +24,15 @@ import logging
 import os
 import stat
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from virtkit.drivers.qemu import volumes
-from virtkit.drivers.qemu.monitor import Monitor
 from virtkit.drivers.qemu.spec import VmSpec, VolumeSpec
 from virtkit.errors import StateError
 from virtkit.storage.openat2 import RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, openat2
+
+if TYPE_CHECKING:  # the monitor's module loads asyncio: imported by whoever makes one
+    from virtkit.drivers.qemu.monitor import Monitor
 
 log = logging.getLogger(__name__)
 
