@@ -13,7 +13,8 @@ the same disk:
   default (`-3`, one thread);
 - virtkit: `virtkit export vm FILE.tar.zst` — the whole command: the CLI's start, the disk made
   standalone (here: its header rewritten on the way), the tiny image carried along, tar, zstd,
-  the stored digest (the archive's bytes read back and hashed: docs/backups.md), fsync, rename.
+  the stored digest (the archive's bytes read back and hashed, but for the disk's own zstd run,
+  which zstd's frame checksum covers: docs/backups.md), fsync, rename.
 
 Prints the median wall time of each, the throughput (the disk file's bytes per second) and the
 ratio of virtkit's throughput to zstd's (-T0, the same flags). Target (issue 7): at least 0.8.

@@ -11,9 +11,11 @@ A backup is one tar stream (plain, or compressed whole by zstd or gzip)::
                                container sees them (0 is its root); in an incremental archive,
                                only what changed since the snapshot, what went listed in
                                files/upper.deleted (storage/treediff.py)
-    virtkit-backup.sha256      the sha256 of the manifest, the digest of every tree, and (version
-                               3) the sha256 of the archive's own bytes before the run holding
-                               this list (storage/backupstored.py); versions 1 and 2 had the
+    virtkit-backup.sha256      the sha256 of the manifest, the digest of every tree, and (from
+                               version 3) the sha256 of the archive's own bytes before the run
+                               holding this list (storage/backupstored.py): from version 4, in a
+                               zstd archive, less each big disk's and file's own zstd run, which
+                               its frame's content checksum covers; versions 1 and 2 had the
                                sha256 of every disk's and file's content instead
 
 The checksums come last because a tar stream cannot go back: they are computed while the data is
@@ -39,8 +41,11 @@ from virtkit.model import InstanceKind, Name, SnapshotPart
 from virtkit.units import MiB
 
 FORMAT = "virtkit-backup"
-VERSION = 3  # the newest this virtkit reads, and the one it writes (1 and 2 are still read)
+VERSION = 4  # the newest this virtkit reads, and the one it writes (1 to 3 are still read)
 STORED_VERSION = 3  # from this version on: the stored digest, no sha256 of each disk and file
+SKIPPED_VERSION = 4  # from this version on: the stored digest leaves out big parts' own zstd runs
+OWN_RUN = 16 * MiB  # a disk or file from this size is compressed by a compressor run of its own
+MAX_SKIPPED = 10_000  # as many as a manifest may list disks
 MANIFEST = "virtkit-backup.json"
 CHECKSUMS = "virtkit-backup.sha256"
 MAX_MANIFEST = 1 * MiB  # a manifest names a few dozen parts: far below this
@@ -186,10 +191,13 @@ class Manifest(_Strict):
 
 class Stored(_Strict):
     """The sha256 of the archive file's first `bytes` bytes: all of it before the run holding the
-    checksum list (storage/backupstored.py)."""
+    checksum list, less the `skipped` ranges [start, end) (version 4: each the zstd run of one disk
+    or file of at least OWN_RUN bytes, covered by its frame's content checksum instead; none in a
+    plain or gzip archive): storage/backupstored.py."""
 
     bytes: Size
     sha256: Sha256
+    skipped: list[tuple[Size, Size]] | None = Field(default=None, max_length=MAX_SKIPPED)  # version 4
 
 
 class Checksums(_Strict):
@@ -197,7 +205,7 @@ class Checksums(_Strict):
     disks: dict[str, Sha256] = Field(default_factory=dict)  # versions 1 and 2
     files: dict[str, Sha256] = Field(default_factory=dict)  # versions 1 and 2
     trees: dict[str, Sha256] = Field(default_factory=dict)
-    stored: Stored | None = None  # version 3
+    stored: Stored | None = None  # from version 3
 
 
 def parse_manifest(data: bytes, label: str) -> Manifest:

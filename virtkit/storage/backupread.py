@@ -7,8 +7,10 @@ data is written. Then every member must be one the manifest announced, of the si
 
 - ``disks/ID`` and ``files/ID``: regular files, written to ``staging/parts/ID`` (zero runs as
   holes), hashed as they are written (versions 1 and 2: from version 3 the stored digest covers
-  them, hashed from the archive file by a thread beside decompression: storage/backupstored.py);
-  a symlink, link, device or a second copy is refused;
+  them, hashed from the archive file by a thread beside decompression: storage/backupstored.py;
+  from version 4, in a zstd archive, a big one's run is zstd's own frame checksum's to check, and
+  the rest of the file is hashed once the list has said where that run is); a symlink, link,
+  device or a second copy is refused;
 - ``trees/ID/...``: entries of one tree, written under ``staging/trees/ID`` by the safe extractor
   in exact mode (storage/members.py: no write through a symlink, no ``..``, no absolute path, no
   hard link leaving the tree, no device node but whiteouts, only known extended attributes);
@@ -37,6 +39,8 @@ from virtkit.storage.backupformat import (
     MANIFEST,
     MAX_CHECKSUMS,
     MAX_MANIFEST,
+    OWN_RUN,
+    SKIPPED_VERSION,
     STORED_VERSION,
     TREES,
     Checksums,
@@ -48,10 +52,20 @@ from virtkit.storage.backupformat import (
 from virtkit.storage.backupstored import StoredHasher
 from virtkit.storage.backuptree import IMAGE_XATTRS, UPPER_XATTRS, tarinfo_line
 from virtkit.storage.members import Members
-from virtkit.storage.tarstream import HEADER_BUDGET, NONE, ByteProgress, Limits, TarStream, sniff_compression
+from virtkit.storage.tarstream import (
+    HEADER_BUDGET,
+    NONE,
+    ZSTD,
+    ByteProgress,
+    Limits,
+    TarStream,
+    sniff_compression,
+)
 from virtkit.units import MiB, format_size
 
 PARTS = "parts"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+CONTENT_CHECKSUM_FLAG = 0x04  # in a zstd frame header's descriptor byte (RFC 8878, 3.1.1.1.1)
 _HOLE = 64 * 1024
 _ZEROS = bytes(_HOLE)
 _HEADER_ROOM = 8 * 1024  # a member's header with its pax records (long name, extended attributes)
@@ -85,7 +99,8 @@ class _Reader:
         self.trees: dict[str, _Tree] = {}
         self.checksums: Checksums | None = None
         self.manifest_sum = ""
-        self.stored: StoredHasher | None = None  # version 3: the archive's own bytes, hashed
+        self.stored: StoredHasher | None = None  # from version 3: the archive's own bytes, hashed
+        self.own_runs = 0  # version 4: how many ranges the stored digest leaves out (big parts' runs)
         self.checksums_at = 0  # where the checksum list's header begins, in the tar stream
 
     def refuse(self, why: str) -> RejectedError:
@@ -104,8 +119,11 @@ class _Reader:
         data = self._small(tar, first)
         self.manifest_sum = hashlib.sha256(data).hexdigest()
         manifest = parse_manifest(data, self.label)
+        if manifest.version >= SKIPPED_VERSION and self.stream.compression == ZSTD:
+            sizes = [d.size for d in manifest.disks] + [f.size for f in manifest.files]
+            self.own_runs = sum(size >= OWN_RUN for size in sizes)
         if manifest.version >= STORED_VERSION:
-            self.stored = StoredHasher(self.stream.source_fd, self.stream.size)
+            self.stored = StoredHasher(self.stream.source_fd, self.stream.size, early=not self.own_runs)
         return manifest
 
     def _small(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
@@ -225,7 +243,7 @@ class _Reader:
             raise self._mismatch("its manifest")
         kinds = [(DISKS, expected.disks), (FILES, expected.files), (TREES, expected.trees)]
         if self.stored is not None:
-            self._verify_stored(expected)
+            self._verify_stored(expected, manifest.version)
             kinds = kinds[2:]
         elif expected.stored is not None:
             raise self.refuse(f"its checksum list has a stored digest, which format version "
@@ -237,19 +255,53 @@ class _Reader:
                 if self.sums[kind][part] != value:
                     raise self._mismatch(f"{kind}/{part}")
 
-    def _verify_stored(self, expected: Checksums) -> None:
-        """Version 3: the sha256 of the archive's bytes before the checksum list's run."""
+    def _verify_stored(self, expected: Checksums, version: int) -> None:
+        """From version 3: the sha256 of the archive's bytes before the checksum list's run (from
+        version 4, less the ranges it leaves out: `_check_skipped`)."""
         assert self.stored is not None
         if expected.stored is None or expected.disks or expected.files:
             raise self.refuse(f"its checksum list is not one of format version {STORED_VERSION} "
                               "(a stored digest, no sha256 of each disk and file)")  # fmt: skip
         length = expected.stored.bytes
-        digest = self.stored.digest(length)
+        skipped = self._check_skipped(expected.stored.skipped, version, length)
+        digest = self.stored.digest(length, skipped)
         if digest is None or not self._list_begins_at(length):
             raise self.refuse(f"its checksum list says its data ends at byte {length} of "
                               f"{self.stream.size}: that is not where the list begins")  # fmt: skip
         if digest != expected.stored.sha256:
             raise self._mismatch(f"its first {length} bytes")
+
+    def _check_skipped(self, skipped: list[tuple[int, int]] | None, version: int, length: int
+                       ) -> list[tuple[int, int]]:  # fmt: skip
+        """The ranges the stored digest leaves out, checked: from version 4 (and only there), one
+        for each disk and file of at least OWN_RUN bytes in a zstd archive (none in another), in
+        order, apart, before `length`, each beginning with a zstd frame that carries its content
+        checksum, and followed by one."""
+        if version < SKIPPED_VERSION:
+            if skipped is not None:
+                raise self.refuse(f"its checksum list leaves ranges out of its stored digest, which "
+                                  f"format version {version} does not")  # fmt: skip
+            return []
+        if skipped is None or len(skipped) != self.own_runs:
+            raise self.refuse(f"its checksum list leaves {len(skipped or [])} ranges out of its stored "
+                              f"digest, not one for each of its {self.own_runs} big disks and files "
+                              f"compressed with zstd")  # fmt: skip
+        previous = 0
+        for start, end in skipped:
+            if not previous < start < end <= length or not (self._checked_frame(start)
+                                                             and self._frame_at(end)):  # fmt: skip
+                raise self.refuse(f"its checksum list leaves bytes {start} to {end} out of its stored "
+                                  "digest: that is not one zstd run with its content checksum")  # fmt: skip
+            previous = end
+        return skipped
+
+    def _frame_at(self, offset: int) -> bool:
+        return os.pread(self.stream.source_fd, 4, offset) == ZSTD_MAGIC
+
+    def _checked_frame(self, offset: int) -> bool:
+        """Whether a zstd frame whose header asks for its content checksum begins at `offset`."""
+        head = os.pread(self.stream.source_fd, 5, offset)
+        return len(head) == 5 and head[:4] == ZSTD_MAGIC and bool(head[4] & CONTENT_CHECKSUM_FLAG)
 
     def _list_begins_at(self, length: int) -> bool:
         """Whether the checksum list's run begins at byte `length` of the file: its header there in

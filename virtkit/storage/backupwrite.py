@@ -11,7 +11,8 @@ sequence of their frames (both formats read concatenated frames as one stream):
   uncompressed, it is copied in the kernel (copy_file_range).
 
 A thread follows the archive as it grows (`_Follower`): it hashes its bytes for the stored digest
-(storage/backupstored.py: the compressed bytes, not each disk's content) and hands its pages to
+(storage/backupstored.py: the compressed bytes, not each disk's content; in a zstd archive, not
+the runs of big disks and files, which their frame's checksum covers) and hands its pages to
 the disk (sync_file_range, every `FLUSH_STEP`), so the final fsync waits for little and writing
 overlaps compressing. A tree's files are hashed as they go (its digest covers their content): a
 big one by a second thread from the page cache, beside its compressor.
@@ -42,8 +43,8 @@ from virtkit import procs
 from virtkit.errors import ConflictError, StoreError, ToolError
 from virtkit.images.tools import missing_tool
 from virtkit.storage.backupcache import TreeCache
-from virtkit.storage.backupformat import CHECKSUMS, MANIFEST, TREES
-from virtkit.storage.backupstored import hash_range
+from virtkit.storage.backupformat import CHECKSUMS, MANIFEST, OWN_RUN, TREES
+from virtkit.storage.backupstored import hash_range, segments
 from virtkit.storage.backuptree import Entry, tarinfo_line
 from virtkit.store.files import temp_name
 
@@ -55,7 +56,7 @@ COMPRESSORS = {
 }
 COMPRESSIONS = ("zstd", "gzip", "none")
 CHUNK = 4 << 20
-BIG = 16 << 20  # files from this size get a compressor of their own (a spawn costs ~2 ms)
+BIG = OWN_RUN  # files from this size get a compressor of their own (a spawn costs ~2 ms)
 PIPE_SIZE = 1 << 20
 RECORD = tarfile.RECORDSIZE
 FINISH_TIMEOUT = 3600.0  # a compressor's run over one file
@@ -164,13 +165,19 @@ class ArchiveWriter:
             done += count
         self._pad(size)
 
-    def _copy_big(self, fd: int, size: int, digest: hashlib._Hash | None, what: str, head: bytes) -> None:
+    def _copy_big(self, fd: int, size: int, digest: hashlib._Hash | None, what: str, head: bytes,
+                  skip: bool = False) -> None:  # fmt: skip
         """As `_copy`, for a big file: after `head` (written through the stream), the rest of the
         file goes to a compressor reading it itself (or is copied by the kernel), hashed meanwhile
-        into `digest` if one is given."""
+        into `digest` if one is given. With `skip` in a zstd archive, that run is left out of the
+        stored digest (its frame's content checksum covers it)."""
         self._out(head)
         self._end_run()
         hashed = self._hasher.submit(_hash_file, fd, size, digest, head) if digest is not None else None
+        skip = skip and self.compression == "zstd"
+        start = os.lseek(self._fd, 0, os.SEEK_CUR)
+        if skip:
+            self._follower.hold(start)
         try:
             os.lseek(fd, len(head), os.SEEK_SET)
             if self.compression == "none":
@@ -182,6 +189,8 @@ class ArchiveWriter:
         finally:
             if hashed is not None:
                 hashed.result()
+        if skip:
+            self._follower.skip(start, os.lseek(self._fd, 0, os.SEEK_CUR))
         self.position += size - len(head)
         self._pad(size)
 
@@ -199,12 +208,13 @@ class ArchiveWriter:
 
     def add_file(self, kind: str, part: str, fd: int, size: int, head: bytes = b"") -> None:
         """The open file `fd` (`size` bytes; its start replaced by `head`) as member KIND/PART
-        (covered by the stored digest: not hashed on its own)."""
+        (covered by the stored digest, or from BIG by its zstd frame's checksum: not hashed on its
+        own)."""
         info = tarfile.TarInfo(f"{kind}/{part}")
         info.size, info.mode, info.mtime = size, 0o600, int(time.time())
         self._header(info)
         if size >= BIG and len(head) < size:
-            self._copy_big(fd, size, None, part, head)
+            self._copy_big(fd, size, None, part, head, skip=True)
         else:
             self._copy(fd, size, None, part, head)
 
@@ -283,7 +293,8 @@ class ArchiveWriter:
         try:
             self._end_run()
             length = os.lseek(self._fd, 0, os.SEEK_CUR)  # where the checksums' run begins
-            stored = {"bytes": length, "sha256": self._follower.digest(length)}
+            stored = {"bytes": length, "sha256": self._follower.digest(length),
+                      "skipped": [list(run) for run in self._follower.skipped]}  # fmt: skip
             document = {"manifest": self.manifest_sum, **self.sums, "stored": stored}
             self.add_bytes(CHECKSUMS, json.dumps(document, indent=1, sort_keys=True).encode())
             end = self.position + 2 * tarfile.BLOCKSIZE
@@ -341,13 +352,17 @@ def _hash_file(fd: int, size: int, digest: hashlib._Hash, head: bytes) -> hashli
 
 class _Follower:
     """A thread following the archive `fd` as it grows, every FLUSH_EVERY: it hashes the new bytes
-    (read back from the page cache) for the stored digest, and starts their writeback
-    (sync_file_range SYNC_FILE_RANGE_WRITE: asynchronous, nothing waited for) every FLUSH_STEP
-    bytes. Writeback is skipped where the call is missing or fails (the final fsync is what
-    counts); `digest` hashes whatever the thread had not yet."""
+    (read back from the page cache) for the stored digest, but for the ranges it is told to leave
+    out (`hold`, `skip`), and starts their writeback (sync_file_range SYNC_FILE_RANGE_WRITE:
+    asynchronous, nothing waited for) every FLUSH_STEP bytes. Writeback is skipped where the
+    call is missing or fails (the final fsync is what counts); `digest` hashes whatever the thread
+    had not yet."""
 
     def __init__(self, fd: int) -> None:
-        self.fd, self.hashed, self.flushed = fd, 0, 0
+        self.fd, self.hashed, self.flushed = fd, 0, 0  # hashed: all before it hashed or left out
+        self.skipped: list[tuple[int, int]] = []
+        self._held: int | None = None  # nothing from here is hashed until `skip` says how far
+        self._lock = threading.Lock()
         self._broken = False  # a read failed midway: the digest cannot be trusted
         self._digest = hashlib.sha256()
         self._stop = threading.Event()
@@ -356,11 +371,36 @@ class _Follower:
                                                                  daemon=True)  # fmt: skip
         self._thread.start()
 
+    def hold(self, start: int) -> None:
+        """A run the digest leaves out begins at `start`: hash nothing from there for now."""
+        with self._lock:
+            self._held = start
+
+    def skip(self, start: int, end: int) -> None:
+        """The run from `start` (held) ends at `end`: left out, hashing goes on after it."""
+        with self._lock:
+            self.skipped.append((start, end))
+            self._held = None
+
+    def _hash_to(self, end: int, stop: threading.Event | None) -> int:
+        """Hash from `hashed` towards `end` but for what is held or left out; how far it got."""
+        with self._lock:
+            held, skipped = self._held, list(self.skipped)
+        end = end if held is None else min(end, held)
+        for low, high in segments(self.hashed, end, skipped):
+            done = hash_range(self.fd, self._digest, low, high, stop)
+            if done != high:
+                self.hashed = done
+                return done
+            self.hashed = high
+        self.hashed = max(self.hashed, end)
+        return self.hashed
+
     def _run(self) -> None:
         while not self._stop.wait(FLUSH_EVERY):
             try:
                 size = os.fstat(self.fd).st_size
-                self.hashed = hash_range(self.fd, self._digest, self.hashed, size, self._stop)
+                self._hash_to(size, self._stop)
                 if self._call is not None and size - self.flushed >= FLUSH_STEP:
                     if self._call(self.fd, self.flushed, size - self.flushed, _SYNC_FILE_RANGE_WRITE) != 0:
                         self._call = None
@@ -375,12 +415,11 @@ class _Follower:
         if self._broken:
             raise StoreError("cannot read back the archive being written", hint="export it again")
         try:
-            done = hash_range(self.fd, self._digest, self.hashed, length)
+            done = self._hash_to(length, None)
         except OSError as exc:
             raise StoreError(f"cannot read back the archive being written: {exc.strerror}") from None
         if done != length:
             raise StoreError("the archive being written is shorter than what was written to it")
-        self.hashed = done
         return self._digest.hexdigest()
 
     def stop(self) -> None:

@@ -24,6 +24,7 @@ from virtkit.errors import ConflictError, RejectedError, SpecError, VirtkitError
 from virtkit.model import ImageRecord, InstanceRecord, PoolRecord, SnapshotRecord, VolumeRecord
 from virtkit.ops.backup import Backups
 from virtkit.ops.storage import Storage
+from virtkit.storage.backupformat import VERSION
 from virtkit.store import Store, open_store
 from virtkit.units import MiB
 
@@ -328,7 +329,8 @@ CASES: dict[str, tuple[Callable[[Path], Path], type[VirtkitError], str]] = {
     "disk of another size than said": (disk_case(plain), RejectedError, "not the 4194304"),
     "oversized manifest": (resealed(manifest_set("notes", ["x" * 60000] * 20)), RejectedError,
                            "more than the 1MiB"),
-    "future format version": (resealed(manifest_set("version", 4)), RejectedError, "newer than this"),
+    "future format version": (resealed(manifest_set("version", VERSION + 1)), RejectedError,
+                              "newer than this"),
     "not a virtkit manifest": (resealed(manifest_set("format", "other")), RejectedError, "not a virtkit"),
     "duplicate member": (with_members(duplicate), RejectedError, "twice"),
     "member not in the manifest": (with_members(lambda ms: [*ms[:-1], reg("files/extra", b"x"), ms[-1]]),

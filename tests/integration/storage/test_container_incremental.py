@@ -21,6 +21,7 @@ from virtkit.errors import NotFoundError
 from virtkit.model import InstanceState
 from virtkit.ops.backup import Backups
 from virtkit.storage import treediff
+from virtkit.storage.backupformat import VERSION
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="containers need root")]
 
@@ -126,11 +127,11 @@ def test_a_clone_goes_whole_and_its_incremental_follows(hosts: tuple[Host, Host,
     box.snapshot("base")
     exporter = Backups(source.root, source.store)
     full = exporter.export("c1", tmp_path / "full.tar.zst")
-    assert full.manifest.version == 3 and "base" in [t.id for t in full.manifest.trees]
+    assert full.manifest.version == VERSION and "base" in [t.id for t in full.manifest.trees]
     _run(source, "c1", CHANGE)
     wanted = _run(source, "c1", LISTING)
     changes = exporter.export("c1", tmp_path / "changes.tar.zst", since="base")
-    assert changes.manifest.version == 3 and changes.size * 20 < full.size
+    assert changes.manifest.version == VERSION and changes.size * 20 < full.size
 
     importer = Backups(target.root, target.store)
     importer.import_archive(full.path)

@@ -7,6 +7,7 @@ import copy
 import hashlib
 import io
 import json
+import subprocess
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -99,11 +100,13 @@ class Backup:
 
 
 def version3(backup: Backup, stored: Callable[[int, bytes], dict[str, Any]] | None = None,
-             sums: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> bytes:  # fmt: skip
-    """`backup` as an uncompressed archive of format version 3, sealed as `virtkit export` seals
-    it: the checksum list without a sha256 of each part, with the stored digest of every byte
-    before it (storage/backupstored.py) — or what `stored(offset, data)` and `sums` make of them."""
-    backup.manifest["version"] = 3
+             sums: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+             version: int = 3) -> bytes:  # fmt: skip
+    """`backup` as an uncompressed archive of format version 3 (or `version`), sealed as `virtkit
+    export` seals it: the checksum list without a sha256 of each part, with the stored digest of
+    every byte before it (storage/backupstored.py) — or what `stored(offset, data)` and `sums`
+    make of them."""
+    backup.manifest["version"] = version
     listed = {key: value for key, value in backup.checksums().items() if key not in ("disks", "files")}
     return sealed(backup.members(listed), stored, sums)
 
@@ -120,6 +123,35 @@ def sealed(members: list[Member], stored: Callable[[int, bytes], dict[str, Any]]
     final = {**listed, "stored": stored(offset, data) if stored is not None else digest}
     checksums = reg(CHECKSUMS, json.dumps(sums(final) if sums is not None else final).encode())
     return tar_of([*members[:-1], checksums])
+
+
+def zstd_version4(backup: Backup, big: str, stored: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                  big_flags: tuple[str, ...] = ()) -> bytes:  # fmt: skip
+    """`backup` as a zstd archive of format version 4, sealed as `virtkit export` seals it: its
+    member `big` (a part of at least OWN_RUN bytes) compressed by a zstd run of its own (with
+    `big_flags`), left out of the stored digest, which covers every other byte before the run
+    holding the checksum list — or what `stored(entry)` makes of that entry."""
+    backup.manifest["version"] = 4
+    listed = {key: value for key, value in backup.checksums().items() if key not in ("disks", "files")}
+    plain = tar_of(backup.members(listed))
+    with tarfile.open(fileobj=io.BytesIO(plain)) as tar:
+        member, last = tar.getmember(big), tar.getmember(CHECKSUMS)
+    start, end = member.offset_data, member.offset_data + member.size
+    runs = [_zstd(plain[:start]), _zstd(plain[start:end], *big_flags), _zstd(plain[end : last.offset])]
+    length = sum(len(run) for run in runs)
+    skipped = [len(runs[0]), len(runs[0]) + len(runs[1])]
+    entry = {"bytes": length, "sha256": hashlib.sha256(runs[0] + runs[2]).hexdigest(), "skipped": [skipped]}
+    final = {**listed, "stored": stored(entry) if stored is not None else entry}
+    members = [*backup.members(listed)[:-1], reg(CHECKSUMS, json.dumps(final).encode())]
+    whole = tar_of(members)
+    with tarfile.open(fileobj=io.BytesIO(whole)) as tar:
+        assert tar.getmember(CHECKSUMS).offset == last.offset
+    return b"".join(runs) + _zstd(whole[last.offset :])
+
+
+def _zstd(data: bytes, *flags: str) -> bytes:
+    done = subprocess.run(["zstd", "-q", "-c", "-3", *flags], input=data, capture_output=True, check=True)
+    return done.stdout
 
 
 def tar_of(members: list[Member]) -> bytes:

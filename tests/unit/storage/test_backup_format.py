@@ -13,7 +13,7 @@ import pytest
 from tests.unit.storage.backupbuild import container_backup
 from virtkit.errors import RejectedError
 from virtkit.storage.backupdisk import unlinked_header
-from virtkit.storage.backupformat import MAX_MANIFEST, parse_manifest
+from virtkit.storage.backupformat import MAX_MANIFEST, VERSION, parse_manifest
 from virtkit.storage.backupplace import disk_plan
 from virtkit.storage.backuptree import IdRange, caps_v2, caps_v3, tarinfo_line
 
@@ -37,7 +37,7 @@ def test_a_good_manifest_parses() -> None:
 @pytest.mark.parametrize(
     ("changes", "match"),
     [
-        ({"version": 4}, "format version 4, newer than this virtkit reads"),
+        ({"version": VERSION + 1}, f"format version {VERSION + 1}, newer than this virtkit reads"),
         ({"version": "1"}, "no valid format version"),
         ({"version": True}, "no valid format version"),
         ({"format": "tar"}, "not a virtkit backup"),
