@@ -115,11 +115,14 @@ def sealed(members: list[Member], stored: Callable[[int, bytes], dict[str, Any]]
            sums: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> bytes:  # fmt: skip
     """The uncompressed archive of `members`, the last its checksum list, that list given the
     stored digest of every byte before it (or what `stored` and `sums` make of them)."""
-    listed = {key: value for key, value in json.loads(members[-1][1]).items() if key != "stored"}
+    original = json.loads(members[-1][1])
+    listed = {key: value for key, value in original.items() if key != "stored"}
     data = tar_of([*members[:-1], reg(CHECKSUMS, b"{}")])
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         offset = tar.getmember(CHECKSUMS).offset  # where the list's header starts
     digest = {"bytes": offset, "sha256": hashlib.sha256(data[:offset]).hexdigest()}
+    if "skipped" in (original.get("stored") or {}):  # version 4 (uncompressed: nothing left out)
+        digest["skipped"] = []
     final = {**listed, "stored": stored(offset, data) if stored is not None else digest}
     checksums = reg(CHECKSUMS, json.dumps(sums(final) if sums is not None else final).encode())
     return tar_of([*members[:-1], checksums])
