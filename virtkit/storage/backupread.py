@@ -64,7 +64,6 @@ from virtkit.storage.tarstream import (
 from virtkit.units import MiB, format_size
 
 PARTS = "parts"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 CONTENT_CHECKSUM_FLAG = 0x04  # in a zstd frame header's descriptor byte (RFC 8878, 3.1.1.1.1)
 _HOLE = 64 * 1024
 _ZEROS = bytes(_HOLE)
@@ -296,20 +295,20 @@ class _Reader:
         return skipped
 
     def _frame_at(self, offset: int) -> bool:
-        return os.pread(self.stream.source_fd, 4, offset) == ZSTD_MAGIC
+        """Whether a frame of the archive's compression begins at byte `offset`."""
+        return sniff_compression(os.pread(self.stream.source_fd, 8, offset)) == self.stream.compression
 
     def _checked_frame(self, offset: int) -> bool:
         """Whether a zstd frame whose header asks for its content checksum begins at `offset`."""
-        head = os.pread(self.stream.source_fd, 5, offset)
-        return len(head) == 5 and head[:4] == ZSTD_MAGIC and bool(head[4] & CONTENT_CHECKSUM_FLAG)
+        head = os.pread(self.stream.source_fd, 8, offset)
+        return sniff_compression(head) == ZSTD and len(head) > 4 and bool(head[4] & CONTENT_CHECKSUM_FLAG)
 
     def _list_begins_at(self, length: int) -> bool:
         """Whether the checksum list's run begins at byte `length` of the file: its header there in
         a plain tar; a frame of the archive's compression there in a compressed one."""
         if self.stream.compression == NONE:
             return length == self.checksums_at
-        head = os.pread(self.stream.source_fd, 8, length)
-        return sniff_compression(head) == self.stream.compression
+        return self._frame_at(length)
 
     def _mismatch(self, what: str) -> RejectedError:
         return RejectedError(

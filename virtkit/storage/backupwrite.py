@@ -392,7 +392,6 @@ class _Follower:
             if done != high:
                 self.hashed = done
                 return done
-            self.hashed = high
         self.hashed = max(self.hashed, end)
         return self.hashed
 
