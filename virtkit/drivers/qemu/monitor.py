@@ -1,11 +1,11 @@
 """A small synchronous client of a VM's QMP socket, over the QEMU project's own `qemu.qmp`.
 
-Each call opens a connection, negotiates, runs its command (or the few commands of one hot-plug
-step) and disconnects, inside its own event loop and under bounded timeouts: nothing stays
-connected between calls, and a hung QEMU costs at most `connect_timeout + timeout` seconds a
-command (plus the stated wait of `device_del`). QMP failures come out as virtkit errors: an unreachable
-socket as StateError (the VM is not running, or its QEMU does not answer), a refused command or
-an overrun as ToolError.
+Each call opens a connection, negotiates (itself: see `_session`), runs its command (or the few
+commands of one hot-plug step) and disconnects, inside its own event loop and under bounded
+timeouts: nothing stays connected between calls, and a hung QEMU costs at most
+`connect_timeout + timeout` seconds a command (plus the stated wait of `device_del`). QMP
+failures come out as virtkit errors: an unreachable socket as StateError (the VM is not running,
+or its QEMU does not answer), a refused command or an overrun as ToolError.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from qemu.qmp import (
-    ConnectError,
     EventListener,
     ExecInterruptedError,
     ExecuteError,
@@ -97,9 +96,13 @@ class Monitor:
                 hint="is the VM running? `virtkit list` shows its state",
             )
         client = QMPClient(self.name)
+        # qemu.qmp's own negotiation takes the first message after qmp_capabilities for its
+        # answer, but QEMU can send an event first (a block job's, during a mirror); negotiated
+        # here, the answer is matched by its id and events are set aside.
+        client.negotiate = False
         try:
-            await asyncio.wait_for(client.connect(str(self.path)), self.connect_timeout)
-        except (ConnectError, OSError, TimeoutError) as exc:
+            await asyncio.wait_for(self._negotiated(client), self.connect_timeout)
+        except (QMPError, OSError, EOFError, TimeoutError) as exc:
             await self._close(client)
             raise StateError(
                 f"the QEMU monitor of {self.name} does not answer at {self.path}: {_why(exc)}",
@@ -109,6 +112,10 @@ class Monitor:
             yield client
         finally:
             await self._close(client)
+
+    async def _negotiated(self, client: QMPClient) -> None:
+        await client.connect(str(self.path))
+        await client.execute("qmp_capabilities")
 
     async def _command(
         self, client: QMPClient, command: str, arguments: Mapping[str, object] | None = None, *,
