@@ -37,9 +37,10 @@ def move_live(ctx: CliContext, name: str, remote: str, *, downtime_ms: int, post
         click.echo(f"An interrupted move of {name} was undone first (it ran on here).")
     took = " ".join(f"{phase} {seconds:.2f} s" for phase, seconds in moved.phases.items())
     sent = format_size(moved.ram_bytes)
+    why = (f"QEMU's downtime {moved.downtime_ms} ms" if moved.memory_copy == "live"
+           else "for the whole memory copy: under TCG it is not copied live")  # fmt: skip
     click.echo(f"Instance {name} moved live to {remote} in {moved.total_s:.2f} s ({took}); "
-               f"guest paused {moved.paused_ms} ms (QEMU's downtime {moved.downtime_ms} ms), "
-               f"{sent} of memory sent.")  # fmt: skip
+               f"guest paused {moved.paused_ms} ms ({why}), {sent} of memory sent.")  # fmt: skip
 
 
 class _Shown:

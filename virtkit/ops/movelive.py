@@ -4,7 +4,8 @@ The phases, each written to a journal (JOURNAL in the instance's directory) befo
 
     prepare     the destination defines the VM and starts its QEMU paused, waiting (ops/migratein.py)
     transfer    the disks mirrored into the destination, then RAM and device state migrated with a
-                downtime limit; the guest runs here all along
+                downtime limit; the guest runs here all along, but for the RAM copy under TCG
+                (drivers/qemu/migration.py says why)
     switchover  the migration has completed (the guest is paused here); the mirrors' last pass,
                 then the destination is told to run the guest
     confirmed   the guest runs there: the VM is removed here
@@ -51,7 +52,9 @@ class Moved:
     name: str
     remote: str
     downtime_ms: int | None = None  # QEMU's: from the source's stop to the migration's end
-    paused_ms: int | None = None  # the guest's whole pause: QEMU's downtime and the switchover
+    paused_ms: int | None = None  # the guest's whole pause: QEMU's downtime (or the whole RAM
+    # copy, when `memory_copy` is "paused") and the switchover
+    memory_copy: str = "live"  # "paused" under TCG (drivers/qemu/migration.py says why)
     total_s: float = 0.0
     migration_ms: int | None = None
     ram_bytes: int = 0
@@ -120,6 +123,8 @@ class LiveMove:
         nodes = [f"disk{i}" for i, disk in enumerate(spec.disks) if not disk.readonly]
         monitor = Monitor(paths.monitor, name=record.name)
         moved, mark = Moved(record.name, self.remote), time.monotonic()
+        paused = migration.paused_copy(spec.accel)
+        moved.memory_copy = "paused" if paused else "live"
 
         def seen(step: migration.Progress) -> None:
             if step.phase == "disks":
@@ -137,7 +142,7 @@ class LiveMove:
             moved.phases["disks"] = time.monotonic() - mark
             mark = time.monotonic()
             done = migration.migrate(monitor, prepared["host"], prepared["migrate_port"],
-                                     downtime_ms=downtime_ms, postcopy=postcopy,
+                                     downtime_ms=downtime_ms, postcopy=postcopy, paused=paused,
                                      progress=seen)  # fmt: skip
             moved.phases["memory"] = time.monotonic() - mark
         except BaseException:
@@ -153,7 +158,8 @@ class LiveMove:
                 self._roll_back(record, paths, nodes)
                 raise
         moved.phases["switchover"] = time.monotonic() - mark
-        moved.paused_ms = (done.downtime_ms or 0) + round(1000 * moved.phases["switchover"])
+        pause = moved.phases["memory"] if paused else (done.downtime_ms or 0) / 1000
+        moved.paused_ms = round(1000 * (pause + moved.phases["switchover"]))
         self._journal(paths, "confirmed")
         moved.downtime_ms, moved.migration_ms = done.downtime_ms, done.total_ms
         moved.ram_bytes = done.ram_transferred

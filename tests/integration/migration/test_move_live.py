@@ -67,6 +67,7 @@ def test_a_running_vm_moves_live_and_keeps_its_data_and_identity(pair: tuple[Hos
     a.ok("exec", "v1", "--", "sh", "-c", "head -c 300000 /dev/urandom > /root/data; sync")
     before = a.ok("exec", "v1", "--", "sha256sum", "/root/data")
     uuid = json.loads(a.ok("show", "v1", "--json"))["uuid"]
+    accel = json.loads((a.root / "instances" / "v1" / "runtime.json").read_text())["config"]["accel"]
     moved = move(a, b)
     assert names(a) == [] and names(b) == ["v1"]
     assert state(b, "v1") == "running"
@@ -76,6 +77,12 @@ def test_a_running_vm_moves_live_and_keeps_its_data_and_identity(pair: tuple[Hos
     # with two test workers); benchmarks/migration.py measures it. Here: reported, and not QEMU's
     # default-limit range.
     assert isinstance(moved["downtime_ms"], int) and 0 <= moved["downtime_ms"] < 300
+    # Under TCG the RAM is copied paused (drivers/qemu/migration.py says why), and the pause says so.
+    assert moved["memory_copy"] == ("paused" if accel == "tcg" else "live")
+    phases = moved["phases"]
+    assert isinstance(phases, dict) and isinstance(moved["paused_ms"], int)
+    if accel == "tcg":
+        assert moved["paused_ms"] >= round(1000 * (phases["memory"] + phases["switchover"])) - 1
     assert not (b.root / "instances" / "v1" / "incoming.json").exists()
     b.ok("stop", "v1", timeout=60)
     b.ok("start", "v1", "--wait", timeout=180)  # a later start on b uses its own saved runtime

@@ -146,7 +146,10 @@ def test_a_tcp_connection_from_a_third_machine_survives_a_live_move(hosts: Hosts
     print(f"longest silence seen by the third machine: echo {gap * 1000:.0f} ms, guest pings "
           f"{counted_gap * 1000:.0f} ms (QEMU downtime {moved['downtime_ms']} ms, guest paused "
           f"{moved['paused_ms']} ms; {lost} pings lost)")  # fmt: skip
-    assert gap < GAP_BOUND, f"the connection stalled for {gap:.2f} s"
+    # Under TCG the guest is paused for the whole RAM copy (drivers/qemu/migration.py): then TCP's
+    # next retransmission may come up to that pause again later (its timeout doubles each time).
+    gap_bound = max(GAP_BOUND, 2 * moved["paused_ms"] / 1000 + TICKS)
+    assert gap < gap_bound, f"the connection stalled for {gap:.2f} s ({moved})"
     assert len(counter.seen) >= counted + 20, counter.error or "the guest's pings stopped after the move"
     sequence = [n for _, n in counter.seen]
     assert sequence == sorted(set(sequence)), sequence  # one counter, going on: never back, never twice
