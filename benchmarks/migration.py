@@ -14,7 +14,8 @@ and images), B served by `virtkit serve --listen 127.0.0.1:PORT` and known to A'
   the guest running on B, through the API);
 - raw: two `qemu-system-x86_64` processes with the same command line virtkit saved (run as root,
   no confinement), driven over QMP exactly as virtkit does: start the destination with -S
-  -incoming defer, NBD export, blockdev-mirror, migrate with downtime-limit 50 ms, mirror's last
+  -incoming defer, NBD export, blockdev-mirror, migrate with downtime-limit 50 ms (under TCG with
+  the guest paused first, as virtkit does: drivers/qemu/migration.py says why), mirror's last
   pass, `cont` on the destination: timed from the destination's start to its `cont`.
 The ratio virtkit/raw is printed (goal: at most 1.3), then a run with the guest copying a 48 MiB
 tmpfs file in a loop while it moves (goal: it converges; total time and downtime printed).
@@ -102,6 +103,8 @@ def raw_move(argv: list[str], work: Path, disk: Path) -> dict[str, float]:
         await src.execute("migrate-set-capabilities",
                           {"capabilities": [{"capability": "auto-converge", "state": True}]})  # fmt: skip
         await src.execute("migrate-set-parameters", {"downtime-limit": 50})
+        if "tcg" in argv:  # as virtkit does under TCG: the RAM copied paused (drivers/qemu/migration.py)
+            await src.execute("stop")
         await src.execute("migrate", {"uri": "tcp:127.0.0.1:10810"})
         while (state := await src.execute("query-migrate"))["status"] not in ("completed", "failed"):
             await asyncio.sleep(0.02)
