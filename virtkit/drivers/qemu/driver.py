@@ -10,9 +10,8 @@ stop      ACPI power button, then `quit`, then SIGKILL; pause/resume via QMP (mo
 status    re-derived from the pidfile (guarded by the UUID), QMP and the runtime log
 stats     CPU time and memory of its cgroup, its disks' bytes from QMP (stats.py)
 exec      through the in-guest agent's virtio-serial port (agent.py)
-plug_nic / unplug_nic  NICs of a running q35 VM through QMP (hotplug.py)
-attach_volume / detach_volume  block volumes: checked for the next start, or plugged into and out of
-          a running q35 VM through QMP (volumeplug.py); a start hands QEMU their open files
+plug_nic, attach_volume, ...  devices of a running VM changed through QMP (livedevices.py); a
+          start hands QEMU the open files of its block volumes
 """
 
 from __future__ import annotations
@@ -23,9 +22,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from virtkit import cloudinit
 from virtkit.drivers.base import (
@@ -44,38 +41,33 @@ from virtkit.drivers.nics import remove_ports
 from virtkit.drivers.qemu import process, volumeplug
 from virtkit.drivers.qemu.argv import build_argv, with_tap_fds
 from virtkit.drivers.qemu.boot import BootRecord, watch_ready
-from virtkit.drivers.qemu.confinement import apply_live, confined, live_changes, oom_reason, usage, user_of
+from virtkit.drivers.qemu.confinement import apply_live, confined, live_changes, oom_reason, usage
 from virtkit.drivers.qemu.disk import make_root_disk, remove_quietly
+from virtkit.drivers.qemu.livedevices import PAUSED, LiveDevices
 from virtkit.drivers.qemu.plan import (
     UEFI_FILES,
     VmFiles,
     build_spec,
     firmware_for,
     iso_for,
-    nic_spec,
     seed_for,
 )
 from virtkit.drivers.qemu.seed import make_seed
 from virtkit.drivers.qemu.spec import VmSpec
 from virtkit.drivers.qemu.taps import taps
-from virtkit.drivers.qemu.volumes import node_id, volume_spec, with_volume_fds
+from virtkit.drivers.qemu.volumes import with_volume_fds
 from virtkit.errors import HostCapabilityError, StateError, ToolError, VirtkitError
-from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState, Nic, VolumeAttachment
-
-if TYPE_CHECKING:  # its module loads asyncio and qemu.qmp: imported where a monitor is made
-    from virtkit.drivers.qemu.monitor import Monitor
+from virtkit.model import ImageRecord, InstanceKind, InstanceRecord, InstanceState
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 30.0  # QEMU's own start-up (not the guest's boot)
 QUIT_WAIT = 5.0  # after `quit`, before SIGKILL
 STATUS_TIMEOUT = 3.0
-PAUSED = {"paused", "suspended", "prelaunch", "inmigrate", "postmigrate", "finish-migrate",
-          "save-vm", "restore-vm", "debug", "colo"}  # fmt: skip
 FAILED = {"internal-error", "io-error", "guest-panicked", "shutdown", "watchdog"}
 
 
-class QemuDriver:
+class QemuDriver(LiveDevices):
     """Virtual machines under QEMU (KVM when it works here, TCG otherwise)."""
 
     kind = InstanceKind.VM
@@ -174,24 +166,6 @@ class QemuDriver:
         boot.phases = phases
         boot.save(files.boot)
         return phases
-
-    @staticmethod
-    def _boot(record: InstanceRecord, files: VmFiles) -> BootRecord:
-        boot = BootRecord.load(files.boot)
-        if boot is None or boot.spec.uuid != record.uuid:
-            raise StateError(f"{record.name} was not started", hint=f"virtkit start {record.name}")
-        return boot
-
-    def _running(self, record: InstanceRecord, paths: InstancePaths) -> int:
-        pid = process.running_pid(paths.pidfile, record.uuid)
-        if pid is None:
-            raise StateError(f"{record.name} is not running", hint=f"virtkit start {record.name}")
-        return pid
-
-    def _monitor(self, record: InstanceRecord, paths: InstancePaths, timeout: float = 10.0) -> Monitor:
-        from virtkit.drivers.qemu.monitor import Monitor
-
-        return Monitor(paths.monitor, name=record.name, timeout=timeout)
 
     def stop(self, record: InstanceRecord, paths: InstancePaths, *, force: bool, timeout: float) -> None:
         pid = process.running_pid(paths.pidfile, record.uuid)
@@ -358,107 +332,6 @@ class QemuDriver:
         if changes:
             boot.spec = apply_live(boot.spec, wanted, changes, monitor)
             boot.save(files.boot)
-
-    def plug_nic(self, record: InstanceRecord, paths: InstancePaths, nic: Nic, bridge: str) -> None:
-        """Hot-plug `nic` (hotplug.py); the boot record's spec then lists it, as QEMU now has it."""
-        from virtkit.drivers.qemu import hotplug
-
-        self._running(record, paths)
-        files = VmFiles(paths)
-        boot = self._boot(record, files)
-        spec = boot.spec
-        hotplug.check_pluggable(spec, "attach")
-        wanted = replace(nic_spec(record.name, nic, spec.devices, spec.machine), bridge=bridge)
-        hotplug.plug(spec, self._monitor(record, paths), wanted, user_of(spec))
-        boot.spec = replace(spec, nics=(*[n for n in spec.nics if n.device != nic.device], wanted))
-        boot.save(files.boot)
-
-    def unplug_nic(self, record: InstanceRecord, paths: InstancePaths, nic: Nic) -> None:
-        """Hot-unplug `nic` (hotplug.py: a bounded wait for the guest); a stopped VM's tap is just
-        deleted (what a stopped VM has of a NIC)."""
-        from virtkit.drivers.qemu import hotplug
-        from virtkit.network import links
-
-        if process.running_pid(paths.pidfile, record.uuid) is None:
-            links.delete(nic.device)
-            return
-        files = VmFiles(paths)
-        boot = self._boot(record, files)
-        spec = boot.spec
-        hotplug.check_pluggable(spec, "detach")
-        monitor = self._monitor(record, paths)
-        if monitor.query_status() in PAUSED:
-            raise StateError(
-                f"{record.name} is paused: its guest must run to let a NIC go",
-                hint=f"resume it first: virtkit resume {record.name}",
-            )
-        plugged = next((n for n in spec.nics if n.device == nic.device), None)
-        hotplug.unplug(spec, monitor, plugged or nic_spec(record.name, nic, spec.devices, spec.machine))
-        boot.spec = replace(spec, nics=tuple(n for n in spec.nics if n.device != nic.device))
-        boot.save(files.boot)
-
-    def attach_volume(
-        self, record: InstanceRecord, paths: InstancePaths, volume: VolumeAttachment, *, live: bool
-    ) -> None:
-        """Check that the VM can take `volume` (a block volume whose disk virtkit can open: its next
-        start gets it; while the VM runs, one it can take live, so that a refusal comes before
-        anything is recorded); with `live`, hot-plug it into the running VM (volumeplug.py),
-        which the boot record's spec then lists."""
-        os.close(volumeplug.open_volume(volume_spec(volume, "virtio"), record.name))
-        running = process.running_pid(paths.pidfile, record.uuid) is not None
-        if not (live or running):
-            return
-        self._running(record, paths)
-        files = VmFiles(paths)
-        boot = self._boot(record, files)
-        spec = boot.spec
-        vol = volume_spec(volume, spec.devices)
-        volumeplug.check_pluggable(spec, vol, "attach")
-        if any(other.device == vol.device for other in spec.volumes):
-            raise StateError(f"{record.name} already has a volume in slot {vol.device}")
-        if not live:
-            return
-        volumeplug.plug(spec, self._monitor(record, paths), vol)
-        boot.spec = replace(spec, volumes=(*spec.volumes, vol))
-        boot.save(files.boot)
-
-    def snapshot_volume(self, record: InstanceRecord, paths: InstancePaths, volume: VolumeAttachment,
-                        name: str, *, delete: bool = False) -> None:  # fmt: skip
-        """Take (with `delete`: delete) internal snapshot `name` of `volume`'s disk in the running
-        VM, by its QEMU, which holds the disk (blockdev-snapshot-internal-sync on the volume's top
-        node: QEMU flushes the guest's writes to it first)."""
-        self._running(record, paths)
-        spec = self._boot(record, VmFiles(paths)).spec
-        vol = next((v for v in spec.volumes if v.device == volume.device), None)
-        if vol is None:
-            raise StateError(f"{record.name}'s QEMU does not hold volume {volume.pool}/{volume.name} "
-                             "(it gets it at its next start)",
-                             hint=f"stop {record.name}, then retry")  # fmt: skip
-        command = "blockdev-snapshot-delete-internal-sync" if delete else "blockdev-snapshot-internal-sync"
-        self._monitor(record, paths, timeout=60.0).execute(command, {"device": node_id(vol), "name": name})
-
-    def detach_volume(self, record: InstanceRecord, paths: InstancePaths, volume: VolumeAttachment) -> None:
-        """Hot-unplug `volume` from the running VM (a bounded wait for the guest to let it go); a
-        stopped VM has nothing of it to remove."""
-        if process.running_pid(paths.pidfile, record.uuid) is None:
-            return
-        files = VmFiles(paths)
-        boot = self._boot(record, files)
-        spec = boot.spec
-        monitor = self._monitor(record, paths)
-        vol = next((v for v in spec.volumes if v.device == volume.device), None)
-        if vol is None:
-            vol = volume_spec(volume, spec.devices)
-            if node_id(vol) not in monitor.peripherals():
-                return  # this boot never had it
-        if monitor.query_status() in PAUSED:
-            raise StateError(
-                f"{record.name} is paused: its guest must run to let a disk go",
-                hint=f"resume it first: virtkit resume {record.name}",
-            )
-        volumeplug.unplug(spec, monitor, vol)
-        boot.spec = replace(spec, volumes=tuple(v for v in spec.volumes if v.device != vol.device))
-        boot.save(files.boot)
 
     def cleanup(self, record: InstanceRecord, paths: InstancePaths) -> None:
         if process.running_pid(paths.pidfile, record.uuid) is not None:
