@@ -79,8 +79,10 @@ class StoredHasher:
         self._early = max(0, size - TAIL) if early else 0
         self._done = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="vk-import-stored", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if self._early:  # nothing to hash before the length is known: no thread
+            self._thread = threading.Thread(target=self._run, name="vk-import-stored", daemon=True)
+            self._thread.start()
 
     def _run(self) -> None:
         try:
@@ -92,7 +94,8 @@ class StoredHasher:
         """The sha256 of the first `length` bytes less the `skipped` ranges (in order, apart; none
         unless made with `early` False); None if `length` is not within TAIL of the end (no archive
         this virtkit writes), or the file could not be read."""
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         if not self._early <= length <= self.size or self._done != self._early:
             return None
         if skipped and self._early:
@@ -108,4 +111,5 @@ class StoredHasher:
     def stop(self) -> None:
         """Stop hashing (the archive is refused anyway)."""
         self._stop.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
