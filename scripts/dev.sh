@@ -100,10 +100,12 @@ run_tests() {
     echo "==> mypy --strict"
     "$VENV/bin/mypy"
     echo "==> pytest"
-    # two workers, whole files each (fixtures are per module); a short basetemp keeps unix socket paths
-    # under their 107-byte limit (xdist puts each worker in basetemp/popen-gwN); the slowest tests
-    # are listed at the end, so a run that nears the 25-minute budget says where its time went
-    "$VENV/bin/pytest" -q -n 2 --dist loadfile --basetemp=/tmp/virtkit-tests --durations=25 "$@"
+    # three workers on two cores, whole files each (fixtures are per module): the workers spend much
+    # of their time waiting on guests (TCG boots, agents), and on 2026-12-07 a clean clone took
+    # 19m53 with two workers and 17m40 with three; a short basetemp keeps unix socket paths under
+    # their 107-byte limit (xdist puts each worker in basetemp/popen-gwN); the slowest tests are
+    # listed at the end, so a run that nears the 25-minute budget says where its time went
+    "$VENV/bin/pytest" -q -n 3 --dist loadfile --basetemp=/tmp/virtkit-tests --durations=25 "$@"
 }
 
 case "${1:-}" in
