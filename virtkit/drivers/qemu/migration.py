@@ -15,8 +15,8 @@ Under TCG the RAM is copied with the guest paused (`paused_copy`): QEMU's TCG di
 lose a write the guest makes while a pass is being synced (kvm-unit-tests carries a reproducer,
 "QEMU TCG migration lost dirty bit"), and the destination then runs with a stale page. Seen here
 with QEMU 7.2: a tiny guest on a network, moved live back and forth under load, crashed on its
-destination about once in ten moves (a corrupt hrtimer tree), and never in 40 moves paused. The
-disks are still mirrored while the guest runs.
+destination about once in ten moves (a corrupt hrtimer tree), and not once in 80 moves paused
+(two runs of 40). The disks are still mirrored while the guest runs.
 """
 
 from __future__ import annotations
