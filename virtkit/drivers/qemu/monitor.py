@@ -114,7 +114,10 @@ class Monitor:
             await self._close(client)
 
     async def _negotiated(self, client: QMPClient) -> None:
-        await client.connect(str(self.path))
+        try:
+            await client.connect(str(self.path))
+        except AssertionError:  # qemu.qmp asserts it is connected: QEMU hung up after its greeting
+            raise EOFError("QEMU hung up after its greeting") from None
         await client.execute("qmp_capabilities")
 
     async def _command(

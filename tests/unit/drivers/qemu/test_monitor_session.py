@@ -37,10 +37,12 @@ def _messages(peer: socket.socket) -> Iterator[dict[str, object]]:
             yield message
 
 
-def _serve(listener: socket.socket, reply: Reply) -> None:
+def _serve(listener: socket.socket, reply: Reply | None) -> None:
     peer, _ = listener.accept()
     with peer:
         peer.sendall(json.dumps(GREETING).encode() + b"\r\n")
+        if reply is None:  # a QEMU quitting (its command line refused) as it greets
+            return
         for message in _messages(peer):
             try:
                 peer.sendall(b"".join(json.dumps(m).encode() + b"\r\n" for m in reply(message)))
@@ -49,14 +51,14 @@ def _serve(listener: socket.socket, reply: Reply) -> None:
 
 
 @pytest.fixture
-def peer(tmp_path: Path) -> Iterator[Callable[[Reply], Path]]:
+def peer(tmp_path: Path) -> Iterator[Callable[[Reply | None], Path]]:
     path = tmp_path / "monitor.sock"
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(path))
     listener.listen(1)
     threads: list[threading.Thread] = []
 
-    def start(reply: Reply) -> Path:
+    def start(reply: Reply | None) -> Path:
         thread = threading.Thread(target=_serve, args=(listener, reply), daemon=True)
         thread.start()
         threads.append(thread)
@@ -75,12 +77,12 @@ def _event_first(message: dict[str, object]) -> list[dict[str, object]]:
     return [EVENT, {"return": {"status": "running", "running": True}, "id": message.get("id")}]
 
 
-def test_an_event_before_the_capabilities_answer_is_set_aside(peer: Callable[[Reply], Path]) -> None:
+def test_an_event_before_the_capabilities_answer_is_set_aside(peer: Callable[[Reply | None], Path]) -> None:
     path = peer(_event_first)
     assert Monitor(path, name="v1", connect_timeout=5, timeout=5).query_status() == "running"
 
 
-def test_a_refused_negotiation_is_a_state_error(peer: Callable[[Reply], Path]) -> None:
+def test_a_refused_negotiation_is_a_state_error(peer: Callable[[Reply | None], Path]) -> None:
     def refuse(message: dict[str, object]) -> list[dict[str, object]]:
         return [{"error": {"class": "GenericError", "desc": "no"}, "id": message.get("id")}]
 
@@ -89,7 +91,13 @@ def test_a_refused_negotiation_is_a_state_error(peer: Callable[[Reply], Path]) -
         Monitor(path, name="v1", connect_timeout=5, timeout=5).query_status()
 
 
-def test_a_silent_negotiation_times_out_as_a_state_error(peer: Callable[[Reply], Path]) -> None:
+def test_a_silent_negotiation_times_out_as_a_state_error(peer: Callable[[Reply | None], Path]) -> None:
     path = peer(lambda message: [])
     with pytest.raises(StateError, match=r"monitor of v1 does not answer.*timed out"):
         Monitor(path, name="v1", connect_timeout=0.5, timeout=5).query_status()
+
+
+def test_a_hang_up_after_the_greeting_is_a_state_error(peer: Callable[[Reply | None], Path]) -> None:
+    path = peer(None)
+    with pytest.raises(StateError, match=r"monitor of v1 does not answer.*hung up"):
+        Monitor(path, name="v1", connect_timeout=5, timeout=5).query_status()
