@@ -1,6 +1,7 @@
 """The QMP session (monitor.py) against a scripted peer on a Unix socket: QEMU may send an event
 between its answer to qmp_capabilities being due and that answer (a block job's event during a
-mirror does), and a session must still open. Real QEMU: tests/integration/drivers/qemu/."""
+mirror does), and a session must still open; a refused, silent or hung-up negotiation is a
+StateError. Real QEMU: tests/integration/drivers/qemu/."""
 
 from __future__ import annotations
 
