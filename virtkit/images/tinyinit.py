@@ -29,6 +29,7 @@ AGENT_PATH = "/usr/lib/virtkit/agent"  # the in-guest command agent, started whe
 FUNCTIONS_PATH = "/usr/lib/virtkit/functions"
 UDHCPC_SCRIPT_PATH = "/etc/udhcpc/default.script"  # where busybox udhcpc looks by default
 IFUP_PATH = "/usr/lib/virtkit/ifup"  # DHCP on a NIC that appears (boot or hot-plug), stopped when it goes
+PORT_WAIT = 30  # s the boot script looks for a virtio-serial port that is not there yet
 VM_MARKER = "/dev/.virtkit-vm"  # made by the initramfs; boot scripts act as in a VM only if present
 MODULE_LIST_PATH = "/lib/modules/virtkit.load"  # "name /lib/modules/<release>/name.ko" per line
 GROW_MIN = 4 << 20  # the root filesystem is grown when its disk is at least this much bigger
@@ -216,6 +217,25 @@ find_port() {
 	return 1
 }
 
+# As find_port, giving the port $2 seconds to appear where a virtio-serial device exists (elsewhere
+# it fails at once): its driver adds the ports, then names them, when QEMU answers it, which on a
+# busy host can be after the boot script got this far.
+wait_port() {
+	tries=$(($2 * 5))
+	until find_port "$1"; do
+		tries=$((tries - 1))
+		[ "$tries" -ge 0 ] && has_serial || return 1
+		sleep 0.2
+	done
+}
+
+has_serial() {
+	for d in /sys/bus/virtio/drivers/virtio_console/virtio*; do
+		[ -e "$d" ] && return 0
+	done
+	return 1
+}
+
 # Sets $mode: "vm" when the tiny initramfs booted this system (it leaves @VM_MARKER@),
 # "container" when a container runtime started it, "other" otherwise (a chroot, an unknown
 # runtime, or run by hand rather than by PID 1): then the scripts leave alone everything they
@@ -287,14 +307,14 @@ for dev in $nics; do
 	ACTION=add MDEV=$ifname @IFUP@
 done
 
-if [ -x @AGENT@ ] && find_port @AGENT_PORT@; then
-	(while :; do @AGENT@ "$portdev"; sleep 1; done) </dev/null >/dev/null 2>&1 &
+# Both in the background: the ports may appear later, and a write to one blocks until the host
+# side is connected. Neither may hold the boot.
+if [ -x @AGENT@ ]; then
+	(wait_port @AGENT_PORT@ @PORT_WAIT@ && while :; do @AGENT@ "$portdev"; sleep 1; done) \
+		</dev/null >/dev/null 2>&1 &
 fi
-
-if find_port @READY_PORT@; then
-	# A write blocks until the host side is connected: never let that hold the boot.
-	timeout 60 sh -c 'echo @READY@ > "$1"' sh "$portdev" </dev/null >/dev/null 2>&1 &
-fi
+(wait_port @READY_PORT@ @PORT_WAIT@ && timeout 60 sh -c 'echo @READY@ > "$1"' sh "$portdev") \
+	</dev/null >/dev/null 2>&1 &
 echo @READY@
 """
 
@@ -406,6 +426,7 @@ def _fill(script: str) -> str:
         "@READY_PORT@": READY_PORT,
         "@READY@": READY_MARKER,
         "@VM_MARKER@": VM_MARKER,
+        "@PORT_WAIT@": str(PORT_WAIT),
     }
     for key, value in values.items():
         script = script.replace(key, value)

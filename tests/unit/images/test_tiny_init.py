@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from virtkit.images.tinyinit import (
     IFUP_PATH,
     INITRAMFS_INIT,
     MODULE_LIST_PATH,
+    PORT_WAIT,
     READY_MARKER,
     READY_PORT,
     VM_MARKER,
@@ -55,9 +58,9 @@ def test_initramfs_init_loads_modules_finds_root_and_switches() -> None:
 
 def test_boot_script_announces_readiness_on_console_and_port() -> None:
     rcs = FILES["etc/init.d/rcS"][0]
-    assert f"find_port {READY_PORT}" in rcs and f"echo {READY_MARKER} > " in rcs
+    assert f"wait_port {READY_PORT} {PORT_WAIT}" in rcs and f"echo {READY_MARKER} > " in rcs
     assert rcs.rstrip().endswith(f"echo {READY_MARKER}")
-    assert f"find_port {AGENT_PORT}" in rcs and f"[ -x {AGENT_PATH} ]" in rcs
+    assert f"wait_port {AGENT_PORT} {PORT_WAIT}" in rcs and f"[ -x {AGENT_PATH} ]" in rcs
     assert f"MDEV=$ifname {IFUP_PATH}" in rcs  # boot NICs start DHCP as hot-plugged ones do
     ifup = FILES[IFUP_PATH.lstrip("/")][0]
     assert "udhcpc -f" in ifup and "&\n" in ifup.split("udhcpc", 1)[1]  # DHCP never holds the boot
@@ -106,6 +109,58 @@ def test_module_conditions_match_fake_devices(tmp_path: Path) -> None:
     for conditions, expected in checks.items():
         done = _sh(_conditions(tmp_path) + f"wanted {conditions} && echo yes || echo no")
         assert done.stdout.strip() == ("yes" if expected else "no"), (conditions, done.stderr)
+
+
+def _port_functions(tmp: Path) -> str:
+    """find_port and wait_port, reading a fake /sys and /dev under `tmp`."""
+    functions = FILES[FUNCTIONS_PATH.lstrip("/")][0]
+    start, end = functions.index("find_port() {"), functions.index("# Sets $mode:")
+    return functions[start:end].replace("/sys/", f"{tmp}/sys/").replace("/dev/", f"{tmp}/dev/")
+
+
+def _serial_device(tmp: Path) -> None:
+    (tmp / "sys" / "bus" / "virtio" / "drivers" / "virtio_console" / "virtio1").mkdir(parents=True)
+    (tmp / "dev").mkdir()
+
+
+def _add_port(tmp: Path, device: str, name: str) -> None:
+    """A port as the driver adds it: the directory and the node, and its name only afterwards."""
+    port = tmp / "sys" / "class" / "virtio-ports" / device
+    port.mkdir(parents=True)
+    (port / "name").write_text("\n")
+    (tmp / "dev" / device).symlink_to("/dev/null")  # a character device, as the real node is
+    (port / "name").write_text(name + "\n")
+
+
+def _timed(script: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    started = time.monotonic()
+    done = _sh(script)
+    return done, time.monotonic() - started
+
+
+def test_a_port_that_appears_after_the_boot_script_looked_is_waited_for(tmp_path: Path) -> None:
+    _serial_device(tmp_path)
+    _add_port(tmp_path, "vport1p1", READY_PORT)
+    late = threading.Timer(0.6, _add_port, (tmp_path, "vport1p2", AGENT_PORT))
+    late.start()
+    try:
+        done, took = _timed(_port_functions(tmp_path) + f'wait_port {AGENT_PORT} 5 && echo "$portdev"')
+    finally:
+        late.join()
+    assert done.stdout == f"{tmp_path}/dev/vport1p2\n", done.stderr
+    assert 0.6 <= took < 3
+
+
+def test_a_port_is_not_waited_for_without_a_serial_device_nor_beyond_its_time(tmp_path: Path) -> None:
+    functions = _port_functions(tmp_path)
+    done, took = _timed(functions + f"wait_port {AGENT_PORT} 5 || echo none")
+    assert done.stdout == "none\n" and took < 0.5, done.stderr  # a container, emulated devices
+    _serial_device(tmp_path)
+    _add_port(tmp_path, "vport1p1", READY_PORT)
+    done, took = _timed(functions + f"wait_port {AGENT_PORT} 1 || echo none")
+    assert done.stdout == "none\n" and 1 <= took < 3, done.stderr
+    done, took = _timed(functions + f'wait_port {READY_PORT} 1 && echo "$portdev"')
+    assert done.stdout == f"{tmp_path}/dev/vport1p1\n" and took < 0.5, done.stderr
 
 
 def test_functions_are_filled_in() -> None:
