@@ -15,6 +15,7 @@ import os
 import secrets
 import subprocess
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -79,3 +80,18 @@ def namespaces(count: int = 1, prefix: str = "vkt") -> Iterator[list[Namespace]]
     finally:
         for ns in made:
             ns.delete()
+
+
+CARRIER = frozenset({"LOWER_UP", "NO-CARRIER"})  # set by the kernel's link watch, up to ~1 s late
+
+
+def without_carrier(links: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`ip -j link` output without what the links' carrier makes of them: a bridge's carrier follows
+    its ports' asynchronously, so it may still be settling from an earlier change when a test
+    compares the links before and after something."""
+    settled = []
+    for link in links:
+        flags = link.get("flags", [])
+        kept = [flag for flag in flags if flag not in CARRIER] if isinstance(flags, list) else flags
+        settled.append({**{k: v for k, v in link.items() if k != "operstate"}, "flags": kept})
+    return settled

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import VIRTKIT, seed_root
-from tests.netns import Namespace
+from tests.netns import Namespace, without_carrier
 
 UPLINK_HOST = "172.31.250.1"
 UPLINK_INTERNET = "172.31.250.2"
@@ -72,8 +72,9 @@ class Lab:
 
     def snapshot(self) -> dict[str, object]:
         """What the host namespace's networking looks like: links, IPv4 addresses and routes, the
-        whole ruleset (IPv6 link-local addresses come and go by themselves: left out)."""
-        links = json.loads(self.host.run(["ip", "-j", "link"], check=True).stdout)
+        whole ruleset (IPv6 link-local addresses and the links' carrier come and go by themselves:
+        left out)."""
+        links = without_carrier(json.loads(self.host.run(["ip", "-j", "link"], check=True).stdout))
         return {
             "link": sorted((link["ifname"], link.get("master"), tuple(link["flags"])) for link in links),
             "addr": self.host.run(["ip", "-j", "-4", "addr"], check=True).stdout,

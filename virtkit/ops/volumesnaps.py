@@ -326,7 +326,6 @@ class VolumeSnapshots:
         return name
 
 
-
 def _quietly(step: Callable[..., object], *args: object) -> None:
     """An undo step: its failure is logged, not raised (the first error is the one to report)."""
     try:

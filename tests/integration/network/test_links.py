@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.netns import Namespace, namespaces, own_netns
+from tests.netns import Namespace, namespaces, own_netns, without_carrier
 from virtkit.errors import ConflictError, NotFoundError, SpecError, ToolError
 from virtkit.network import links, netlink
 
@@ -47,17 +47,8 @@ def _ip(*args: str) -> Any:
     return json.loads(out or "[]")
 
 
-CARRIER = {"LOWER_UP", "NO-CARRIER"}  # set by the kernel's link watch, up to a second after a change
-
-
 def _links() -> list[dict[str, Any]]:
-    """The host's links without what their carrier makes of them: a bridge's carrier follows its
-    ports' asynchronously, so it may still be settling from an earlier port when a test compares."""
-    shown = _ip("link")
-    for link in shown:
-        link.pop("operstate", None)
-        link["flags"] = [flag for flag in link["flags"] if flag not in CARRIER]
-    return shown  # type: ignore[no-any-return]
+    return without_carrier(_ip("link"))
 
 
 def _link(name: str) -> dict[str, Any]:
