@@ -7,9 +7,10 @@ bigger (`launch --disk`: resize2fs, online, logged on the console) and switch_ro
 without a disk it goes on from the initramfs, which holds the same root tree. /sbin/init is busybox
 init: its sysinit script (RCS) mounts what is missing, names the host, starts DHCP in the background,
 the power-button daemon and the command agent, then prints READY_MARKER on the console and on the
-virtio-serial port named READY_PORT. It acts as in a VM only when the initramfs left VM_MARKER; in
-a container it only starts DHCP on interfaces the runtime left unconfigured; anywhere else (a
-chroot on a host) it touches nothing and just prints the marker.
+virtio-serial port named READY_PORT (the agent's and this port are waited for up to PORT_WAIT s in
+the background: the driver may add them after the script looked). It acts as in a VM only when
+the initramfs left VM_MARKER; in a container it only starts DHCP on interfaces the runtime left
+unconfigured; anywhere else (a chroot on a host) it touches nothing and just prints the marker.
 
 Kernel command line options read by the guest (all optional)::
 
