@@ -27,6 +27,9 @@ GAP_BOUND = 1.5  # seconds: the switchover's pause plus one TCP retransmission, 
 COUNTER_BOUND = 0.3  # seconds: QEMU's default downtime limit (virtkit asks for 50 ms)
 RTO_MIN = 0.2  # seconds: Linux's least TCP retransmission timeout
 TICKS = 0.1  # seconds: two 20 ms intervals of the guest's pings, and the bridge learning its new port
+# seconds, beyond the pause the move reports, until the guest's pings are heard again: TICKS, and the
+# delay a loaded host adds after the guest resumes (a clean-clone suite saw 104 ms past a 769 ms pause)
+RESUME_SLACK = 0.2
 PINGS = "ping -q -i 0.02 {client}"
 ICMP_ECHO = 8
 
@@ -157,7 +160,7 @@ def test_a_tcp_connection_from_a_third_machine_survives_a_live_move(hosts: Hosts
     assert sequence == sorted(set(sequence)), sequence  # one counter, going on: never back, never twice
     # Within QEMU's default limit; on a host too loaded to switch over that fast, no longer than the
     # guest's pause the move reported (its QEMU downtime plus the switchover through the API).
-    bound = max(COUNTER_BOUND, moved["paused_ms"] / 1000 + TICKS)
+    bound = max(COUNTER_BOUND, moved["paused_ms"] / 1000 + RESUME_SLACK)
     assert counted_gap < bound, f"the guest's pings were silent for {counted_gap:.3f} s ({moved})"
     assert names(a) == [] and names(b) == ["v1"]
     there = json.loads(b.ok("show", "v1", "--json"))["nics"][0]
